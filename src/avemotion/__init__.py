@@ -1,0 +1,36 @@
+"""avemotion: multimodal emotion recognition for the Hugging Face ecosystem.
+
+Importing the package registers its configs and models with `transformers`' Auto classes
+(`AutoConfig`, `AutoModel`, `AutoModelForAudioClassification`) and with `AutoModelForEmotionRecognition`.
+"""
+
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForAudioClassification
+
+from .models.auto import AutoModelForEmotionRecognition
+from .models.vavl import VavlConfig, VavlForEmotionRecognition, VavlModel
+from .processing import AvEmotionFeatureExtractor
+
+__version__ = "0.1.0.dev0"
+
+
+def _register() -> None:
+    AutoConfig.register(VavlConfig.model_type, VavlConfig, exist_ok=True)
+    AutoModel.register(VavlConfig, VavlModel, exist_ok=True)
+    AutoModelForAudioClassification.register(VavlConfig, VavlForEmotionRecognition, exist_ok=True)
+    AutoModelForEmotionRecognition.register(VavlConfig, VavlForEmotionRecognition, exist_ok=True)
+    AutoFeatureExtractor.register(VavlConfig, AvEmotionFeatureExtractor, exist_ok=True)
+    # `save_pretrained` then writes `auto_map` and copies the code, so `trust_remote_code=True` loads without the import.
+    VavlConfig.register_for_auto_class()
+    VavlModel.register_for_auto_class("AutoModel")
+    VavlForEmotionRecognition.register_for_auto_class("AutoModelForAudioClassification")
+
+
+_register()
+
+__all__ = [
+    "AutoModelForEmotionRecognition",
+    "AvEmotionFeatureExtractor",
+    "VavlConfig",
+    "VavlForEmotionRecognition",
+    "VavlModel",
+]

@@ -1,0 +1,651 @@
+"""PyTorch VAVL model (Versatile Audio-Visual Learning, Goncalves et al., arXiv 2305.07216).
+
+Audio and video are each projected per frame (bias-free linear to ``projection_dim``), encoded by a modality
+Conformer, then by a Conformer shared by both modalities with a residual connection and a LayerNorm, and mean-pooled
+to one vector per utterance. Heads: audio-only, video-only, audio-visual fusion (on the concatenated vectors) and two
+reconstruction heads that predict the time-average of the input features (an auxiliary task).
+
+Either modality may be missing, for the whole batch (pass nothing for it) or for some rows (an all-zero mask row).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import EfficientNetModel, PreTrainedModel, Wav2Vec2Model
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from avemotion.models.conformer import (
+    ConformerEncoder,
+    ConformerFeedForward,
+    ConformerRelativeSelfAttention,
+    SinusoidalPositionalEmbedding,
+    sinusoidal_embeddings,
+)
+from avemotion.training.losses import concordance_loss
+
+from .configuration_vavl import VavlConfig
+
+
+@dataclass
+class VavlModelOutput(ModelOutput):
+    """
+    Outputs of [`VavlModel`]. Tensors of a modality that was not given are `None`.
+
+    Args:
+        audio_pooled_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+            Utterance representation from the audio path (shared encoder output, mean-pooled over real frames).
+        visual_pooled_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+            Utterance representation from the visual path.
+        audio_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, audio_frames, hidden_size)`):
+            Shared-encoder output for the audio frames.
+        visual_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, video_frames, hidden_size)`):
+            Shared-encoder output for the video frames.
+        audio_features (`torch.FloatTensor` of shape `(batch_size, audio_frames, audio_feature_dim)`):
+            The features the audio encoder consumed (backbone output or the given `audio_features`).
+        visual_features (`torch.FloatTensor` of shape `(batch_size, video_frames, visual_feature_dim)`):
+            The features the visual encoder consumed (normalised when `config.normalize_visual_features`).
+        audio_features_mask (`torch.BoolTensor` of shape `(batch_size, audio_frames)`): True on real frames.
+        visual_features_mask (`torch.BoolTensor` of shape `(batch_size, video_frames)`): True on real frames.
+    """
+
+    audio_pooled_output: torch.FloatTensor | None = None
+    visual_pooled_output: torch.FloatTensor | None = None
+    audio_last_hidden_state: torch.FloatTensor | None = None
+    visual_last_hidden_state: torch.FloatTensor | None = None
+    audio_features: torch.FloatTensor | None = None
+    visual_features: torch.FloatTensor | None = None
+    audio_features_mask: torch.BoolTensor | None = None
+    visual_features_mask: torch.BoolTensor | None = None
+
+
+@dataclass
+class VavlEmotionRecognitionOutput(ModelOutput):
+    """
+    Outputs of [`VavlForEmotionRecognition`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, returned when `labels` is given):
+            `audio_loss + visual_loss + fusion_loss` over the terms that apply.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+            Per row: the fusion head when the row has both modalities, else the head of the one it has. For
+            regression these are the raw head outputs (on `(y - min) / (max - min)` when `config.label_scale` is set).
+        audio_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): audio head (None without audio).
+        visual_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): visual head (None without video).
+        fusion_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): fusion head (None unless both).
+        audio_loss (`torch.FloatTensor` of shape `()`): task loss of the audio head plus the weighted audio
+            reconstruction MSE, over rows with audio (VAVL's acoustic step).
+        visual_loss (`torch.FloatTensor` of shape `()`): the same for video (VAVL's visual step).
+        fusion_loss (`torch.FloatTensor` of shape `()`): task loss of the fusion head over rows with both
+            modalities (VAVL's fusion step).
+        audio_reconstruction_loss, visual_reconstruction_loss (`torch.FloatTensor` of shape `()`): the unweighted
+            reconstruction MSEs included in `audio_loss`/`visual_loss`.
+        audio_present, visual_present (`torch.BoolTensor` of shape `(batch_size,)`): which rows had each modality.
+        audio_pooled_output, visual_pooled_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    audio_logits: torch.FloatTensor | None = None
+    visual_logits: torch.FloatTensor | None = None
+    fusion_logits: torch.FloatTensor | None = None
+    audio_loss: torch.FloatTensor | None = None
+    visual_loss: torch.FloatTensor | None = None
+    fusion_loss: torch.FloatTensor | None = None
+    audio_reconstruction_loss: torch.FloatTensor | None = None
+    visual_reconstruction_loss: torch.FloatTensor | None = None
+    audio_present: torch.BoolTensor | None = None
+    visual_present: torch.BoolTensor | None = None
+    audio_pooled_output: torch.FloatTensor | None = None
+    visual_pooled_output: torch.FloatTensor | None = None
+
+
+def masked_mean(hidden_states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over axis 1 of (B, T, D) using the (B, T) bool mask; rows with no real frame give zeros."""
+    if mask is None:
+        return hidden_states.mean(dim=1)
+    weights = mask.unsqueeze(-1).to(hidden_states.dtype)
+    return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+class VavlModalityEncoder(nn.Module):
+    """Bias-free per-frame projection to `projection_dim`, then a Conformer (`num_modality_layers` blocks)."""
+
+    def __init__(self, config: VavlConfig, feature_dim: int):
+        super().__init__()
+        self.projection = nn.Linear(feature_dim, config.projection_dim, bias=False)
+        self.conformer = _build_conformer(config, config.projection_dim, config.num_modality_layers)
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor | None, legacy_layout: bool) -> torch.Tensor:
+        """features: (B, T, feature_dim) -> (B, T, hidden_size)."""
+        hidden_states = self.projection(features)
+        if legacy_layout:
+            # The original code hands (T, B, D) to a (batch, time, dim) Conformer: attention runs across the batch.
+            return self.conformer(hidden_states.transpose(0, 1)).transpose(0, 1)
+        return self.conformer(hidden_states, mask)
+
+
+class VavlSharedEncoder(nn.Module):
+    """The layers shared by both modalities: `LayerNorm(Conformer(h) + h)`."""
+
+    def __init__(self, config: VavlConfig):
+        super().__init__()
+        self.conformer = _build_conformer(config, config.hidden_size, config.num_shared_layers)
+        self.layer_norm = nn.LayerNorm(config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, legacy_layout: bool) -> torch.Tensor:
+        """hidden_states: (B, T, hidden_size) -> (B, T, hidden_size)."""
+        if legacy_layout:
+            encoded = self.conformer(hidden_states.transpose(0, 1)).transpose(0, 1)
+        else:
+            encoded = self.conformer(hidden_states, mask)
+        return self.layer_norm(encoded + hidden_states)
+
+
+class VavlHead(nn.Module):
+    """Linear -> ReLU -> Dropout -> Linear ... -> Linear(out). As in the original, only the first layer has an
+    activation."""
+
+    def __init__(self, input_size: int, hidden_sizes: list[int], output_size: int, dropout: float):
+        super().__init__()
+        sizes = [input_size, *hidden_sizes]
+        self.projections = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.activation = nn.ReLU()
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(sizes[-1], output_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.dropout(self.activation(self.projections[0](hidden_states)))
+        for projection in self.projections[1:]:
+            hidden_states = projection(hidden_states)
+        return self.out_proj(hidden_states)
+
+
+def _build_conformer(config: VavlConfig, input_size: int, num_layers: int) -> ConformerEncoder:
+    return ConformerEncoder(
+        input_size=input_size,
+        hidden_size=config.hidden_size,
+        num_layers=num_layers,
+        num_heads=config.num_attention_heads,
+        intermediate_size=config.intermediate_size,
+        conv_kernel_size=config.conv_kernel_size,
+        dropout=config.conformer_dropout,
+        position_encoding=config.position_encoding,
+        max_position_embeddings=config.max_position_embeddings,
+    )
+
+
+class VavlPreTrainedModel(PreTrainedModel):
+    config_class = VavlConfig
+    config: VavlConfig
+    base_model_prefix = "vavl"
+    main_input_name = "input_values"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ConformerBlock"]
+    # Forward takes no **kwargs; the Trainer must not rescale the loss by num_items_in_batch.
+    accepts_loss_kwargs = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """The original code's initialisation: xavier-uniform weights and zero biases for the Conformer linears and
+        the u/v biases, PyTorch defaults everywhere else."""
+        if isinstance(module, ConformerRelativeSelfAttention):
+            for linear in (module.linear_q, module.linear_k, module.linear_v, module.linear_pos, module.linear_out):
+                init.xavier_uniform_(linear.weight)
+                if linear.bias is not None:
+                    init.zeros_(linear.bias)
+            init.xavier_uniform_(module.pos_bias_u)
+            init.xavier_uniform_(module.pos_bias_v)
+        elif isinstance(module, ConformerFeedForward):
+            for linear in (module.intermediate_dense, module.output_dense):
+                init.xavier_uniform_(linear.weight)
+                init.zeros_(linear.bias)
+        elif isinstance(module, ConformerEncoder):
+            init.xavier_uniform_(module.input_projection.weight)
+            init.zeros_(module.input_projection.bias)
+        elif isinstance(module, SinusoidalPositionalEmbedding):
+            init.copy_(module.table, sinusoidal_embeddings(torch.arange(module.table.shape[0]), module.dim))
+        elif isinstance(module, VavlModel):
+            init.zeros_(module.visual_features_mean)
+            init.ones_(module.visual_features_std)
+        elif isinstance(module, (nn.Linear, nn.Conv1d)):
+            # torch's default reset; Conformer linears are re-initialised by their parent module (visited after them)
+            init.kaiming_uniform_(module.weight, a=5**0.5)
+            if module.bias is not None:
+                fan_in = module.weight[0].numel()
+                bound = 1 / fan_in**0.5
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm1d)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            if isinstance(module, nn.BatchNorm1d):
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
+
+    @classmethod
+    def from_backbones(
+        cls,
+        audio: str | None = None,
+        visual: str | None = None,
+        audio_num_layers: int | None = None,
+        config: VavlConfig | None = None,
+        **config_kwargs: Any,
+    ) -> VavlPreTrainedModel:
+        """Build a model whose backbones are loaded from pretrained names or local directories.
+
+        Args:
+            audio: a `Wav2Vec2Model` checkpoint (name or directory), e.g. `"facebook/wav2vec2-large-robust"`.
+            visual: an `EfficientNetModel` checkpoint (name or directory).
+            audio_num_layers: keep only the first N transformer layers of the audio backbone (VAVL keeps 12).
+            config: a base config; otherwise `VavlConfig(**config_kwargs)`. Backbone configs are replaced by the
+                loaded backbones' configs; `audio_feature_dim`/`visual_feature_dim` follow them.
+        """
+        config = config if config is not None else VavlConfig(**config_kwargs)
+        audio_backbone = visual_backbone = None
+        if audio is not None:
+            extra = {"num_hidden_layers": audio_num_layers} if audio_num_layers else {}
+            audio_backbone = Wav2Vec2Model.from_pretrained(audio, **extra)
+            config.audio_backbone_config = audio_backbone.config
+            config.audio_backbone_name = str(audio)
+            config.audio_feature_dim = audio_backbone.config.hidden_size
+        if visual is not None:
+            visual_backbone = EfficientNetModel.from_pretrained(visual)
+            config.visual_backbone_config = visual_backbone.config
+            config.visual_backbone_name = str(visual)
+            config.visual_feature_dim = visual_backbone.config.hidden_dim
+        model = cls(config)
+        base = model.base_model
+        if audio_backbone is not None:
+            base.audio_backbone.load_state_dict(audio_backbone.state_dict())
+        if visual_backbone is not None:
+            base.visual_backbone.load_state_dict(visual_backbone.state_dict())
+        base.apply_backbone_freezing()
+        return model
+
+
+class VavlModel(VavlPreTrainedModel):
+    """The VAVL encoders: optional backbones, modality encoders, shared encoder, pooled representations."""
+
+    def __init__(self, config: VavlConfig):
+        super().__init__(config)
+        self.audio_backbone = Wav2Vec2Model(config.audio_backbone_config) if config.audio_backbone_config else None
+        self.visual_backbone = (
+            EfficientNetModel(config.visual_backbone_config) if config.visual_backbone_config else None
+        )
+        self.audio_encoder = VavlModalityEncoder(config, config.audio_feature_dim)
+        self.visual_encoder = VavlModalityEncoder(config, config.visual_feature_dim)
+        self.shared_encoder = VavlSharedEncoder(config)
+        # Training-set statistics of the visual features (the original's vid_mean / vid_std).
+        self.register_buffer("visual_features_mean", torch.zeros(config.visual_feature_dim))
+        self.register_buffer("visual_features_std", torch.ones(config.visual_feature_dim))
+        self.post_init()
+        self.apply_backbone_freezing()
+
+    def apply_backbone_freezing(self) -> None:
+        """Set `requires_grad` of the backbones from the config's freeze flags."""
+        if self.audio_backbone is not None:
+            self.audio_backbone.requires_grad_(not self.config.freeze_audio_backbone)
+            if self.config.freeze_audio_feature_encoder:
+                self.audio_backbone.freeze_feature_encoder()
+        if self.visual_backbone is not None:
+            self.visual_backbone.requires_grad_(not self.config.freeze_visual_backbone)
+
+    def train(self, mode: bool = True) -> VavlModel:
+        super().train(mode)
+        # Frozen backbones stay in eval mode (no dropout, SpecAugment or BatchNorm updates), as in the original.
+        if self.audio_backbone is not None and self.config.freeze_audio_backbone:
+            self.audio_backbone.eval()
+        if self.visual_backbone is not None and self.config.freeze_visual_backbone:
+            self.visual_backbone.eval()
+        return self
+
+    def get_audio_features(
+        self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run the audio backbone.
+
+        Args:
+            input_values: (B, N) 16 kHz waveforms, normalised as the processor does.
+            attention_mask: (B, N), 1 on real samples.
+
+        Returns:
+            `(features, mask)`: (B, T_a, audio_feature_dim) `last_hidden_state` and its (B, T_a) bool mask (None
+            when no attention_mask was given).
+        """
+        if self.audio_backbone is None:
+            raise ValueError(
+                "This VAVL model has no audio backbone (config.audio_backbone_config is None): pass pre-extracted "
+                "`audio_features` instead of `input_values`."
+            )
+        if input_values.dim() != 2:
+            raise ValueError(f"`input_values` must be (batch, samples), got shape {tuple(input_values.shape)}")
+        frozen = self.config.freeze_audio_backbone
+        with torch.no_grad() if frozen else contextlib.nullcontext():
+            features = self.audio_backbone(input_values, attention_mask=attention_mask).last_hidden_state
+        mask = None
+        if attention_mask is not None:
+            mask = self.audio_backbone._get_feature_vector_attention_mask(features.shape[1], attention_mask).bool()
+        return features, mask
+
+    def get_visual_features(
+        self, pixel_values_videos: torch.Tensor, frames_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Run the visual backbone on every real frame, `config.visual_backbone_chunk_size` frames at a time.
+
+        Args:
+            pixel_values_videos: (B, T, 3, H, W) face crops, ImageNet-normalised.
+            frames_mask: (B, T), 1 on real frames; padded frames are skipped and get zero features.
+
+        Returns:
+            (B, T, visual_feature_dim) raw (not standardised) pooled features.
+        """
+        if self.visual_backbone is None:
+            raise ValueError(
+                "This VAVL model has no visual backbone (config.visual_backbone_config is None): pass pre-extracted "
+                "`visual_features` instead of `pixel_values_videos`."
+            )
+        if pixel_values_videos.dim() != 5 or pixel_values_videos.shape[2] != 3:
+            raise ValueError(
+                "`pixel_values_videos` must be (batch, frames, 3, height, width), got shape "
+                f"{tuple(pixel_values_videos.shape)}"
+            )
+        batch, frames = pixel_values_videos.shape[:2]
+        if frames_mask is None:
+            frames_mask = torch.ones(batch, frames, dtype=torch.bool, device=pixel_values_videos.device)
+        real_frames = pixel_values_videos[frames_mask.bool()]
+        chunk = max(1, self.config.visual_backbone_chunk_size)
+        frozen = self.config.freeze_visual_backbone
+        with torch.no_grad() if frozen else contextlib.nullcontext():
+            pooled = [
+                self.visual_backbone(real_frames[i : i + chunk]).pooler_output.flatten(1)
+                for i in range(0, real_frames.shape[0], chunk)
+            ]
+        features = pixel_values_videos.new_zeros(batch, frames, self.config.visual_feature_dim)
+        if pooled:
+            features[frames_mask.bool()] = torch.cat(pooled).to(features.dtype)
+        return features
+
+    def _encode(
+        self, features: torch.Tensor, mask: torch.Tensor | None, encoder: VavlModalityEncoder
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        legacy = self.config.legacy_batch_axis_attention
+        hidden_states = encoder(features, None if legacy else mask, legacy)
+        hidden_states = self.shared_encoder(hidden_states, None if legacy else mask, legacy)
+        # Legacy: pooled over every frame, padding included, like the original's AdaptiveAvgPool1d.
+        pooled = masked_mean(hidden_states, None if legacy else mask)
+        return hidden_states, pooled
+
+    def forward(
+        self,
+        input_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        audio_features: torch.Tensor | None = None,
+        audio_features_mask: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        visual_features: torch.Tensor | None = None,
+        visual_features_mask: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> VavlModelOutput | tuple:
+        r"""
+        Args:
+            input_values (`torch.FloatTensor` of shape `(batch_size, samples)`): 16 kHz waveforms (needs an audio
+                backbone).
+            attention_mask (`torch.Tensor` of shape `(batch_size, samples)`): 1 on real samples, 0 on padding.
+            audio_features (`torch.FloatTensor` of shape `(batch_size, audio_frames, audio_feature_dim)`):
+                pre-extracted audio features, instead of `input_values`.
+            audio_features_mask (`torch.Tensor` of shape `(batch_size, audio_frames)`): 1 on real frames. A row of
+                zeros marks a row without audio.
+            pixel_values_videos (`torch.FloatTensor` of shape `(batch_size, video_frames, 3, height, width)`):
+                face crops (needs a visual backbone).
+            visual_features (`torch.FloatTensor` of shape `(batch_size, video_frames, visual_feature_dim)`):
+                pre-extracted per-frame visual features, instead of `pixel_values_videos`.
+            visual_features_mask (`torch.Tensor` of shape `(batch_size, video_frames)`): 1 on real frames, for
+                either `pixel_values_videos` or `visual_features`. A row of zeros marks a row without video.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        (audio_features, audio_mask), (visual_features, visual_mask) = self._prepare_inputs(
+            input_values,
+            attention_mask,
+            audio_features,
+            audio_features_mask,
+            pixel_values_videos,
+            visual_features,
+            visual_features_mask,
+        )
+        audio_hidden = audio_pooled = visual_hidden = visual_pooled = None
+        if audio_features is not None:
+            audio_hidden, audio_pooled = self._encode(audio_features, audio_mask, self.audio_encoder)
+        if visual_features is not None:
+            visual_hidden, visual_pooled = self._encode(visual_features, visual_mask, self.visual_encoder)
+
+        output = VavlModelOutput(
+            audio_pooled_output=audio_pooled,
+            visual_pooled_output=visual_pooled,
+            audio_last_hidden_state=audio_hidden,
+            visual_last_hidden_state=visual_hidden,
+            audio_features=audio_features,
+            visual_features=visual_features,
+            audio_features_mask=audio_mask,
+            visual_features_mask=visual_mask,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _prepare_inputs(
+        self,
+        input_values,
+        attention_mask,
+        audio_features,
+        audio_features_mask,
+        pixel_values_videos,
+        visual_features,
+        visual_features_mask,
+    ):
+        """Validate the inputs and turn raw media into features. Masks come back as bool (B, T) tensors."""
+        if input_values is not None and audio_features is not None:
+            raise ValueError("Pass either `input_values` or `audio_features`, not both.")
+        if pixel_values_videos is not None and visual_features is not None:
+            raise ValueError("Pass either `pixel_values_videos` or `visual_features`, not both.")
+        if input_values is None and audio_features is None and pixel_values_videos is None and visual_features is None:
+            raise ValueError(
+                "VAVL needs at least one modality: `input_values` or `audio_features` (audio), "
+                "`pixel_values_videos` or `visual_features` (video)."
+            )
+
+        audio_mask = None
+        if input_values is not None:
+            audio_features, audio_mask = self.get_audio_features(input_values, attention_mask)
+        elif audio_features is not None:
+            _check_features("audio_features", audio_features, self.config.audio_feature_dim)
+            audio_mask = _check_mask("audio_features_mask", audio_features_mask, audio_features)
+
+        visual_mask = None
+        if pixel_values_videos is not None:
+            visual_mask = _check_mask("visual_features_mask", visual_features_mask, pixel_values_videos)
+            visual_features = self.get_visual_features(pixel_values_videos, visual_mask)
+        elif visual_features is not None:
+            _check_features("visual_features", visual_features, self.config.visual_feature_dim)
+            visual_mask = _check_mask("visual_features_mask", visual_features_mask, visual_features)
+        if visual_features is not None and self.config.normalize_visual_features:
+            visual_features = (visual_features - self.visual_features_mean) / (self.visual_features_std + 1e-6)
+            if visual_mask is not None:
+                # standardised padding would no longer be zero; keep it zero as the original's pad_sequence does
+                visual_features = visual_features.masked_fill(~visual_mask.unsqueeze(-1), 0.0)
+
+        if audio_features is not None and visual_features is not None:
+            if audio_features.shape[0] != visual_features.shape[0]:
+                raise ValueError(
+                    f"Audio and video batch sizes differ: {audio_features.shape[0]} vs {visual_features.shape[0]}"
+                )
+        return (audio_features, audio_mask), (visual_features, visual_mask)
+
+
+def _check_features(name: str, features: torch.Tensor, feature_dim: int) -> None:
+    if features.dim() != 3 or features.shape[-1] != feature_dim:
+        raise ValueError(f"`{name}` must be (batch, frames, {feature_dim}), got shape {tuple(features.shape)}")
+    if not features.is_floating_point():
+        raise ValueError(f"`{name}` must be a floating-point tensor, got {features.dtype}")
+
+
+def _check_mask(name: str, mask: torch.Tensor | None, reference: torch.Tensor) -> torch.Tensor | None:
+    if mask is None:
+        return None
+    if tuple(mask.shape) != tuple(reference.shape[:2]):
+        raise ValueError(f"`{name}` must be (batch, frames) = {tuple(reference.shape[:2])}, got {tuple(mask.shape)}")
+    return mask.bool()
+
+
+def _rows_present(mask: torch.Tensor | None, batch_size: int, device: torch.device) -> torch.Tensor:
+    if mask is None:
+        return torch.ones(batch_size, dtype=torch.bool, device=device)
+    return mask.any(dim=-1)
+
+
+class VavlForEmotionRecognition(VavlPreTrainedModel):
+    """VAVL with its audio, visual and fusion prediction heads and the two reconstruction heads."""
+
+    def __init__(self, config: VavlConfig):
+        super().__init__(config)
+        self.vavl = VavlModel(config)
+        hidden, sizes, dropout = config.hidden_size, config.head_hidden_sizes, config.head_dropout
+        self.audio_head = VavlHead(hidden, sizes, config.num_labels, dropout)
+        self.visual_head = VavlHead(hidden, sizes, config.num_labels, dropout)
+        self.fusion_head = VavlHead(2 * hidden, sizes, config.num_labels, dropout)
+        self.audio_reconstruction_head = VavlHead(hidden, sizes, config.audio_feature_dim, dropout)
+        self.visual_reconstruction_head = VavlHead(hidden, sizes, config.visual_feature_dim, dropout)
+        self.post_init()
+
+    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy (class indices, or class probabilities for soft labels) or the sum of 1 - CCC."""
+        if self.config.is_regression:
+            if labels.shape != logits.shape:
+                raise ValueError(
+                    f"Regression labels must be (batch, {self.config.num_labels}), got {tuple(labels.shape)}"
+                )
+            return concordance_loss(logits, labels)
+        if labels.dim() == 2 and labels.is_floating_point():
+            return nn.functional.cross_entropy(logits, labels)
+        if labels.dim() != 1:
+            raise ValueError(f"Classification labels must be (batch,) class indices, got {tuple(labels.shape)}")
+        return nn.functional.cross_entropy(logits, labels.long())
+
+    def forward(
+        self,
+        input_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        audio_features: torch.Tensor | None = None,
+        audio_features_mask: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        visual_features: torch.Tensor | None = None,
+        visual_features_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> VavlEmotionRecognitionOutput | tuple:
+        r"""
+        Inputs as in [`VavlModel.forward`], plus:
+
+        labels (`torch.Tensor`, *optional*): `(batch_size,)` class indices or `(batch_size, num_labels)` class
+            probabilities for classification; `(batch_size, num_labels)` targets on the model's output scale for
+            regression.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        encoded = self.vavl(
+            input_values=input_values,
+            attention_mask=attention_mask,
+            audio_features=audio_features,
+            audio_features_mask=audio_features_mask,
+            pixel_values_videos=pixel_values_videos,
+            visual_features=visual_features,
+            visual_features_mask=visual_features_mask,
+            return_dict=True,
+        )
+        audio_pooled, visual_pooled = encoded.audio_pooled_output, encoded.visual_pooled_output
+        reference = audio_pooled if audio_pooled is not None else visual_pooled
+        batch_size, device = reference.shape[0], reference.device
+        has_audio = audio_pooled is not None
+        has_video = visual_pooled is not None
+        audio_present = (
+            _rows_present(encoded.audio_features_mask, batch_size, device)
+            if has_audio
+            else torch.zeros(batch_size, dtype=torch.bool, device=device)
+        )
+        visual_present = (
+            _rows_present(encoded.visual_features_mask, batch_size, device)
+            if has_video
+            else torch.zeros(batch_size, dtype=torch.bool, device=device)
+        )
+        if not bool((audio_present | visual_present).all()):
+            empty = (~(audio_present | visual_present)).nonzero().flatten().tolist()
+            raise ValueError(f"Rows {empty} have neither audio nor video frames (all-zero masks).")
+
+        audio_logits = self.audio_head(audio_pooled) if has_audio else None
+        visual_logits = self.visual_head(visual_pooled) if has_video else None
+        fusion_logits = (
+            self.fusion_head(torch.cat([audio_pooled, visual_pooled], dim=-1)) if has_audio and has_video else None
+        )
+        logits = audio_logits if has_audio else visual_logits
+        if has_audio and has_video:
+            both = (audio_present & visual_present).unsqueeze(-1)
+            logits = torch.where(both, fusion_logits, torch.where(audio_present.unsqueeze(-1), audio_logits, visual_logits))
+
+        loss = audio_loss = visual_loss = fusion_loss = audio_rec = visual_rec = None
+        if labels is not None:
+            labels = labels.to(device)
+            weight = self.config.reconstruction_loss_weight
+            if has_audio and audio_present.any():
+                rows = audio_present
+                audio_rec = self._reconstruction_loss(
+                    self.audio_reconstruction_head(audio_pooled[rows]),
+                    encoded.audio_features[rows],
+                    None if encoded.audio_features_mask is None else encoded.audio_features_mask[rows],
+                )
+                audio_loss = self.task_loss(audio_logits[rows], labels[rows]) + weight * audio_rec
+            if has_video and visual_present.any():
+                rows = visual_present
+                visual_rec = self._reconstruction_loss(
+                    self.visual_reconstruction_head(visual_pooled[rows]),
+                    encoded.visual_features[rows],
+                    None if encoded.visual_features_mask is None else encoded.visual_features_mask[rows],
+                )
+                visual_loss = self.task_loss(visual_logits[rows], labels[rows]) + weight * visual_rec
+            if fusion_logits is not None and (audio_present & visual_present).any():
+                rows = audio_present & visual_present
+                fusion_loss = self.task_loss(fusion_logits[rows], labels[rows])
+            loss = sum(term for term in (audio_loss, visual_loss, fusion_loss) if term is not None)
+
+        output = VavlEmotionRecognitionOutput(
+            loss=loss,
+            logits=logits,
+            audio_logits=audio_logits,
+            visual_logits=visual_logits,
+            fusion_logits=fusion_logits,
+            audio_loss=audio_loss,
+            visual_loss=visual_loss,
+            fusion_loss=fusion_loss,
+            audio_reconstruction_loss=audio_rec,
+            visual_reconstruction_loss=visual_rec,
+            audio_present=audio_present,
+            visual_present=visual_present,
+            audio_pooled_output=audio_pooled,
+            visual_pooled_output=visual_pooled,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _reconstruction_loss(
+        self, reconstruction: torch.Tensor, features: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """MSE between the reconstruction and the time-average of the input features (masked in the default mode;
+        over every frame, padding included, in the legacy mode). The target is detached so that a fine-tuned
+        backbone is not pulled towards easily reconstructed features."""
+        legacy = self.config.legacy_batch_axis_attention
+        target = masked_mean(features, None if legacy else mask).detach()
+        return nn.functional.mse_loss(reconstruction, target)
+
+
+__all__ = ["VavlModel", "VavlForEmotionRecognition", "VavlPreTrainedModel", "VavlModelOutput",
+           "VavlEmotionRecognitionOutput"]
