@@ -1,0 +1,46 @@
+"""The `avemotion` command.
+
+Each sub-command lives in the module that implements it, which provides `add_arguments(parser)` and `run(args)`;
+this file only wires them up, so `avemotion --help` starts fast and a missing optional dependency only affects
+its own sub-command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module with add_arguments/run, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "convert-vavl": (
+        "avemotion.models.vavl.convert_vavl_original_checkpoint",
+        "convert a checkpoint of the original VAVL code into a transformers checkpoint",
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avemotion", description="Multimodal emotion recognition.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(subparser)
+        subparser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args._run(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"avemotion {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
