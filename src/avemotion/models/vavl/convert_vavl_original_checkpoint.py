@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import Wav2Vec2Config
 
 from avemotion.models.conformer import sinusoidal_embeddings
 from avemotion.processing.audio import AvEmotionFeatureExtractor
@@ -141,15 +142,21 @@ def _rename_conformer_key(name: str, key: str, source_prefix: str, target_prefix
     raise ConversionError(f"{name}: unexpected key {key!r}")
 
 
+def _check_required_files(checkpoint_dir: Path) -> None:
+    if not checkpoint_dir.is_dir():
+        raise ConversionError(f"{checkpoint_dir} is not a directory")
+    missing = [name for name in REQUIRED_FILES if not (checkpoint_dir / name).is_file()]
+    if missing:
+        raise ConversionError(f"{checkpoint_dir}: missing original checkpoint file(s): {', '.join(missing)}")
+
+
 def convert_head_state_dicts(checkpoint_dir: str | Path) -> dict[str, torch.Tensor]:
     """Read the original head files and return a state dict in `VavlForEmotionRecognition` names.
 
     Raises `ConversionError` naming the file and key for missing files and unknown keys.
     """
     checkpoint_dir = Path(checkpoint_dir)
-    missing = [name for name in REQUIRED_FILES if not (checkpoint_dir / name).is_file()]
-    if missing:
-        raise ConversionError(f"{checkpoint_dir}: missing original checkpoint file(s): {', '.join(missing)}")
+    _check_required_files(checkpoint_dir)
     converted: dict[str, torch.Tensor] = {}
     for name, (source_prefix, target_prefix) in CONFORMER_FILES.items():
         module_keys = MODULE_KEYS[name]
@@ -230,6 +237,19 @@ def load_normalization_stats(path: str | Path, visual_feature_dim: int = 1408) -
     return {"wav_mean": wav_mean, "wav_std": wav_std, "vid_mean": vid_mean, "vid_std": vid_std}
 
 
+def _source_file(model_key: str) -> str:
+    """The original file a model key comes from, for error messages."""
+    if model_key.startswith("vavl.audio_backbone."):
+        return WAV2VEC2_FILE
+    for name, (_, target_prefix) in CONFORMER_FILES.items():
+        if model_key.startswith(target_prefix) or model_key in MODULE_KEYS[name].values():
+            return name
+    for name, target_prefix in HEAD_FILES.items():
+        if model_key.startswith(target_prefix):
+            return name
+    return "checkpoint"
+
+
 def _infer_num_outputs(checkpoint_dir: Path) -> int:
     state_dict = _load_state_dict(checkpoint_dir / "MLP_a_head.pt")
     if "out_layer.weight" not in state_dict:
@@ -244,14 +264,18 @@ def build_config(
     labels: list[str] | None = None,
     has_wav2vec2: bool = False,
     has_norm_stats: bool = False,
+    audio_backbone_config: Wav2Vec2Config | None = None,
 ) -> VavlConfig:
     """The config of a converted model: legacy layout, backbones only where their weights exist."""
     num_outputs = _infer_num_outputs(checkpoint_dir)
+    if has_wav2vec2 and audio_backbone_config is None:
+        audio_backbone_config = wav2vec2_large_robust_config()
     legacy = dict(
         legacy_batch_axis_attention=True,
         position_encoding="legacy_shifted",
         normalize_visual_features=has_norm_stats,
-        audio_backbone_config=wav2vec2_large_robust_config() if has_wav2vec2 else None,
+        audio_backbone_config=audio_backbone_config if has_wav2vec2 else None,
+        audio_feature_dim=audio_backbone_config.hidden_size if has_wav2vec2 else 1024,
         visual_backbone_config=None,  # HSEmotion's EfficientNet is a pickled timm object: pass its features
     )
     if preset is not None:
@@ -279,19 +303,27 @@ def convert_vavl_checkpoint(
     preset: str | None = None,
     task: str | None = None,
     labels: list[str] | None = None,
+    audio_backbone_config: Wav2Vec2Config | None = None,
 ) -> VavlForEmotionRecognition:
     """Convert an original VAVL checkpoint directory; save it (model + feature extractor) when `output_dir` is set.
+
+    Args:
+        checkpoint_dir: the original files (see the module docstring).
+        output_dir: where to save; nothing is written when None.
+        preset: `"crema-d"` or `"msp-improv"`; otherwise give `task` and `labels`.
+        task: `"classification"` or `"regression"`.
+        labels: label names in the order of the original output layer.
+        audio_backbone_config: the layout of `final_wav2vec.pt` when it is not the 12-layer wav2vec2-large-robust.
 
     Every key must be used and every model tensor filled, with matching shapes: anything else is a
     `ConversionError` naming the key and file.
     """
     checkpoint_dir = Path(checkpoint_dir)
-    if not checkpoint_dir.is_dir():
-        raise ConversionError(f"{checkpoint_dir} is not a directory")
+    _check_required_files(checkpoint_dir)
     wav2vec2_path = checkpoint_dir / WAV2VEC2_FILE
     stats_path = checkpoint_dir / NORM_STATS_FILE
     has_wav2vec2, has_stats = wav2vec2_path.is_file(), stats_path.is_file()
-    config = build_config(checkpoint_dir, preset, task, labels, has_wav2vec2, has_stats)
+    config = build_config(checkpoint_dir, preset, task, labels, has_wav2vec2, has_stats, audio_backbone_config)
 
     converted = convert_head_state_dicts(checkpoint_dir)
     for name in UNUSED_FILES:
@@ -303,21 +335,21 @@ def convert_vavl_checkpoint(
 
     model = VavlForEmotionRecognition(config)
     expected = model.state_dict()
-    origin = {**{k: "final_wav2vec.pt" for k in converted if k.startswith("vavl.audio_backbone.")}}
     unexpected = sorted(set(converted) - set(expected))
     if unexpected:
-        raise ConversionError(f"{origin.get(unexpected[0], 'head files')}: key {unexpected[0]!r} has no place in the model")
+        raise ConversionError(f"{_source_file(unexpected[0])}: key {unexpected[0]!r} has no place in the model")
     for key, tensor in converted.items():
         if tuple(tensor.shape) != tuple(expected[key].shape):
             raise ConversionError(
-                f"{origin.get(key, 'head files')}: {key!r} has shape {tuple(tensor.shape)}, "
+                f"{_source_file(key)}: {key!r} has shape {tuple(tensor.shape)}, "
                 f"the model expects {tuple(expected[key].shape)}"
             )
-    regenerated = ("visual_features_mean", "visual_features_std")
-    missing = sorted(k for k in set(expected) - set(converted) if not k.endswith(regenerated))
+    statistics_buffers = ("visual_features_mean", "visual_features_std")  # from train_norm_stat.pkl, or identity
+    missing = sorted(k for k in set(expected) - set(converted) if not k.endswith(statistics_buffers))
     if missing:
-        source = "final_wav2vec.pt" if missing[0].startswith("vavl.audio_backbone.") else "head files"
-        raise ConversionError(f"{source}: no tensor for model key {missing[0]!r} ({len(missing)} missing in all)")
+        raise ConversionError(
+            f"{_source_file(missing[0])}: no tensor for model key {missing[0]!r} ({len(missing)} missing in all)"
+        )
     if stats is not None:
         converted["vavl.visual_features_mean"] = torch.from_numpy(stats["vid_mean"])
         converted["vavl.visual_features_std"] = torch.from_numpy(stats["vid_std"])
@@ -349,21 +381,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=["crema-d", "msp-improv"], help="label set and loss of the paper's set-ups")
     parser.add_argument("--task", choices=["classification", "regression"], help="without --preset")
     parser.add_argument("--labels", help="comma-separated label names in output order, without --preset")
+    parser.add_argument(
+        "--audio-backbone-config",
+        help="config.json of the wav2vec2 layout in final_wav2vec.pt (default: 12-layer wav2vec2-large-robust)",
+    )
     return parser
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.preset is None and (args.task is None or args.labels is None):
+        raise ConversionError("give --preset, or both --task and --labels")
     labels = [label.strip() for label in args.labels.split(",")] if args.labels else None
-    convert_vavl_checkpoint(args.checkpoint_dir, args.output_dir, args.preset, args.task, labels)
+    audio_config = Wav2Vec2Config.from_json_file(args.audio_backbone_config) if args.audio_backbone_config else None
+    convert_vavl_checkpoint(args.checkpoint_dir, args.output_dir, args.preset, args.task, labels, audio_config)
     print(f"Converted {args.checkpoint_dir} -> {args.output_dir}")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = add_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
-    args = parser.parse_args(argv)
-    if args.preset is None and (args.task is None or args.labels is None):
-        parser.error("give --preset, or both --task and --labels")
-    run(args)
+    run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -228,6 +228,16 @@ class VavlPreTrainedModel(PreTrainedModel):
                 init.ones_(module.running_var)
                 init.zeros_(module.num_batches_tracked)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # transformers maps only the saving class; map both so either Auto class loads any VAVL checkpoint remotely.
+        module = VavlModel.__module__.rsplit(".", 1)[-1]
+        self.config.auto_map = {
+            **(getattr(self.config, "auto_map", None) or {}),
+            "AutoModel": f"{module}.VavlModel",
+            "AutoModelForAudioClassification": f"{module}.VavlForEmotionRecognition",
+        }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     @classmethod
     def from_backbones(
         cls,
