@@ -22,8 +22,15 @@ SHARED = Path(os.environ.get("AVEMOTION_SHARED_DIR", Path(__file__).resolve().pa
 FIXTURES = SHARED / "fixtures" / "vavl_parity"
 pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason="shared/fixtures/vavl_parity not found beside the repo")
 HEAD_FILES = [
-    "final_acoustic_head.pt", "final_visual_head.pt", "final_shared_head.pt", "MLP_a_head.pt", "MLP_v_head.pt",
-    "MLP_av_head.pt", "final_weights_head.pt", "MLP_rec_a_head.pt", "MLP_rec_v_head.pt",
+    "final_acoustic_head.pt",
+    "final_visual_head.pt",
+    "final_shared_head.pt",
+    "MLP_a_head.pt",
+    "MLP_v_head.pt",
+    "MLP_av_head.pt",
+    "final_weights_head.pt",
+    "MLP_rec_a_head.pt",
+    "MLP_rec_v_head.pt",
 ]
 
 
@@ -46,8 +53,12 @@ def original_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def converted_dir(original_dir, tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("converted")
-    assert cli_main(["convert-vavl", "--checkpoint-dir", str(original_dir), "--output-dir", str(output),
-                     "--preset", "crema-d"]) == 0
+    assert (
+        cli_main(
+            ["convert-vavl", "--checkpoint-dir", str(original_dir), "--output-dir", str(output), "--preset", "crema-d"]
+        )
+        == 0
+    )
     return output
 
 
@@ -61,10 +72,17 @@ def test_converted_checkpoint_reproduces_the_original_outputs(converted_dir, ref
     model = VavlForEmotionRecognition.from_pretrained(converted_dir).eval()
     assert model.config.legacy_batch_axis_attention
     with torch.no_grad():
-        out = model(audio_features=torch.from_numpy(reference[prefix + "audio_features"]),
-                    visual_features=torch.from_numpy(reference[prefix + "visual_features"]))
-    for name, value in [("pred_a", out.audio_logits), ("pred_v", out.visual_logits), ("pred_av", out.fusion_logits),
-                        ("rep_a", out.audio_pooled_output), ("rep_v", out.visual_pooled_output)]:
+        out = model(
+            audio_features=torch.from_numpy(reference[prefix + "audio_features"]),
+            visual_features=torch.from_numpy(reference[prefix + "visual_features"]),
+        )
+    for name, value in [
+        ("pred_a", out.audio_logits),
+        ("pred_v", out.visual_logits),
+        ("pred_av", out.fusion_logits),
+        ("rep_a", out.audio_pooled_output),
+        ("rep_v", out.visual_pooled_output),
+    ]:
         np.testing.assert_allclose(value.numpy(), reference[prefix + name], atol=1e-5, rtol=0, err_msg=name)
     # `logits` is the fusion head when both modalities are given
     np.testing.assert_allclose(out.logits.numpy(), reference[prefix + "pred_av"], atol=1e-5, rtol=0)
@@ -122,8 +140,11 @@ def test_unknown_and_misshaped_keys_are_named(original_dir, tmp_path):
     state = torch.load(original_dir / "final_acoustic_head.pt", weights_only=True)
     del state["x_acoustic.encoder.layers.1.sequential.2.module.sequential.4.conv.weight"]
     torch.save(state, tmp_path / "missing" / "final_acoustic_head.pt")
-    with pytest.raises(ConversionError, match=r"final_acoustic_head.pt: no tensor for model key "
-                                              r"'vavl.audio_encoder.conformer.layers.1.conv_module.depthwise_conv"):
+    with pytest.raises(
+        ConversionError,
+        match=r"final_acoustic_head.pt: no tensor for model key "
+        r"'vavl.audio_encoder.conformer.layers.1.conv_module.depthwise_conv",
+    ):
         convert_vavl_checkpoint(tmp_path / "missing", preset="crema-d")
 
 
@@ -138,12 +159,14 @@ def test_wav2vec2_and_normalisation_statistics(original_dir, tmp_path):
     checkpoint = tmp_path / "ckpt"
     _copy_heads(original_dir, checkpoint)
     # a small front-end with the original's width (1024), saved with the old weight-norm names
-    w2v_config = tiny_wav2vec2_config(hidden_size=1024, num_hidden_layers=1, num_attention_heads=4,
-                                      num_conv_pos_embedding_groups=4)
+    w2v_config = tiny_wav2vec2_config(
+        hidden_size=1024, num_hidden_layers=1, num_attention_heads=4, num_conv_pos_embedding_groups=4
+    )
     wav2vec2 = Wav2Vec2Model(w2v_config).eval()
     legacy_names = {
-        key.replace("parametrizations.weight.original0", "weight_g").replace("parametrizations.weight.original1",
-                                                                              "weight_v"): tensor
+        key.replace("parametrizations.weight.original0", "weight_g").replace(
+            "parametrizations.weight.original1", "weight_v"
+        ): tensor
         for key, tensor in wav2vec2.state_dict().items()
     }
     assert "encoder.pos_conv_embed.conv.weight_g" in legacy_names
@@ -156,13 +179,28 @@ def test_wav2vec2_and_normalisation_statistics(original_dir, tmp_path):
     w2v_config.to_json_file(config_file)
 
     output = tmp_path / "out"
-    assert cli_main(["convert-vavl", "--checkpoint-dir", str(checkpoint), "--output-dir", str(output),
-                     "--preset", "crema-d", "--audio-backbone-config", str(config_file)]) == 0
+    assert (
+        cli_main(
+            [
+                "convert-vavl",
+                "--checkpoint-dir",
+                str(checkpoint),
+                "--output-dir",
+                str(output),
+                "--preset",
+                "crema-d",
+                "--audio-backbone-config",
+                str(config_file),
+            ]
+        )
+        == 0
+    )
     model = VavlForEmotionRecognition.from_pretrained(output).eval()
     waveform = torch.randn(1, 4000)
     with torch.no_grad():
-        torch.testing.assert_close(model.vavl.audio_backbone(waveform).last_hidden_state,
-                                   wav2vec2(waveform).last_hidden_state)
+        torch.testing.assert_close(
+            model.vavl.audio_backbone(waveform).last_hidden_state, wav2vec2(waveform).last_hidden_state
+        )
     assert model.config.normalize_visual_features
     np.testing.assert_allclose(model.vavl.visual_features_std.numpy(), vid_std)
     feature_extractor = AvEmotionFeatureExtractor.from_pretrained(output)
@@ -191,8 +229,20 @@ def test_normalisation_pickle_is_read_with_a_restricted_unpickler(original_dir, 
 
 
 def test_cli_reports_errors_without_traceback(tmp_path, capsys):
-    assert cli_main(["convert-vavl", "--checkpoint-dir", str(tmp_path), "--output-dir", str(tmp_path / "o"),
-                     "--task", "classification"]) == 2
+    assert (
+        cli_main(
+            [
+                "convert-vavl",
+                "--checkpoint-dir",
+                str(tmp_path),
+                "--output-dir",
+                str(tmp_path / "o"),
+                "--task",
+                "classification",
+            ]
+        )
+        == 2
+    )
     assert "give --preset" in capsys.readouterr().err
     module = sys.modules["avemotion.models.vavl.convert_vavl_original_checkpoint"]
     with pytest.raises(ConversionError, match="missing original checkpoint file"):

@@ -65,8 +65,12 @@ def test_modality_routing_and_shapes():
     audio, audio_mask = padded_batch([7, 5], AUDIO_DIM)
     video, video_mask = padded_batch([4, 6], VISUAL_DIM, seed=1)
     with torch.no_grad():
-        both = model(audio_features=audio, audio_features_mask=audio_mask,
-                     visual_features=video, visual_features_mask=video_mask)
+        both = model(
+            audio_features=audio,
+            audio_features_mask=audio_mask,
+            visual_features=video,
+            visual_features_mask=video_mask,
+        )
         audio_only = model(audio_features=audio, audio_features_mask=audio_mask)
         video_only = model(visual_features=video, visual_features_mask=video_mask)
     assert both.logits.shape == (2, 3)
@@ -84,8 +88,12 @@ def test_row_with_missing_modality_uses_the_other_head():
     video, video_mask = padded_batch([4, 6], VISUAL_DIM, seed=1)
     video_mask[1] = 0  # row 1 has no video
     with torch.no_grad():
-        out = model(audio_features=audio, audio_features_mask=audio_mask,
-                    visual_features=video, visual_features_mask=video_mask)
+        out = model(
+            audio_features=audio,
+            audio_features_mask=audio_mask,
+            visual_features=video,
+            visual_features_mask=video_mask,
+        )
         alone = model(audio_features=audio[1:, :5], audio_features_mask=audio_mask[1:, :5])
     assert out.visual_present.tolist() == [True, False]
     torch.testing.assert_close(out.logits[0], out.fusion_logits[0])
@@ -98,15 +106,23 @@ def test_batch_independence_in_default_mode():
     audio, audio_mask = padded_batch([9, 4, 6], AUDIO_DIM)
     video, video_mask = padded_batch([3, 8, 5], VISUAL_DIM, seed=1)
     with torch.no_grad():
-        batched = model(audio_features=audio, audio_features_mask=audio_mask,
-                        visual_features=video, visual_features_mask=video_mask)
+        batched = model(
+            audio_features=audio,
+            audio_features_mask=audio_mask,
+            visual_features=video,
+            visual_features_mask=video_mask,
+        )
         for row, (a_len, v_len) in enumerate([(9, 3), (4, 8), (6, 5)]):
             single = model(audio_features=audio[row : row + 1, :a_len], visual_features=video[row : row + 1, :v_len])
             for name in ("logits", "audio_logits", "visual_logits", "audio_pooled_output"):
                 torch.testing.assert_close(getattr(batched, name)[row], getattr(single, name)[0], atol=1e-5, rtol=0)
         # reversing the batch order does not change any row either
-        flipped = model(audio_features=audio.flip(0), audio_features_mask=audio_mask.flip(0),
-                        visual_features=video.flip(0), visual_features_mask=video_mask.flip(0))
+        flipped = model(
+            audio_features=audio.flip(0),
+            audio_features_mask=audio_mask.flip(0),
+            visual_features=video.flip(0),
+            visual_features_mask=video_mask.flip(0),
+        )
     torch.testing.assert_close(flipped.logits.flip(0), batched.logits, atol=1e-5, rtol=0)
 
 
@@ -139,13 +155,20 @@ def test_classification_loss_terms():
     audio, audio_mask = padded_batch([7, 5, 6], AUDIO_DIM)
     video, video_mask = padded_batch([4, 6, 2], VISUAL_DIM, seed=1)
     labels = torch.tensor([0, 2, 1])
-    out = model(audio_features=audio, audio_features_mask=audio_mask,
-                visual_features=video, visual_features_mask=video_mask, labels=labels)
+    out = model(
+        audio_features=audio,
+        audio_features_mask=audio_mask,
+        visual_features=video,
+        visual_features_mask=video_mask,
+        labels=labels,
+    )
     ce = torch.nn.functional.cross_entropy
     pooled = model.vavl(audio_features=audio, audio_features_mask=audio_mask)
     lengths = audio_mask.sum(1, keepdim=True)
     audio_target = (audio * audio_mask.unsqueeze(-1)).sum(1) / lengths
-    expected_rec = torch.nn.functional.mse_loss(model.audio_reconstruction_head(pooled.audio_pooled_output), audio_target)
+    expected_rec = torch.nn.functional.mse_loss(
+        model.audio_reconstruction_head(pooled.audio_pooled_output), audio_target
+    )
     torch.testing.assert_close(out.audio_reconstruction_loss, expected_rec)
     torch.testing.assert_close(out.audio_loss, ce(out.audio_logits, labels) + 2.0 * expected_rec)
     torch.testing.assert_close(out.fusion_loss, ce(out.fusion_logits, labels))
@@ -171,9 +194,13 @@ def test_gradients_reach_shared_layers_from_each_modality():
 
 
 def test_regression_head_and_ccc_loss():
-    model = make_model(id2label={0: "arousal", 1: "dominance", 2: "valence"},
-                       label2id={"arousal": 0, "dominance": 1, "valence": 2},
-                       problem_type="regression", reconstruction_loss_weight=1.0, label_scale=[1, 5])
+    model = make_model(
+        id2label={0: "arousal", 1: "dominance", 2: "valence"},
+        label2id={"arousal": 0, "dominance": 1, "valence": 2},
+        problem_type="regression",
+        reconstruction_loss_weight=1.0,
+        label_scale=[1, 5],
+    )
     audio = torch.randn(4, 6, AUDIO_DIM)
     labels = torch.rand(4, 3)
     out = model(audio_features=audio, labels=labels)
@@ -281,8 +308,9 @@ def test_from_backbones_loads_pretrained_weights(tmp_path):
     )
     backbone = model.vavl.audio_backbone
     assert backbone.config.num_hidden_layers == 2 and model.config.visual_feature_dim == 128
-    torch.testing.assert_close(backbone.encoder.layers[1].attention.q_proj.weight,
-                               wav2vec2.encoder.layers[1].attention.q_proj.weight)
+    torch.testing.assert_close(
+        backbone.encoder.layers[1].attention.q_proj.weight, wav2vec2.encoder.layers[1].attention.q_proj.weight
+    )
     for name, tensor in effnet.state_dict().items():
         torch.testing.assert_close(model.vavl.visual_backbone.state_dict()[name], tensor)
     assert model.config.audio_backbone_name == str(tmp_path / "w2v")
@@ -307,15 +335,21 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         ({}, "at least one modality"),
         ({"audio_features": torch.randn(2, 5, AUDIO_DIM + 1)}, r"audio_features` must be \(batch, frames, 16\)"),
         ({"audio_features": torch.randn(5, AUDIO_DIM)}, "audio_features"),
-        ({"audio_features": torch.randn(2, 5, AUDIO_DIM), "audio_features_mask": torch.ones(2, 4)},
-         "audio_features_mask"),
+        (
+            {"audio_features": torch.randn(2, 5, AUDIO_DIM), "audio_features_mask": torch.ones(2, 4)},
+            "audio_features_mask",
+        ),
         ({"audio_features": torch.randn(2, 5, AUDIO_DIM), "input_values": torch.randn(2, 400)}, "not both"),
         ({"input_values": torch.randn(2, 400)}, "no audio backbone"),
         ({"pixel_values_videos": torch.randn(2, 3, 3, 8, 8)}, "no visual backbone"),
-        ({"audio_features": torch.randn(2, 5, AUDIO_DIM), "visual_features": torch.randn(3, 5, VISUAL_DIM)},
-         "batch sizes differ"),
-        ({"audio_features": torch.randn(2, 5, AUDIO_DIM), "audio_features_mask": torch.tensor([[1] * 5, [0] * 5])},
-         r"Rows \[1\] have neither"),
+        (
+            {"audio_features": torch.randn(2, 5, AUDIO_DIM), "visual_features": torch.randn(3, 5, VISUAL_DIM)},
+            "batch sizes differ",
+        ),
+        (
+            {"audio_features": torch.randn(2, 5, AUDIO_DIM), "audio_features_mask": torch.tensor([[1] * 5, [0] * 5])},
+            r"Rows \[1\] have neither",
+        ),
         ({"audio_features": torch.randint(0, 3, (2, 5, AUDIO_DIM))}, "floating-point"),
     ],
 )
@@ -331,3 +365,18 @@ def test_invalid_configs_are_rejected():
         tiny_vavl_config(conv_kernel_size=4)
     with pytest.raises(ValueError, match="label_scale"):
         tiny_vavl_config(label_scale=[5, 1])
+
+
+def test_model_card_template_documents_real_config_fields():
+    import re
+    from pathlib import Path
+
+    from huggingface_hub import ModelCard, ModelCardData
+
+    template = Path(__file__).resolve().parents[1] / "hub_cards" / "vavl.md"
+    card = ModelCard.from_template(ModelCardData(license="apache-2.0"), template_path=str(template), repo_id="me/vavl")
+    assert "me/vavl" in card.content and card.data.license == "apache-2.0"
+    documented = re.findall(r"^\| `(\w+)` \|", card.content, flags=re.MULTILINE)
+    assert {"legacy_batch_axis_attention", "position_encoding"} <= set(documented)
+    config = tiny_vavl_config()
+    assert all(hasattr(config, field) for field in documented)

@@ -57,9 +57,7 @@ class SinusoidalPositionalEmbedding(nn.Module):
     def __init__(self, dim: int, max_positions: int):
         super().__init__()
         self.dim = dim
-        self.register_buffer(
-            "table", sinusoidal_embeddings(torch.arange(max_positions), dim), persistent=False
-        )
+        self.register_buffer("table", sinusoidal_embeddings(torch.arange(max_positions), dim), persistent=False)
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         """positions: (L,) integer tensor -> (L, dim)."""

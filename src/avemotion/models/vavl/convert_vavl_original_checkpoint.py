@@ -66,7 +66,11 @@ MODULE_KEYS = {
     },
 }
 # Conformer block internals (sooftware/conformer's nn.Sequential indices) -> our names.
-_FFN = {"sequential.0": "layer_norm", "sequential.1.linear": "intermediate_dense", "sequential.4.linear": "output_dense"}
+_FFN = {
+    "sequential.0": "layer_norm",
+    "sequential.1.linear": "intermediate_dense",
+    "sequential.4.linear": "output_dense",
+}
 _ATTENTION = {
     "query_proj.linear": "linear_q",
     "key_proj.linear": "linear_k",
@@ -87,7 +91,10 @@ _BLOCK_RULES: list[tuple[re.Pattern, Any]] = [
     (re.compile(r"^sequential\.1\.module\.layer_norm\.(\w+)$"), lambda m: f"self_attn_layer_norm.{m[1]}"),
     (re.compile(r"^sequential\.1\.module\.attention\.u_bias$"), lambda m: "self_attn.pos_bias_u"),
     (re.compile(r"^sequential\.1\.module\.attention\.v_bias$"), lambda m: "self_attn.pos_bias_v"),
-    (re.compile(r"^sequential\.1\.module\.attention\.(\w+\.linear)\.(\w+)$"), lambda m: f"self_attn.{_ATTENTION[m[1]]}.{m[2]}"),
+    (
+        re.compile(r"^sequential\.1\.module\.attention\.(\w+\.linear)\.(\w+)$"),
+        lambda m: f"self_attn.{_ATTENTION[m[1]]}.{m[2]}",
+    ),
     (re.compile(r"^sequential\.2\.module\.(.+)\.(\w+)$"), lambda m: f"conv_module.{_CONV[m[1]]}.{m[2]}"),
     (re.compile(r"^sequential\.4\.(\w+)$"), lambda m: f"final_layer_norm.{m[1]}"),
 ]
@@ -378,7 +385,9 @@ def convert_vavl_checkpoint(
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-dir", required=True, help="directory with the original VAVL .pt files")
     parser.add_argument("--output-dir", required=True, help="where to write the transformers checkpoint")
-    parser.add_argument("--preset", choices=["crema-d", "msp-improv"], help="label set and loss of the paper's set-ups")
+    parser.add_argument(
+        "--preset", choices=["crema-d", "msp-improv"], help="label set and loss of the paper's set-ups"
+    )
     parser.add_argument("--task", choices=["classification", "regression"], help="without --preset")
     parser.add_argument("--labels", help="comma-separated label names in output order, without --preset")
     parser.add_argument(

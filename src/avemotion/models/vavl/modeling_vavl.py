@@ -282,6 +282,9 @@ class VavlPreTrainedModel(PreTrainedModel):
 class VavlModel(VavlPreTrainedModel):
     """The VAVL encoders: optional backbones, modality encoders, shared encoder, pooled representations."""
 
+    # loading the encoders from a task checkpoint: its heads are expected leftovers, not a problem worth a report
+    _keys_to_ignore_on_load_unexpected = [r"(audio|visual|fusion)(_reconstruction)?_head\."]
+
     def __init__(self, config: VavlConfig):
         super().__init__(config)
         self.audio_backbone = Wav2Vec2Model(config.audio_backbone_config) if config.audio_backbone_config else None
@@ -601,7 +604,9 @@ class VavlForEmotionRecognition(VavlPreTrainedModel):
         logits = audio_logits if has_audio else visual_logits
         if has_audio and has_video:
             both = (audio_present & visual_present).unsqueeze(-1)
-            logits = torch.where(both, fusion_logits, torch.where(audio_present.unsqueeze(-1), audio_logits, visual_logits))
+            logits = torch.where(
+                both, fusion_logits, torch.where(audio_present.unsqueeze(-1), audio_logits, visual_logits)
+            )
 
         loss = audio_loss = visual_loss = fusion_loss = audio_rec = visual_rec = None
         if labels is not None:
@@ -657,5 +662,10 @@ class VavlForEmotionRecognition(VavlPreTrainedModel):
         return nn.functional.mse_loss(reconstruction, target)
 
 
-__all__ = ["VavlModel", "VavlForEmotionRecognition", "VavlPreTrainedModel", "VavlModelOutput",
-           "VavlEmotionRecognitionOutput"]
+__all__ = [
+    "VavlModel",
+    "VavlForEmotionRecognition",
+    "VavlPreTrainedModel",
+    "VavlModelOutput",
+    "VavlEmotionRecognitionOutput",
+]
