@@ -611,23 +611,16 @@ class VavlForEmotionRecognition(VavlPreTrainedModel):
         loss = audio_loss = visual_loss = fusion_loss = audio_rec = visual_rec = None
         if labels is not None:
             labels = labels.to(device)
-            weight = self.config.reconstruction_loss_weight
             if has_audio and audio_present.any():
-                rows = audio_present
-                audio_rec = self._reconstruction_loss(
-                    self.audio_reconstruction_head(audio_pooled[rows]),
-                    encoded.audio_features[rows],
-                    None if encoded.audio_features_mask is None else encoded.audio_features_mask[rows],
-                )
-                audio_loss = self.task_loss(audio_logits[rows], labels[rows]) + weight * audio_rec
+                audio_loss, audio_rec = self._unimodal_loss(
+                    audio_logits, audio_pooled, encoded.audio_features, encoded.audio_features_mask,
+                    audio_present, labels, self.audio_reconstruction_head,
+                )  # fmt: skip
             if has_video and visual_present.any():
-                rows = visual_present
-                visual_rec = self._reconstruction_loss(
-                    self.visual_reconstruction_head(visual_pooled[rows]),
-                    encoded.visual_features[rows],
-                    None if encoded.visual_features_mask is None else encoded.visual_features_mask[rows],
-                )
-                visual_loss = self.task_loss(visual_logits[rows], labels[rows]) + weight * visual_rec
+                visual_loss, visual_rec = self._unimodal_loss(
+                    visual_logits, visual_pooled, encoded.visual_features, encoded.visual_features_mask,
+                    visual_present, labels, self.visual_reconstruction_head,
+                )  # fmt: skip
             if fusion_logits is not None and (audio_present & visual_present).any():
                 rows = audio_present & visual_present
                 fusion_loss = self.task_loss(fusion_logits[rows], labels[rows])
@@ -651,15 +644,29 @@ class VavlForEmotionRecognition(VavlPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
-    def _reconstruction_loss(
-        self, reconstruction: torch.Tensor, features: torch.Tensor, mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        """MSE between the reconstruction and the time-average of the input features (masked in the default mode;
-        over every frame, padding included, in the legacy mode). The target is detached so that a fine-tuned
-        backbone is not pulled towards easily reconstructed features."""
+    def _unimodal_loss(
+        self,
+        logits: torch.Tensor,
+        pooled: torch.Tensor,
+        features: torch.Tensor,
+        mask: torch.Tensor | None,
+        rows: torch.Tensor,
+        labels: torch.Tensor,
+        reconstruction_head: VavlHead,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One of VAVL's unimodal steps over the rows that have the modality: task loss + weighted reconstruction
+        MSE. Returns `(step_loss, reconstruction_mse)`.
+
+        The reconstruction target is the time-average of the input features (over real frames; over every frame,
+        padding included, in the legacy mode). It is detached so that a fine-tuned backbone is not pulled towards
+        easily reconstructed features."""
         legacy = self.config.legacy_batch_axis_attention
-        target = masked_mean(features, None if legacy else mask).detach()
-        return nn.functional.mse_loss(reconstruction, target)
+        target = masked_mean(features[rows], None if legacy or mask is None else mask[rows]).detach()
+        reconstruction = nn.functional.mse_loss(reconstruction_head(pooled[rows]), target)
+        step_loss = (
+            self.task_loss(logits[rows], labels[rows]) + self.config.reconstruction_loss_weight * reconstruction
+        )
+        return step_loss, reconstruction
 
 
 __all__ = [
