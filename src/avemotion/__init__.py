@@ -7,6 +7,7 @@ Importing the package registers its configs and models with `transformers`' Auto
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForAudioClassification
 
 from .models.auto import AutoModelForEmotionRecognition
+from .models.mlfusion import MultiLevelFusionConfig, MultiLevelFusionForEmotionRecognition, MultiLevelFusionModel
 from .models.vavl import VavlConfig, VavlForEmotionRecognition, VavlModel
 from .processing import AvEmotionFeatureExtractor
 
@@ -23,6 +24,17 @@ def _register() -> None:
     VavlConfig.register_for_auto_class()
     VavlModel.register_for_auto_class("AutoModel")
     VavlForEmotionRecognition.register_for_auto_class("AutoModelForAudioClassification")
+    AutoConfig.register(MultiLevelFusionConfig.model_type, MultiLevelFusionConfig, exist_ok=True)
+    AutoModel.register(MultiLevelFusionConfig, MultiLevelFusionModel, exist_ok=True)
+    AutoModelForAudioClassification.register(
+        MultiLevelFusionConfig, MultiLevelFusionForEmotionRecognition, exist_ok=True
+    )
+    AutoModelForEmotionRecognition.register(
+        MultiLevelFusionConfig, MultiLevelFusionForEmotionRecognition, exist_ok=True
+    )
+    MultiLevelFusionConfig.register_for_auto_class()
+    MultiLevelFusionModel.register_for_auto_class("AutoModel")
+    MultiLevelFusionForEmotionRecognition.register_for_auto_class("AutoModelForAudioClassification")
 
 
 _register()
@@ -30,6 +42,9 @@ _register()
 __all__ = [
     "AutoModelForEmotionRecognition",
     "AvEmotionFeatureExtractor",
+    "MultiLevelFusionConfig",
+    "MultiLevelFusionForEmotionRecognition",
+    "MultiLevelFusionModel",
     "VavlConfig",
     "VavlForEmotionRecognition",
     "VavlModel",
