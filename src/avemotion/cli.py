@@ -13,6 +13,7 @@ import sys
 
 # name -> (module with add_arguments/run, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("avemotion.data.synthetic", "write the synthetic audio-visual emotion corpus (CREMA-D layout)"),
     "convert-vavl": (
         "avemotion.models.vavl.convert_vavl_original_checkpoint",
         "convert a checkpoint of the original VAVL code into a transformers checkpoint",
