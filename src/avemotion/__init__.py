@@ -4,12 +4,19 @@ Importing the package registers its configs and models with `transformers`' Auto
 (`AutoConfig`, `AutoModel`, `AutoModelForAudioClassification`) and with `AutoModelForEmotionRecognition`.
 """
 
-from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForAudioClassification
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForAudioClassification,
+    AutoProcessor,
+)
 
 from .models.auto import AutoModelForEmotionRecognition
 from .models.mlfusion import MultiLevelFusionConfig, MultiLevelFusionForEmotionRecognition, MultiLevelFusionModel
 from .models.vavl import VavlConfig, VavlForEmotionRecognition, VavlModel
-from .processing import AvEmotionFeatureExtractor
+from .processing import AvEmotionFeatureExtractor, AvEmotionImageProcessor, AvEmotionProcessor
 
 __version__ = "0.1.0.dev0"
 
@@ -20,6 +27,8 @@ def _register() -> None:
     AutoModelForAudioClassification.register(VavlConfig, VavlForEmotionRecognition, exist_ok=True)
     AutoModelForEmotionRecognition.register(VavlConfig, VavlForEmotionRecognition, exist_ok=True)
     AutoFeatureExtractor.register(VavlConfig, AvEmotionFeatureExtractor, exist_ok=True)
+    AutoImageProcessor.register(VavlConfig, image_processor_classes={"pil": AvEmotionImageProcessor}, exist_ok=True)
+    AutoProcessor.register(VavlConfig, AvEmotionProcessor, exist_ok=True)
     # `save_pretrained` then writes `auto_map` and copies the code, so `trust_remote_code=True` loads without the import.
     VavlConfig.register_for_auto_class()
     VavlModel.register_for_auto_class("AutoModel")
@@ -42,6 +51,8 @@ _register()
 __all__ = [
     "AutoModelForEmotionRecognition",
     "AvEmotionFeatureExtractor",
+    "AvEmotionImageProcessor",
+    "AvEmotionProcessor",
     "MultiLevelFusionConfig",
     "MultiLevelFusionForEmotionRecognition",
     "MultiLevelFusionModel",

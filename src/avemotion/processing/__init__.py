@@ -1,5 +1,17 @@
-"""Processors: audio feature extraction (and, with later modules, video frames, text and the joint processor)."""
+"""Processors: audio feature extraction, face-video frames, and the joint audio/video/text processor."""
 
 from .audio import AvEmotionFeatureExtractor
+from .faces import FaceDetector, HaarCascadeFaceDetector
+from .media import load_audio, load_video
+from .processor import AvEmotionProcessor
+from .video import AvEmotionImageProcessor
 
-__all__ = ["AvEmotionFeatureExtractor"]
+__all__ = [
+    "AvEmotionFeatureExtractor",
+    "AvEmotionImageProcessor",
+    "AvEmotionProcessor",
+    "FaceDetector",
+    "HaarCascadeFaceDetector",
+    "load_audio",
+    "load_video",
+]

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
 from transformers import BatchFeature, Wav2Vec2FeatureExtractor
+
+from .media import check_waveform, describe, is_path, load_audio, resample
+
+logger = logging.getLogger(__name__)
 
 AUDIO_NORMALIZATIONS = ("global", "utterance", "none")
 
@@ -22,10 +28,11 @@ class AvEmotionFeatureExtractor(Wav2Vec2FeatureExtractor):
             normalisation). `"none"`: raw samples.
         global_mean (`float`, defaults to 0.0), global_std (`float`, defaults to 1.0): the training-set statistics
             used by `"global"`.
-        max_duration_seconds (`float`, *optional*): cut longer inputs to this duration.
+        max_duration_seconds (`float`, *optional*): cut longer inputs to this duration (logged as a warning).
         Other arguments as in `Wav2Vec2FeatureExtractor` (16 kHz, mono, `return_attention_mask=True`).
 
-    Returns `input_values` (batch, samples) and `attention_mask` (batch, samples).
+    Inputs may be waveforms at any sampling rate (resampled with soxr), audio files or video files (their sound
+    track); see `__call__`. Returns `input_values` (batch, samples) and `attention_mask` (batch, samples).
     """
 
     model_input_names = ["input_values", "attention_mask"]
@@ -60,25 +67,66 @@ class AvEmotionFeatureExtractor(Wav2Vec2FeatureExtractor):
         self.global_std = float(global_std)
         self.max_duration_seconds = max_duration_seconds
 
-    def __call__(self, raw_speech: np.ndarray | list, **kwargs: Any) -> BatchFeature:
-        """raw_speech: one waveform (1-D array or list of floats) or a batch (list of 1-D arrays, or a 2-D array)."""
-        batched = isinstance(raw_speech, (list, tuple)) and len(raw_speech) > 0 and not np.isscalar(raw_speech[0])
+    def __call__(self, raw_speech: Any, sampling_rate: int | None = None, **kwargs: Any) -> BatchFeature:
+        """
+        Args:
+            raw_speech: one input or a batch (a list of inputs, or a 2-D array (batch, samples)). An input is a mono
+                1-D float waveform, a path to an audio file (wav, flac, mp3, ...) or to a video file (its sound
+                track is read), or a dict `{"array": waveform, "sampling_rate": rate}` (a `datasets` `Audio`
+                value). Files are mixed to mono; every input is resampled to `self.sampling_rate` (soxr).
+            sampling_rate: the rate of the waveform arrays (files and dicts carry their own). Without it, arrays
+                are taken to be at `self.sampling_rate` and a warning says so.
+            kwargs: passed to `Wav2Vec2FeatureExtractor.__call__` (`padding` defaults to True).
+
+        Returns:
+            `BatchFeature` with `input_values` (batch, samples) and `attention_mask` (batch, samples).
+        """
+        batched = isinstance(raw_speech, (list, tuple)) and len(raw_speech) > 0
+        batched = batched and (_is_record(raw_speech[0]) or is_path(raw_speech[0]) or not np.isscalar(raw_speech[0]))
         batched = batched or (isinstance(raw_speech, np.ndarray) and raw_speech.ndim == 2)
-        waveforms = [np.asarray(w, dtype=np.float32) for w in (raw_speech if batched else [raw_speech])]
-        for index, waveform in enumerate(waveforms):
-            if waveform.ndim != 1:
-                raise ValueError(f"audio #{index}: expected a mono 1-D waveform, got shape {waveform.shape}")
-            if waveform.size == 0:
-                raise ValueError(f"audio #{index}: the waveform is empty")
-            if not np.isfinite(waveform).all():
-                raise ValueError(f"audio #{index}: the waveform contains NaN or infinite samples")
+        items = list(raw_speech) if batched else [raw_speech]
+        if sampling_rate is None and any(not is_path(item) and not _is_record(item) for item in items):
+            logger.warning(
+                "No sampling_rate given for the audio arrays: assuming %d Hz. Pass `sampling_rate=` to have them "
+                "resampled.",
+                self.sampling_rate,
+            )
+        waveforms = [
+            self.load(item, sampling_rate, name=describe(item, index, "audio")) for index, item in enumerate(items)
+        ]
         if self.max_duration_seconds is not None:
             limit = int(round(self.max_duration_seconds * self.sampling_rate))
+            for index, waveform in enumerate(waveforms):
+                if len(waveform) > limit:
+                    logger.warning(
+                        "%s: cut from %.2f s to max_duration_seconds=%.2f s",
+                        describe(items[index], index, "audio"),
+                        len(waveform) / self.sampling_rate,
+                        self.max_duration_seconds,
+                    )
             waveforms = [w[:limit] for w in waveforms]
         if self.normalization == "global":
             waveforms = [(w - self.global_mean) / (self.global_std + 1e-6) for w in waveforms]
         kwargs.setdefault("padding", True)
-        return super().__call__(waveforms, **kwargs)
+        return super().__call__(waveforms, sampling_rate=self.sampling_rate, **kwargs)
+
+    def load(self, audio: Any, sampling_rate: int | None = None, name: str = "audio") -> np.ndarray:
+        """One input (path, waveform or `{"array", "sampling_rate"}` dict) -> checked mono float32 at
+        `self.sampling_rate`, not yet normalised or cut."""
+        if is_path(audio):
+            return load_audio(audio, self.sampling_rate, name=name)
+        if _is_record(audio):
+            try:
+                audio, sampling_rate = audio["array"], audio["sampling_rate"]
+            except KeyError as error:
+                raise ValueError(f"{name}: a dict input needs 'array' and 'sampling_rate' keys") from error
+        waveform = check_waveform(audio, name)
+        return resample(waveform, int(sampling_rate or self.sampling_rate), self.sampling_rate)
+
+
+def _is_record(value: Any) -> bool:
+    """A `{"array", "sampling_rate"}` mapping, or a `datasets` audio decoder that is indexed the same way."""
+    return isinstance(value, Mapping) or type(value).__name__ == "AudioDecoder"
 
 
 __all__ = ["AvEmotionFeatureExtractor"]

@@ -1,0 +1,241 @@
+"""Face detection, tracking and VAVL's face crop.
+
+Boxes are float arrays `(x_min, y_min, x_max, y_max)` in pixels of the frame they were found in.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+
+# Two boxes show the same face when their centres are closer than this fraction of the mean box side and their
+# sides differ by less than this ratio (IoU alone breaks down when a face moves by half its width between frames).
+SAME_FACE_MAX_SHIFT = 0.75
+SAME_FACE_MAX_SCALE = 1.5
+# An interpolated box is kept only where its content correlates at least this much with the face at a key frame.
+MIN_PATCH_CORRELATION = 0.6
+
+
+@runtime_checkable
+class FaceDetector(Protocol):
+    """Anything with `detect(frame_rgb) -> boxes` can find faces for the processor.
+
+    `frame_rgb` is one (H, W, 3) uint8 RGB frame; the result is an (N, 4) float array of
+    `(x_min, y_min, x_max, y_max)` boxes in that frame's pixels (N may be 0).
+    """
+
+    def detect(self, frame_rgb: np.ndarray) -> np.ndarray: ...
+
+
+class HaarCascadeFaceDetector:
+    """OpenCV's frontal-face Haar cascade (shipped in opencv-python-headless < 5, so it works offline).
+
+    Detection runs on a grey copy of the frame downscaled so that its longer side is at most `max_side` pixels,
+    which bounds the cost per frame; boxes are mapped back to the full frame.
+
+    Args:
+        max_side: longest side of the image the cascade sees (`None`: full resolution).
+        scale_factor, min_neighbors: `cv2.CascadeClassifier.detectMultiScale` settings.
+        min_face_fraction: ignore faces smaller than this fraction of the frame's shorter side.
+        cascade: file name inside `cv2.data.haarcascades`, or a path to a cascade XML file.
+    """
+
+    def __init__(
+        self,
+        max_side: int | None = 320,
+        scale_factor: float = 1.15,
+        min_neighbors: int = 5,
+        min_face_fraction: float = 0.08,
+        cascade: str = "haarcascade_frontalface_default.xml",
+    ):
+        data_dir = getattr(getattr(cv2, "data", None), "haarcascades", None)
+        path = cascade if data_dir is None or "/" in cascade else data_dir + cascade
+        self.classifier = cv2.CascadeClassifier(path)
+        if self.classifier.empty():
+            raise ValueError(
+                f"Cannot load the Haar cascade {path!r}: opencv-python-headless < 5 ships it; OpenCV 5 wheels do not"
+            )
+        self.max_side = max_side
+        self.scale_factor = scale_factor
+        self.min_neighbors = min_neighbors
+        self.min_face_fraction = min_face_fraction
+
+    def detect(self, frame_rgb: np.ndarray) -> np.ndarray:
+        gray = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2GRAY)
+        height, width = gray.shape
+        scale = 1.0
+        if self.max_side is not None and max(height, width) > self.max_side:
+            scale = self.max_side / max(height, width)
+            gray = cv2.resize(gray, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+        min_side = max(12, int(self.min_face_fraction * min(gray.shape)))
+        found = self.classifier.detectMultiScale(
+            gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(min_side, min_side)
+        )
+        if len(found) == 0:
+            return np.zeros((0, 4), dtype=np.float32)
+        boxes = np.asarray(found, dtype=np.float32)
+        boxes[:, 2:] += boxes[:, :2]
+        return boxes / scale
+
+
+def box_area(boxes: np.ndarray) -> np.ndarray:
+    return np.clip(boxes[..., 2] - boxes[..., 0], 0, None) * np.clip(boxes[..., 3] - boxes[..., 1], 0, None)
+
+
+def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one box with each of `boxes` (N, 4)."""
+    top_left = np.maximum(box[:2], boxes[:, :2])
+    bottom_right = np.minimum(box[2:], boxes[:, 2:])
+    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=-1)
+    return inter / np.maximum(box_area(box) + box_area(boxes) - inter, 1e-9)
+
+
+def _check_boxes(boxes: np.ndarray, name: str = "face detector output") -> np.ndarray:
+    boxes = np.asarray(boxes, dtype=np.float32)
+    if boxes.size == 0:
+        return boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{name}: expected boxes of shape (N, 4) as (x_min, y_min, x_max, y_max), got {boxes.shape}")
+    return boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+
+
+def same_face(box: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each of `boxes` (N, 4): whether it continues the face in `box`, and its centre distance to it."""
+    side = np.sqrt(box_area(box))
+    sides = np.sqrt(box_area(boxes))
+    shift = np.hypot(*(((boxes[:, :2] + boxes[:, 2:]) - (box[:2] + box[2:])) / 2).T)
+    ratio = np.maximum(sides, side) / np.maximum(np.minimum(sides, side), 1e-9)
+    return (shift <= SAME_FACE_MAX_SHIFT * (sides + side) / 2) & (ratio <= SAME_FACE_MAX_SCALE), shift
+
+
+def choose_face(boxes: np.ndarray, previous: np.ndarray | None) -> np.ndarray | None:
+    """The face that continues the track (the nearest one that is the same face as `previous`), else the largest."""
+    if len(boxes) == 0:
+        return None
+    if previous is not None:
+        matches, shift = same_face(previous, boxes)
+        if matches.any():
+            return boxes[int(np.where(matches, shift, np.inf).argmin())]
+    return boxes[int(box_area(boxes).argmax())]
+
+
+def track_main_face(frames: np.ndarray, detector: FaceDetector, detect_every: int = 1) -> list[np.ndarray | None]:
+    """The main face of every frame: the largest face, then the same face followed across frames.
+
+    The detector runs on every `detect_every`-th frame and on the last one. Between two key frames that found the
+    same face, the box is interpolated linearly and checked: the frame's content in the box must still correlate
+    with the face at a key frame (normalised cross-correlation of small grey patches), else that frame is detected
+    too. Between key frames that disagree (a face appears, disappears or changes), every frame is detected.
+
+    Args:
+        frames: (T, H, W, 3) uint8 RGB.
+        detector: a `FaceDetector`.
+        detect_every: detection stride (1: every frame).
+
+    Returns:
+        one box (4,) or `None` (no face) per frame.
+    """
+    if detect_every < 1:
+        raise ValueError(f"detect_every must be >= 1, got {detect_every}")
+    num_frames = len(frames)
+    keys = list(range(0, num_frames, detect_every))
+    if keys[-1] != num_frames - 1:
+        keys.append(num_frames - 1)
+    boxes: list[np.ndarray | None] = [None] * num_frames
+    previous = None
+    for t in keys:
+        boxes[t] = choose_face(_check_boxes(detector.detect(frames[t])), previous)
+        previous = boxes[t] if boxes[t] is not None else previous
+    for start, end in zip(keys[:-1], keys[1:]):
+        if end - start < 2:
+            continue
+        first, last = boxes[start], boxes[end]
+        interpolate = first is not None and last is not None and same_face(first, last[None])[0][0]
+        if interpolate:
+            templates = (_face_patch(frames[start], first), _face_patch(frames[end], last))
+        previous = first
+        for t in range(start + 1, end):
+            if interpolate:
+                weight = (t - start) / (end - start)
+                box = (1 - weight) * first + weight * last
+                patch = _face_patch(frames[t], box)
+                # keep the interpolated box only where the frame still looks like the face at a key frame
+                if max(float(patch @ template) for template in templates) >= MIN_PATCH_CORRELATION:
+                    boxes[t] = previous = box
+                    continue
+            boxes[t] = choose_face(_check_boxes(detector.detect(frames[t])), previous)
+            previous = boxes[t] if boxes[t] is not None else previous
+    return boxes
+
+
+def _face_patch(frame: np.ndarray, box: np.ndarray, size: int = 24) -> np.ndarray:
+    """The box's content as a small grey patch with zero mean and unit norm (for normalised cross-correlation)."""
+    x0, y0 = max(int(box[0]), 0), max(int(box[1]), 0)
+    x1, y1 = min(int(np.ceil(box[2])), frame.shape[1]), min(int(np.ceil(box[3])), frame.shape[0])
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return np.zeros(size * size, dtype=np.float32)
+    grey = cv2.cvtColor(frame[y0:y1, x0:x1], cv2.COLOR_RGB2GRAY)
+    patch = cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+    patch -= patch.mean()
+    return patch / max(float(np.linalg.norm(patch)), 1e-6)
+
+
+def detect_all_faces(frames: np.ndarray, detector: FaceDetector) -> list[np.ndarray]:
+    """Every face of every frame (VAVL keeps them all), ordered left to right. Returns one (N_t, 4) array per frame."""
+    faces = []
+    for frame in frames:
+        boxes = _check_boxes(detector.detect(frame))
+        faces.append(boxes[np.argsort(boxes[:, 0], kind="stable")])
+    return faces
+
+
+def vavl_crop_square(
+    box: np.ndarray, face_box_scale: float = 1.1, crop_scale: float = 1.25
+) -> tuple[float, float, float]:
+    """VAVL's crop (reference/vavl.md §1.2): centre of the box, side `crop_scale * face_box_scale * (w + h) / 2`.
+
+    VAVL takes the box from 68 landmarks; here the detector's box stands in for it.
+
+    Returns:
+        (centre_x, centre_y, side) in pixels.
+    """
+    width, height = box[2] - box[0], box[3] - box[1]
+    size = face_box_scale * (width + height) / 2
+    return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, float(int(crop_scale * size))
+
+
+def crop_square(
+    frame: np.ndarray, centre_x: float, centre_y: float, side: float, output_size: tuple[int, int], interpolation: int
+) -> np.ndarray:
+    """Cut the axis-aligned square (centre, side) out of `frame` and resize it to `output_size` (height, width).
+
+    Parts of the square outside the frame are black, as in VAVL's skimage warp. Shrinking uses area averaging
+    (no aliasing); enlarging uses `interpolation` (a `cv2.INTER_*` flag).
+    """
+    side = max(int(round(side)), 1)
+    x0, y0 = int(round(centre_x - side / 2)), int(round(centre_y - side / 2))
+    height, width = frame.shape[:2]
+    crop = np.zeros((side, side, frame.shape[2]), dtype=frame.dtype)
+    src_x0, src_y0 = max(x0, 0), max(y0, 0)
+    src_x1, src_y1 = min(x0 + side, width), min(y0 + side, height)
+    if src_x1 > src_x0 and src_y1 > src_y0:
+        crop[src_y0 - y0 : src_y1 - y0, src_x0 - x0 : src_x1 - x0] = frame[src_y0:src_y1, src_x0:src_x1]
+    out_h, out_w = output_size
+    if (side, side) == (out_h, out_w):
+        return crop
+    flag = cv2.INTER_AREA if side > max(out_h, out_w) else interpolation
+    return cv2.resize(crop, (out_w, out_h), interpolation=flag)
+
+
+__all__ = [
+    "FaceDetector",
+    "HaarCascadeFaceDetector",
+    "box_iou",
+    "choose_face",
+    "crop_square",
+    "detect_all_faces",
+    "track_main_face",
+    "vavl_crop_square",
+]

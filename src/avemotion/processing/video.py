@@ -1,0 +1,272 @@
+"""Face-video frame processor: decode, find the face, crop it VAVL's way, resize and normalise every frame.
+
+transformers 5 video processors (`BaseVideoProcessor`) need torchvision, which does not work on this stack, so
+this is a PIL/NumPy-backend image processor (`PilBackend`) that takes whole videos.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import cv2
+import numpy as np
+from transformers import BatchFeature
+from transformers.image_processing_backends import PilBackend
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling, SizeDict
+from transformers.processing_utils import ImagesKwargs
+
+from .faces import (
+    FaceDetector,
+    HaarCascadeFaceDetector,
+    crop_square,
+    detect_all_faces,
+    track_main_face,
+    vavl_crop_square,
+)
+from .media import check_video_array, describe, is_path, load_video
+
+logger = logging.getLogger(__name__)
+
+FACE_SELECTIONS = ("main", "all")
+_CV2_INTERPOLATION = {
+    PILImageResampling.NEAREST: cv2.INTER_NEAREST,
+    PILImageResampling.LANCZOS: cv2.INTER_LANCZOS4,
+    PILImageResampling.BILINEAR: cv2.INTER_LINEAR,
+    PILImageResampling.BICUBIC: cv2.INTER_CUBIC,
+    PILImageResampling.BOX: cv2.INTER_AREA,
+    PILImageResampling.HAMMING: cv2.INTER_LINEAR,
+}
+
+
+class AvEmotionImageProcessorKwargs(ImagesKwargs, total=False):
+    face_detector: Any
+    face_selection: str
+    detect_every: int
+    detection_max_side: int
+    face_box_scale: float
+    crop_scale: float
+    video_fps: float | None
+    max_frames: int | None
+
+
+@functools.lru_cache(maxsize=4)
+def _haar_detector(max_side: int | None) -> HaarCascadeFaceDetector:
+    return HaarCascadeFaceDetector(max_side=max_side)
+
+
+class AvEmotionImageProcessor(PilBackend):
+    r"""
+    Turns face videos into `pixel_values_videos` for VAVL's per-frame visual backbone.
+
+    Per video: decode (PyAV; native frame rate or `video_fps`; at most `max_frames`), find the face in each frame,
+    crop the square VAVL uses (reference/vavl.md §1.2: centred on the face box, side
+    `crop_scale * face_box_scale * (w + h) / 2` = 1.25 * 1.1 * the mean box side), resize it to `size` (224x224),
+    rescale to [0, 1] and normalise with the ImageNet mean/std.
+
+    Args:
+        face_detector (`str`, `FaceDetector` or `None`, defaults to `"haar"`): `"haar"` is OpenCV's frontal-face
+            Haar cascade (offline); any object with `detect(frame_rgb) -> (N, 4) boxes` works; `None` means the
+            frames already are face crops (they are only resized and normalised). A custom detector object is not
+            saved by `save_pretrained`: pass it again to `from_pretrained(..., face_detector=...)`.
+        face_selection (`str`, defaults to `"main"`): `"main"`: one row per frame with the main face (the largest
+            face, then that face followed across frames). `"all"`: one row per detected face, like VAVL, which keeps
+            every face; this detects on every frame.
+        detect_every (`int`, defaults to 5): in `"main"` mode, run the detector on every k-th frame and follow the
+            face in between (frames between two key frames that disagree are all detected).
+        detection_max_side (`int`, defaults to 320): the Haar detector sees frames downscaled to this longest side.
+        face_box_scale (`float`, defaults to 1.1), crop_scale (`float`, defaults to 1.25): VAVL's crop rule.
+        video_fps (`float`, *optional*): sample decoded videos at this rate; `None` keeps the native rate (VAVL).
+            Arrays are taken as already sampled.
+        max_frames (`int`, *optional*): keep at most the first `max_frames` frames of each video (logged).
+        size, resample, do_rescale, rescale_factor, do_normalize, image_mean, image_std: as in other image
+            processors (224x224, bicubic, ImageNet mean/std). With a face detector the crops are always resized to
+            `size`.
+
+    Returns a `BatchFeature` with
+        - `pixel_values_videos` (batch, frames, 3, height, width) float32, zero on masked rows;
+        - `visual_features_mask` (batch, frames) int64: 1 on rows holding a face crop, 0 on frames without a face
+          and on padding;
+        - `num_frames_without_face` (batch,) int64: frames of each video in which no face was found.
+    A video in which no frame shows a face raises a `ValueError`.
+    """
+
+    valid_kwargs = AvEmotionImageProcessorKwargs
+    model_input_names = ["pixel_values_videos", "visual_features_mask"]
+
+    resample = PILImageResampling.BICUBIC
+    image_mean = IMAGENET_DEFAULT_MEAN
+    image_std = IMAGENET_DEFAULT_STD
+    size = {"height": 224, "width": 224}
+    do_resize = True
+    do_rescale = True
+    do_normalize = True
+    face_detector = "haar"
+    face_selection = "main"
+    detect_every = 5
+    detection_max_side = 320
+    face_box_scale = 1.1
+    crop_scale = 1.25
+    video_fps = None
+    max_frames = None
+
+    def __init__(self, **kwargs: Any):
+        # None is meaningful here (pre-cropped faces), so keep it from being replaced by the class default
+        face_detector = kwargs.pop("face_detector", type(self).face_detector)
+        super().__init__(**kwargs)
+        self.face_detector = face_detector
+        self._check_settings(self.face_detector, self.face_selection, self.detect_every)
+
+    @staticmethod
+    def _check_settings(face_detector: Any, face_selection: str, detect_every: int) -> None:
+        if face_selection not in FACE_SELECTIONS:
+            raise ValueError(f"face_selection must be one of {FACE_SELECTIONS}, got {face_selection!r}")
+        if int(detect_every) < 1:
+            raise ValueError(f"detect_every must be >= 1, got {detect_every}")
+        if not (face_detector is None or isinstance(face_detector, (str, FaceDetector))):
+            raise ValueError(
+                "face_detector must be 'haar', None (frames are face crops) or an object with "
+                f"`detect(frame_rgb) -> boxes`, got {type(face_detector).__name__}"
+            )
+
+    def get_face_detector(self, face_detector: Any = "default") -> FaceDetector | None:
+        """Resolve the `face_detector` setting to a detector object (None for pre-cropped faces)."""
+        detector = self.face_detector if face_detector == "default" else face_detector
+        if detector is None or isinstance(detector, FaceDetector):
+            return detector
+        if detector == "haar":
+            return _haar_detector(self.detection_max_side)
+        raise ValueError(
+            f"face_detector {detector!r} cannot be built from its name (a custom detector is not saved with the "
+            "processor): pass the detector object, e.g. `from_pretrained(path, face_detector=MyDetector())`"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        detector = self.face_detector
+        if not (detector is None or isinstance(detector, str)):
+            self.face_detector = f"custom:{type(detector).__module__}.{type(detector).__qualname__}"
+        try:
+            return super().to_dict()
+        finally:
+            self.face_detector = detector
+
+    def __call__(self, videos: Any, **kwargs: Any) -> BatchFeature:
+        return self.preprocess(videos, **kwargs)
+
+    def preprocess(self, videos: Any, return_tensors: str | None = None, **kwargs: Any) -> BatchFeature:
+        """
+        Args:
+            videos: one video or a list of videos. A video is a file path, a (frames, height, width, 3) uint8 RGB
+                array, or a list of (height, width, 3) uint8 frames.
+            return_tensors: `"pt"`, `"np"` or `None` (NumPy arrays).
+            kwargs: any setting of the constructor, for this call only.
+        """
+        unknown = set(kwargs) - set(self._valid_kwargs_names)
+        if unknown:
+            raise ValueError(f"Unexpected arguments for {type(self).__name__}: {sorted(unknown)}")
+        face_detector = kwargs.pop("face_detector", "default")
+        settings = {name: kwargs.get(name, getattr(self, name, None)) for name in self._valid_kwargs_names}
+        settings = self._standardize_kwargs(**settings)
+        detector = self.get_face_detector(face_detector)
+        self._check_settings(detector, settings["face_selection"], settings["detect_every"])
+
+        rows, masks, missing = [], [], []
+        for index, video in enumerate(_as_video_list(videos)):
+            name = describe(video, index, kind="video")
+            frames = self._frames(video, name, settings)
+            crops, mask = self._faces(frames, name, detector, settings)
+            rows.append(self._normalize(crops, settings))
+            masks.append(mask)
+            missing.append(int((mask == 0).sum()))  # each frame without a face is exactly one masked row
+        max_len = max(len(r) for r in rows)
+        batch = np.zeros((len(rows), max_len, *rows[0].shape[1:]), dtype=np.float32)
+        batch_mask = np.zeros((len(rows), max_len), dtype=np.int64)
+        for i, (row, mask) in enumerate(zip(rows, masks)):
+            batch[i, : len(row)] = row
+            batch_mask[i, : len(mask)] = mask
+        data = {
+            "pixel_values_videos": batch,
+            "visual_features_mask": batch_mask,
+            "num_frames_without_face": np.asarray(missing, dtype=np.int64),
+        }
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _frames(self, video: Any, name: str, settings: dict) -> np.ndarray:
+        max_frames = settings["max_frames"]
+        if is_path(video):
+            return load_video(video, fps=settings["video_fps"], max_frames=max_frames, name=name).frames
+        frames = check_video_array(video, name)
+        if max_frames is not None and len(frames) > max_frames:
+            logger.warning("%s: kept the first %d of %d frames (max_frames)", name, max_frames, len(frames))
+            frames = frames[:max_frames]
+        return frames
+
+    def _faces(
+        self, frames: np.ndarray, name: str, detector: FaceDetector | None, settings: dict
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Face crops (rows, height, width, 3) uint8 and the row mask (1: a face, 0: a frame without one)."""
+        size: SizeDict = settings["size"]
+        out_size = (size.height, size.width)
+        interpolation = _CV2_INTERPOLATION.get(PILImageResampling(settings["resample"]), cv2.INTER_CUBIC)
+        if detector is None:  # already face crops
+            if not settings["do_resize"] or frames.shape[1:3] == out_size:
+                return frames, np.ones(len(frames), dtype=np.int64)
+            crops = np.stack([cv2.resize(f, out_size[::-1], interpolation=interpolation) for f in frames])
+            return crops, np.ones(len(frames), dtype=np.int64)
+
+        def crop(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
+            centre_x, centre_y, side = vavl_crop_square(box, settings["face_box_scale"], settings["crop_scale"])
+            return crop_square(frame, centre_x, centre_y, side, out_size, interpolation)
+
+        blank = np.zeros((*out_size, 3), dtype=np.uint8)
+        if settings["face_selection"] == "main":
+            boxes = track_main_face(frames, detector, int(settings["detect_every"]))
+            crops = [blank if box is None else crop(frame, box) for frame, box in zip(frames, boxes)]
+            mask = np.asarray([box is not None for box in boxes], dtype=np.int64)
+        else:
+            crops, mask = [], []
+            for frame, frame_boxes in zip(frames, detect_all_faces(frames, detector)):
+                crops.extend(crop(frame, box) for box in frame_boxes)
+                mask.extend([1] * len(frame_boxes))
+                if len(frame_boxes) == 0:
+                    crops.append(blank)
+                    mask.append(0)
+            mask = np.asarray(mask, dtype=np.int64)
+        if not mask.any():
+            raise ValueError(f"{name}: no face found in any of its {len(frames)} frames")
+        if not mask.all():
+            logger.info("%s: no face in %d of %d frames (masked)", name, int((mask == 0).sum()), len(frames))
+        return np.stack(crops), mask
+
+    @staticmethod
+    def _normalize(crops: np.ndarray, settings: dict) -> np.ndarray:
+        """(rows, H, W, 3) uint8 -> (rows, 3, H, W) float32, rescaled and normalised in one vectorised pass."""
+        pixels = crops.astype(np.float32)
+        if settings["do_rescale"]:
+            pixels *= np.float32(settings["rescale_factor"])
+        if settings["do_normalize"]:
+            mean = np.asarray(settings["image_mean"], dtype=np.float32)
+            std = np.asarray(settings["image_std"], dtype=np.float32)
+            pixels = (pixels - mean) / std
+        return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
+
+
+def _as_video_list(videos: Any) -> list:
+    """One video or a batch of videos -> a list of videos (see `preprocess`)."""
+    if is_path(videos) or (isinstance(videos, np.ndarray) and videos.ndim == 4) or hasattr(videos, "detach"):
+        return [videos]
+    if isinstance(videos, (list, tuple)):
+        if not videos:
+            raise ValueError("video: expected a video or a list of videos, got an empty list")
+        first = videos[0]
+        if is_path(first) or isinstance(first, (list, tuple)) or getattr(first, "ndim", 0) == 4:
+            return list(videos)
+        return [videos]  # a list of frames
+    raise ValueError(
+        "video: expected a file path, a (frames, height, width, 3) uint8 array, a list of frames, or a list of "
+        f"these, got {type(videos).__name__}"
+    )
+
+
+__all__ = ["AvEmotionImageProcessor"]
