@@ -1,8 +1,8 @@
 """Processors: audio feature extraction, face-video frames, and the joint audio/video/text processor."""
 
 from .audio import AvEmotionFeatureExtractor
-from .faces import FaceDetector, HaarCascadeFaceDetector
-from .media import load_audio, load_video
+from .faces import FaceDetector, HaarCascadeFaceDetector, NoFaceFoundError
+from .media import iter_audio_blocks, iter_video_frames, load_audio, load_video, media_streams
 from .processor import AvEmotionProcessor
 from .video import AvEmotionImageProcessor
 
@@ -12,6 +12,10 @@ __all__ = [
     "AvEmotionProcessor",
     "FaceDetector",
     "HaarCascadeFaceDetector",
+    "NoFaceFoundError",
+    "iter_audio_blocks",
+    "iter_video_frames",
     "load_audio",
     "load_video",
+    "media_streams",
 ]

@@ -19,6 +19,10 @@ MIN_PATCH_CORRELATION = 0.6
 
 
 @runtime_checkable
+class NoFaceFoundError(ValueError):
+    """No frame of a video shows a face (the pipeline falls back to the other modalities on this error)."""
+
+
 class FaceDetector(Protocol):
     """Anything with `detect(frame_rgb) -> boxes` can find faces for the processor.
 
@@ -231,6 +235,7 @@ def crop_square(
 
 __all__ = [
     "FaceDetector",
+    "NoFaceFoundError",
     "HaarCascadeFaceDetector",
     "box_iou",
     "choose_face",

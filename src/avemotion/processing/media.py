@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,60 +103,17 @@ def _wav_truncated(path: Path) -> bool:
     return True  # no data chunk before the end of the file
 
 
-def _read_soundfile(path: Path, name: str) -> tuple[np.ndarray, int]:
-    with soundfile.SoundFile(path) as sound:
-        declared = sound.frames
-        samples = sound.read(dtype="float32", always_2d=True)
-        rate, fmt = sound.samplerate, sound.format
-    if fmt in ("WAV", "WAVEX", "RF64") and _wav_truncated(path):
-        raise ValueError(f"{name}: the file is truncated (its data chunk is shorter than its header says)")
-    if fmt == "FLAC" and 0 < len(samples) < declared:
-        raise ValueError(f"{name}: the file is truncated ({len(samples)} of {declared} samples)")
-    return samples.mean(axis=1), rate
-
-
-def _read_av_audio(path: Path, name: str) -> tuple[np.ndarray, int]:
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise ValueError(f"{name}: the file has no audio stream (expected a sound track)")
-            stream = container.streams.audio[0]
-            declared = stream.frames  # packets the container indexes; 0 when it does not say
-            chunks = []
-            for frame in container.decode(stream):
-                # planar float keeps channels apart: (channels, samples)
-                chunks.append(frame.to_ndarray().reshape(len(frame.layout.channels), -1).astype(np.float32))
-            rate = stream.rate or stream.codec_context.sample_rate
-    except av.error.FFmpegError as error:
-        raise ValueError(f"{name}: cannot decode the audio ({error})") from error
-    if not chunks:
-        raise ValueError(f"{name}: cannot decode any audio samples from the file")
-    if len(chunks) < declared:
-        raise ValueError(f"{name}: the file is truncated or corrupt ({len(chunks)} of {declared} audio frames decode)")
-    return np.concatenate(chunks, axis=1).mean(axis=0), rate
-
-
 def load_audio(source: PathLike, sampling_rate: int = 16000, name: str | None = None) -> np.ndarray:
     """Read an audio file or the sound track of a video file as a mono float32 waveform at `sampling_rate`.
 
     wav/flac/mp3/ogg/aiff are read with soundfile, any other container (mp4, mkv, webm, m4a, ...) with PyAV.
-    Channels are averaged to mono and the result is resampled with soxr.
+    Channels are averaged to mono and the result is resampled with soxr (see `iter_audio_blocks`).
 
     Returns:
         `np.ndarray` of shape (samples,), float32.
     """
     name = name or describe(source, kind="audio")
-    path = _check_file(source, name)
-    samples, rate = None, None
-    if path.suffix.lower() in _SOUNDFILE_SUFFIXES:
-        try:
-            samples, rate = _read_soundfile(path, name)
-        except soundfile.LibsndfileError as error:
-            logger.debug("soundfile could not read %s (%s); trying PyAV", path, error)
-    if samples is None:
-        samples, rate = _read_av_audio(path, name)
-    waveform = check_waveform(np.ascontiguousarray(samples, dtype=np.float32), name)
-    return resample(waveform, int(rate), sampling_rate)
+    return check_waveform(np.concatenate(list(iter_audio_blocks(source, sampling_rate, name=name))), name)
 
 
 @dataclass
@@ -195,26 +153,25 @@ def check_video_array(video: Any, name: str) -> np.ndarray:
     return video
 
 
-def load_video(
-    source: PathLike, fps: float | None = None, max_frames: int | None = None, name: str | None = None
-) -> VideoClip:
-    """Decode a video file's first video stream to RGB frames with PyAV.
+def iter_video_frames(
+    source: PathLike, fps: float | None = None, name: str | None = None
+) -> Iterator[tuple[float, np.ndarray]]:
+    """Decode a video file's first video stream frame by frame with PyAV (memory stays bounded).
 
     Args:
         source: path of the video file.
         fps: keep frames at about this rate (the first frame at or after each 1/fps step); `None` or a rate at or
             above the native one keeps every frame (VAVL uses the native rate). Frames are never duplicated.
-        max_frames: keep at most this many frames (the first ones); the cut is logged.
 
-    Returns:
-        `VideoClip` with frames (T, H, W, 3) uint8.
+    Yields:
+        `(seconds, frame)` with frame (H, W, 3) uint8 RGB. A file that cannot be decoded, has no video stream, holds
+        no frame, or is truncated raises a `ValueError` (a truncation is found at the end of the stream).
     """
     name = name or describe(source, kind="video")
     path = _check_file(source, name)
     if fps is not None and fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    frames, times = [], []
-    next_time, cut, decoded, declared = 0.0, False, 0, 0
+    next_time, decoded, emitted = 0.0, 0, 0
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -226,31 +183,174 @@ def load_video(
             declared = stream.frames  # 0 when the container does not say
             for frame in container.decode(stream):
                 decoded += 1
-                time = float(frame.time) if frame.time is not None else len(times) / (native or 1.0)
+                time = float(frame.time) if frame.time is not None else (decoded - 1) / (native or 1.0)
                 if sampling:
                     if time + 1e-6 < next_time:
                         continue
                     next_time += 1.0 / fps
                     while next_time <= time:  # a gap in the stream: do not emit catch-up frames
                         next_time += 1.0 / fps
-                if max_frames is not None and len(frames) >= max_frames:
-                    cut = True
-                    break
-                frames.append(frame.to_ndarray(format="rgb24"))
-                times.append(time)
+                emitted += 1
+                yield time, frame.to_ndarray(format="rgb24")
     except av.error.FFmpegError as error:
         raise ValueError(f"{name}: cannot decode the video ({error})") from error
-    if not frames:
+    if not emitted:
         raise ValueError(f"{name}: the video stream holds no frames")
-    if not cut and decoded < declared:
+    if decoded < declared:
         raise ValueError(f"{name}: the file is truncated or corrupt ({decoded} of {declared} frames decode)")
+
+
+def video_frame_rate(source: PathLike, name: str | None = None) -> float | None:
+    """The native frame rate of a video file's first video stream (None when the container does not say)."""
+    name = name or describe(source, kind="video")
+    try:
+        with av.open(str(_check_file(source, name))) as container:
+            if not container.streams.video:
+                raise ValueError(f"{name}: the file has no video stream")
+            rate = container.streams.video[0].average_rate
+            return float(rate) if rate else None
+    except av.error.FFmpegError as error:
+        raise ValueError(f"{name}: cannot decode the video ({error})") from error
+
+
+def load_video(
+    source: PathLike, fps: float | None = None, max_frames: int | None = None, name: str | None = None
+) -> VideoClip:
+    """Decode a whole video (see `iter_video_frames`), keeping at most the first `max_frames` frames (logged).
+
+    Returns:
+        `VideoClip` with frames (T, H, W, 3) uint8.
+    """
+    name = name or describe(source, kind="video")
+    frames, times, cut = [], [], False
+    for time, frame in iter_video_frames(source, fps=fps, name=name):
+        if max_frames is not None and len(frames) >= max_frames:
+            cut = True
+            break
+        frames.append(frame)
+        times.append(time)
     if cut:
         logger.warning(
             "%s: kept the first %d frames (max_frames); the rest of the video is not used", name, max_frames
         )
     timestamps = np.asarray(times, dtype=np.float64)
-    rate = float(fps) if sampling else (native or (len(times) / max(timestamps[-1] - timestamps[0], 1e-6)))
+    native = video_frame_rate(source, name)
+    if fps is not None and (native is None or fps < native):
+        rate = float(fps)
+    else:
+        rate = native or (len(times) / max(timestamps[-1] - timestamps[0], 1e-6))
     return VideoClip(frames=np.stack(frames), timestamps=timestamps, fps=rate)
 
 
-__all__ = ["VideoClip", "check_video_array", "check_waveform", "load_audio", "load_video", "resample"]
+def media_streams(source: PathLike, name: str | None = None) -> tuple[bool, bool]:
+    """`(has_audio, has_video)` of a media file, read from its container (no decoding)."""
+    name = name or describe(source, kind="media")
+    path = _check_file(source, name)
+    if path.suffix.lower() in _SOUNDFILE_SUFFIXES:
+        try:
+            soundfile.info(path)
+            return True, False
+        except soundfile.LibsndfileError:
+            pass
+    try:
+        with av.open(str(path)) as container:
+            return bool(container.streams.audio), bool(container.streams.video)
+    except av.error.FFmpegError as error:
+        raise ValueError(f"{name}: cannot read the file as audio or video ({error})") from error
+
+
+def iter_audio_blocks(
+    source: PathLike, sampling_rate: int = 16000, block_seconds: float = 5.0, name: str | None = None
+) -> Iterator[np.ndarray]:
+    """Stream an audio file, or the sound track of a video file, as mono float32 blocks at `sampling_rate`.
+
+    Memory stays bounded by the block size: wav/flac/mp3/ogg/aiff are read in blocks with soundfile, other
+    containers packet by packet with PyAV, and the blocks are resampled with a streaming soxr resampler.
+    Errors are `ValueError`s as in `load_audio`; a truncated file is reported when the stream ends.
+    """
+    name = name or describe(source, kind="audio")
+    path = _check_file(source, name)
+    resampler, produced = None, 0
+
+    def convert(samples: np.ndarray, rate: int, last: bool = False) -> np.ndarray:
+        nonlocal resampler
+        if rate == sampling_rate:
+            return samples
+        if resampler is None:
+            resampler = soxr.ResampleStream(rate, sampling_rate, 1, dtype="float32", quality="HQ")
+        return resampler.resample_chunk(samples, last=last)
+
+    rate = None
+    if path.suffix.lower() in _SOUNDFILE_SUFFIXES:
+        try:
+            with soundfile.SoundFile(path) as sound:
+                if sound.format in ("WAV", "WAVEX", "RF64") and _wav_truncated(path):
+                    raise ValueError(f"{name}: the file is truncated (its data chunk is shorter than its header says)")
+                rate, declared, read = sound.samplerate, sound.frames, 0
+                for block in sound.blocks(blocksize=max(1, int(block_seconds * sound.samplerate)), dtype="float32",
+                                          always_2d=True):  # fmt: skip
+                    read += len(block)
+                    mono = check_waveform(np.ascontiguousarray(block.mean(axis=1)), name)
+                    out = convert(mono, rate)
+                    produced += out.size
+                    if out.size:
+                        yield out
+                if sound.format == "FLAC" and 0 < read < declared:
+                    raise ValueError(f"{name}: the file is truncated ({read} of {declared} samples)")
+        except soundfile.LibsndfileError as error:
+            logger.debug("soundfile could not read %s (%s); trying PyAV", path, error)
+            rate = None
+    if rate is None:
+        yield from _iter_av_audio(path, name, sampling_rate, block_seconds, convert)
+        return
+    tail = convert(np.zeros(0, dtype=np.float32), rate, last=True)
+    if tail.size:
+        yield tail
+    if produced + tail.size == 0:
+        raise ValueError(f"{name}: the waveform is empty")
+
+
+def _iter_av_audio(path: Path, name: str, sampling_rate: int, block_seconds: float, convert) -> Iterator[np.ndarray]:
+    pending, pending_size, produced, decoded, rate = [], 0, 0, 0, None
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise ValueError(f"{name}: the file has no audio stream (expected a sound track)")
+            stream = container.streams.audio[0]
+            declared = stream.frames
+            rate = stream.rate or stream.codec_context.sample_rate
+            block = max(1, int(block_seconds * rate))
+            for frame in container.decode(stream):
+                decoded += 1
+                channels = frame.to_ndarray().reshape(len(frame.layout.channels), -1).astype(np.float32)
+                pending.append(channels.mean(axis=0))
+                pending_size += channels.shape[1]
+                if pending_size >= block:
+                    out = convert(check_waveform(np.concatenate(pending), name), rate)
+                    pending, pending_size, produced = [], 0, produced + out.size
+                    if out.size:
+                        yield out
+    except av.error.FFmpegError as error:
+        raise ValueError(f"{name}: cannot decode the audio ({error})") from error
+    if decoded == 0:
+        raise ValueError(f"{name}: cannot decode any audio samples from the file")
+    if decoded < declared:
+        raise ValueError(f"{name}: the file is truncated or corrupt ({decoded} of {declared} audio frames decode)")
+    rest = check_waveform(np.concatenate(pending), name) if pending else np.zeros(0, dtype=np.float32)
+    out = convert(rest, rate, last=True)
+    if out.size:
+        yield out
+
+
+__all__ = [
+    "VideoClip",
+    "check_video_array",
+    "check_waveform",
+    "iter_audio_blocks",
+    "iter_video_frames",
+    "load_audio",
+    "load_video",
+    "media_streams",
+    "resample",
+    "video_frame_rate",
+]

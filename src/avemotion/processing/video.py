@@ -20,6 +20,7 @@ from transformers.processing_utils import ImagesKwargs
 from .faces import (
     FaceDetector,
     HaarCascadeFaceDetector,
+    NoFaceFoundError,
     crop_square,
     detect_all_faces,
     track_main_face,
@@ -234,7 +235,7 @@ class AvEmotionImageProcessor(PilBackend):
                     mask.append(0)
             mask = np.asarray(mask, dtype=np.int64)
         if not mask.any():
-            raise ValueError(f"{name}: no face found in any of its {len(frames)} frames")
+            raise NoFaceFoundError(f"{name}: no face found in any of its {len(frames)} frames")
         if not mask.all():
             logger.info("%s: no face in %d of %d frames (masked)", name, int((mask == 0).sum()), len(frames))
         return np.stack(crops), mask
