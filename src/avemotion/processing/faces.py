@@ -18,11 +18,11 @@ SAME_FACE_MAX_SCALE = 1.5
 MIN_PATCH_CORRELATION = 0.6
 
 
-@runtime_checkable
 class NoFaceFoundError(ValueError):
     """No frame of a video shows a face (the pipeline falls back to the other modalities on this error)."""
 
 
+@runtime_checkable
 class FaceDetector(Protocol):
     """Anything with `detect(frame_rgb) -> boxes` can find faces for the processor.
 
