@@ -16,6 +16,7 @@ from transformers import (
 from .models.auto import AutoModelForEmotionRecognition
 from .models.mlfusion import MultiLevelFusionConfig, MultiLevelFusionForEmotionRecognition, MultiLevelFusionModel
 from .models.vavl import VavlConfig, VavlForEmotionRecognition, VavlModel
+from .pipelines import AudioVisualEmotionPipeline, register_pipeline
 from .processing import AvEmotionFeatureExtractor, AvEmotionImageProcessor, AvEmotionProcessor
 
 __version__ = "0.1.0.dev0"
@@ -44,11 +45,13 @@ def _register() -> None:
     MultiLevelFusionConfig.register_for_auto_class()
     MultiLevelFusionModel.register_for_auto_class("AutoModel")
     MultiLevelFusionForEmotionRecognition.register_for_auto_class("AutoModelForAudioClassification")
+    register_pipeline()
 
 
 _register()
 
 __all__ = [
+    "AudioVisualEmotionPipeline",
     "AutoModelForEmotionRecognition",
     "AvEmotionFeatureExtractor",
     "AvEmotionImageProcessor",

@@ -13,6 +13,7 @@ import sys
 
 # name -> (module with add_arguments/run, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "predict": ("avemotion.pipelines.cli_predict", "predict emotions of media files and/or transcripts"),
     "synth": ("avemotion.data.synthetic", "write the synthetic audio-visual emotion corpus (CREMA-D layout)"),
     "convert-vavl": (
         "avemotion.models.vavl.convert_vavl_original_checkpoint",
@@ -36,11 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args._run(args)
+        status = args._run(args)
     except (ValueError, FileNotFoundError) as error:
         print(f"avemotion {args.command}: error: {error}", file=sys.stderr)
         return 2
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

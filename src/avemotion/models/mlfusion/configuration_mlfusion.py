@@ -131,6 +131,10 @@ class MultiLevelFusionConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        if type(self).__module__.startswith("avemotion."):
+            # With `custom_pipelines`, transformers' pipeline() demands trust_remote_code even for the task that
+            # `import avemotion` registers; the package's own class drops it (remote copies keep it).
+            kwargs.pop("custom_pipelines", None)
         if self.id2label is None and kwargs.get("num_labels") is None:
             self.id2label = dict(enumerate(IEMOCAP_LABELS))
             self.label2id = {label: i for i, label in enumerate(IEMOCAP_LABELS)}

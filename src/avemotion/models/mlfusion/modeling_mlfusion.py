@@ -24,6 +24,17 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput, logging
 
+try:  # save-time extras of the package (auto_map for both Auto classes, the pipeline); a remote copy
+    # (trust_remote_code) runs without avemotion and does not need them
+    if not __name__.startswith("avemotion."):
+        raise ImportError
+    from avemotion.models.auto import EmotionModelHubMixin
+except ImportError:
+
+    class EmotionModelHubMixin:  # noqa: D101
+        pass
+
+
 from .configuration_mlfusion import MultiLevelFusionConfig
 from .segments import check_segments, frame_centers, frame_geometry, pool_segments
 
@@ -309,7 +320,7 @@ def _select_layer(
     return hidden_states[layer]
 
 
-class MultiLevelFusionPreTrainedModel(PreTrainedModel):
+class MultiLevelFusionPreTrainedModel(EmotionModelHubMixin, PreTrainedModel):
     config_class = MultiLevelFusionConfig
     config: MultiLevelFusionConfig
     base_model_prefix = "mlfusion"
@@ -319,6 +330,7 @@ class MultiLevelFusionPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["MultiLevelFusionTransformerLayer"]
     # Forward takes no **kwargs; the Trainer must not rescale the loss by num_items_in_batch.
     accepts_loss_kwargs = False
+    _auto_map_classes = ("MultiLevelFusionModel", "MultiLevelFusionForEmotionRecognition")
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -144,6 +144,10 @@ class VavlConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        if type(self).__module__.startswith("avemotion."):
+            # With `custom_pipelines`, transformers' pipeline() demands trust_remote_code even for the task that
+            # `import avemotion` registers; the package's own class drops it (remote copies keep it).
+            kwargs.pop("custom_pipelines", None)
         if self.id2label is None and kwargs.get("num_labels") is None:
             kwargs["num_labels"] = len(CREMA_D_LABELS)
         super().__post_init__(**kwargs)

@@ -20,6 +20,7 @@ from transformers import EfficientNetModel, PreTrainedModel, Wav2Vec2Model
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from avemotion.models.auto import EmotionModelHubMixin
 from avemotion.models.conformer import (
     ConformerEncoder,
     ConformerFeedForward,
@@ -180,7 +181,7 @@ def _build_conformer(config: VavlConfig, input_size: int, num_layers: int) -> Co
     )
 
 
-class VavlPreTrainedModel(PreTrainedModel):
+class VavlPreTrainedModel(EmotionModelHubMixin, PreTrainedModel):
     config_class = VavlConfig
     config: VavlConfig
     base_model_prefix = "vavl"
@@ -189,6 +190,7 @@ class VavlPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["ConformerBlock"]
     # Forward takes no **kwargs; the Trainer must not rescale the loss by num_items_in_batch.
     accepts_loss_kwargs = False
+    _auto_map_classes = ("VavlModel", "VavlForEmotionRecognition")
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -227,16 +229,6 @@ class VavlPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.running_mean)
                 init.ones_(module.running_var)
                 init.zeros_(module.num_batches_tracked)
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        # transformers maps only the saving class; map both so either Auto class loads any VAVL checkpoint remotely.
-        module = VavlModel.__module__.rsplit(".", 1)[-1]
-        self.config.auto_map = {
-            **(getattr(self.config, "auto_map", None) or {}),
-            "AutoModel": f"{module}.VavlModel",
-            "AutoModelForAudioClassification": f"{module}.VavlForEmotionRecognition",
-        }
-        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
     def from_backbones(
