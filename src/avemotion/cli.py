@@ -15,6 +15,9 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("avemotion.pipelines.cli_predict", "predict emotions of media files and/or transcripts"),
     "synth": ("avemotion.data.synthetic", "write the synthetic audio-visual emotion corpus (CREMA-D layout)"),
+    "train": ("avemotion.training.cli_train", "train a model with accelerate (VAVL's three-step schedule or joint)"),
+    "evaluate": ("avemotion.training.cli_evaluate", "per-branch metrics of a checkpoint on a dataset split, as JSON"),
+    "push": ("avemotion.training.cli_push", "push a trained model, its processor and a model card to the Hub"),
     "convert-vavl": (
         "avemotion.models.vavl.convert_vavl_original_checkpoint",
         "convert a checkpoint of the original VAVL code into a transformers checkpoint",

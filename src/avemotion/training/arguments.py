@@ -1,0 +1,186 @@
+"""Training options of the avemotion trainer, and their command-line form.
+
+The defaults follow the original VAVL recipe (Adam, lr 5e-5, coupled weight decay 5e-7, betas (0.95, 0.999), 20
+epochs, batch 32, no schedule) with the original code's bugs fixed: training data is shuffled (a seeded order per
+epoch), a seed is applied, fp16 uses loss scaling (accelerate's GradScaler), and labels are never modified in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+SCHEDULES = ("auto", "vavl", "joint")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+@dataclass
+class TrainingArguments:
+    """Options of [`EmotionTrainer`].
+
+    Args:
+        output_dir: where the final (best) model, `eval_results.json`, `training_log.jsonl` and `checkpoints/` go.
+        schedule: `"vavl"` (per batch a visual, an acoustic and a fusion step, each with its own loss; the fusion
+            step updates only the fusion head), `"joint"` (one step on the model's `loss`, e.g. the multi-level
+            fusion model's sum of per-head losses) or `"auto"` (`"vavl"` for VAVL models, else `"joint"`).
+        num_train_epochs: passes over the training data.
+        per_device_train_batch_size / per_device_eval_batch_size: rows per batch on each process.
+        optimizer: `"adam"` (coupled L2 weight decay, as the original), `"adamw"` or `"sgd"`.
+        learning_rate: learning rate of every parameter not matched by `parameter_group_lr`.
+        parameter_group_lr: parameter-name prefix -> learning rate, e.g. `{"vavl.audio_backbone": 1e-5}`; the longest
+            matching prefix wins.
+        weight_decay, adam_beta1, adam_beta2, adam_epsilon, sgd_momentum: optimiser settings.
+        lr_scheduler_type: a `transformers.get_scheduler` name (`constant_with_warmup`, `linear`, `cosine`, ...).
+        warmup_steps / warmup_ratio: warm-up length in optimiser updates (steps win over the ratio).
+        gradient_accumulation_steps: batches whose gradients are summed before each update (per VAVL sub-step).
+        max_grad_norm: clip the gradient norm of each update (None: no clipping).
+        mixed_precision: `"no"`, `"fp16"` (loss-scaled) or `"bf16"`.
+        seed: seeds parameters' initialisation (CLI), dropout and the shuffling order.
+        shuffle: shuffle the training data each epoch (the original did not).
+        freeze_backbones: True/False overrides the model config's backbone freeze flags; None keeps them.
+        early_stopping_patience: stop after this many evaluations without improvement (None: never).
+        metric_for_best_model: `"loss"` or `"<branch>/<metric>"` of the evaluation report, e.g.
+            `"combined/unweighted_accuracy"`, `"audio_visual/macro_f1"`, `"combined/ccc_mean"`. Default:
+            `combined/unweighted_accuracy` (classification) or `combined/ccc_mean` (regression).
+        greater_is_better: direction of that metric (default: False for losses, True otherwise).
+        save_strategy: `"epoch"`, `"steps"` (every `save_steps` updates) or `"no"`.
+        save_total_limit: checkpoints kept in `output_dir/checkpoints` (oldest deleted first).
+        resume_from_checkpoint: `"last"` (the newest in `output_dir/checkpoints`) or a checkpoint directory.
+        label_column: the label column (class index), or a list of columns (regression targets).
+        report_to: an accelerate tracker name (`"tensorboard"`, `"wandb"`, `"all"`, ...) or `"none"`.
+        logging_steps: log the running loss every N updates (0: only per epoch).
+        disable_tqdm: no progress bars.
+        dataloader_num_workers: worker processes per data loader.
+    """
+
+    output_dir: str = "avemotion-output"
+    schedule: Literal["auto", "vavl", "joint"] = "auto"
+    num_train_epochs: int = 20
+    per_device_train_batch_size: int = 32
+    per_device_eval_batch_size: int | None = None
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    learning_rate: float = 5e-5
+    parameter_group_lr: dict[str, float] = field(default_factory=dict)
+    weight_decay: float = 5e-7
+    adam_beta1: float = 0.95
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    sgd_momentum: float = 0.9
+    lr_scheduler_type: str = "constant"
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float | None = None
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    seed: int = 42
+    shuffle: bool = True
+    freeze_backbones: bool | None = None
+    early_stopping_patience: int | None = None
+    metric_for_best_model: str | None = None
+    greater_is_better: bool | None = None
+    save_strategy: Literal["epoch", "steps", "no"] = "epoch"
+    save_steps: int = 500
+    save_total_limit: int | None = 2
+    resume_from_checkpoint: str | None = None
+    label_column: str | list[str] = "label"
+    report_to: str = "none"
+    logging_steps: int = 0
+    disable_tqdm: bool = False
+    dataloader_num_workers: int = 0
+
+    def __post_init__(self):
+        checks = {
+            "schedule": (self.schedule in SCHEDULES, f"one of {SCHEDULES}"),
+            "optimizer": (self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}"),
+            "mixed_precision": (self.mixed_precision in ("no", "fp16", "bf16"), "'no', 'fp16' or 'bf16'"),
+            "save_strategy": (self.save_strategy in ("epoch", "steps", "no"), "'epoch', 'steps' or 'no'"),
+            "num_train_epochs": (self.num_train_epochs >= 1, "an integer >= 1"),
+            "per_device_train_batch_size": (self.per_device_train_batch_size >= 1, "an integer >= 1"),
+            "gradient_accumulation_steps": (self.gradient_accumulation_steps >= 1, "an integer >= 1"),
+            "learning_rate": (self.learning_rate > 0, "a positive number"),
+            "warmup_ratio": (0.0 <= self.warmup_ratio < 1.0, "a number in [0, 1)"),
+            "save_steps": (self.save_steps >= 1, "an integer >= 1"),
+        }
+        for name, (ok, expected) in checks.items():
+            if not ok:
+                raise ValueError(f"TrainingArguments.{name} must be {expected}, got {getattr(self, name)!r}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError(f"TrainingArguments.max_grad_norm must be positive or None, got {self.max_grad_norm}")
+        for prefix, lr in self.parameter_group_lr.items():
+            if not isinstance(lr, (int, float)) or lr < 0:
+                raise ValueError(f"parameter_group_lr[{prefix!r}] must be a learning rate >= 0, got {lr!r}")
+        if self.per_device_eval_batch_size is None:
+            self.per_device_eval_batch_size = self.per_device_train_batch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+
+def _parse_groups(text: str) -> dict[str, float]:
+    """`"prefix=lr,prefix=lr"` -> dict."""
+    groups = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        prefix, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected PREFIX=LR, got {item!r}")
+        groups[prefix.strip()] = float(value)
+    return groups
+
+
+def _parse_optional_bool(text: str) -> bool | None:
+    lowered = text.strip().lower()
+    if lowered in ("none", "keep", ""):
+        return None
+    if lowered in ("true", "yes", "1"):
+        return True
+    if lowered in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true, false or none, got {text!r}")
+
+
+def _parse_label_column(text: str) -> str | list[str]:
+    return text.split(",") if "," in text else text
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one `--name` option per `TrainingArguments` field (defaults and help from the dataclass)."""
+    hints = typing.get_type_hints(TrainingArguments)
+    group = parser.add_argument_group("training options")
+    for item in dataclasses.fields(TrainingArguments):
+        hint = hints[item.name]
+        default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
+        kwargs: dict[str, Any] = {"default": default, "dest": item.name}
+        args = typing.get_args(hint)
+        if item.name == "parameter_group_lr":
+            kwargs.update(type=_parse_groups, metavar="PREFIX=LR,...")
+        elif item.name == "label_column":
+            kwargs.update(type=_parse_label_column, metavar="COLUMN[,COLUMN...]")
+        elif item.name == "freeze_backbones":
+            kwargs.update(type=_parse_optional_bool, metavar="{true,false,none}")
+        elif hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(hint) is Literal:
+            kwargs["choices"] = list(args)
+        else:
+            base = [a for a in args if a is not type(None)] if isinstance(hint, types.UnionType) else [hint]
+            kwargs["type"] = base[0]
+        group.add_argument(f"--{item.name}", **kwargs)
+    parser.add_argument("--resume", dest="resume_from_checkpoint", action="store_const", const="last",
+                        help="resume from the last checkpoint in OUTPUT_DIR/checkpoints")  # fmt: skip
+
+
+def training_arguments_from_namespace(namespace: argparse.Namespace) -> TrainingArguments:
+    names = {item.name for item in dataclasses.fields(TrainingArguments)}
+    return TrainingArguments(**{k: v for k, v in vars(namespace).items() if k in names})

@@ -1,0 +1,135 @@
+"""`avemotion train` (and `examples/train_*.py` under `accelerate launch`): train on a saved `datasets` dataset.
+
+The dataset is a `DatasetDict` saved with `save_to_disk` whose rows hold `audio_features` (T, D_a) and/or
+`visual_features` (T, D_v) arrays (None for a missing modality) or raw inputs, plus the label column(s).
+The model comes from a checkpoint (`--model_name_or_path`), a `config.json` (`--config`), or, with neither, a new
+model of `--model_type` whose feature sizes and labels are read from the dataset (`--config_overrides` sets any
+other config field).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from .arguments import add_training_arguments, training_arguments_from_namespace
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, help="a DatasetDict directory written by save_to_disk")
+    parser.add_argument("--train_split", default="train")
+    parser.add_argument("--eval_split", default="validation", help="selection split ('none' to train without)")
+    parser.add_argument("--test_split", default="test", help="reported after training if present ('none': skip)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model_name_or_path", help="a checkpoint directory to fine-tune")
+    source.add_argument("--config", help="a config.json to build a new model from")
+    parser.add_argument("--model_type", default="vavl", help="new model type when neither of the above is given")
+    parser.add_argument("--config_overrides", type=json.loads, default={}, help="JSON, e.g. '{\"hidden_size\": 64}'")
+    parser.add_argument("--processor_name_or_path", help="a processor or feature extractor saved with the model")
+    add_training_arguments(parser)
+
+
+def _new_config(model_type: str, train_dataset, overrides: dict[str, Any], label_column):
+    from transformers import AutoConfig
+
+    import avemotion  # noqa: F401  (registers the model types)
+
+    kwargs: dict[str, Any] = {}
+    head = train_dataset.select(range(min(64, len(train_dataset))))
+    for key, field in (("audio_features", "audio_feature_dim"), ("visual_features", "visual_feature_dim")):
+        values = [r for r in head[key] if r is not None] if key in head.column_names else []
+        if values:
+            kwargs[field] = len(values[0][0])
+    if isinstance(label_column, str):
+        feature = train_dataset.features.get(label_column)
+        names = getattr(feature, "names", None)
+        if names is None:
+            raise ValueError(
+                f"label column {label_column!r} is not a ClassLabel; pass --config_overrides with id2label"
+            )
+        kwargs["id2label"] = dict(enumerate(names))
+    else:
+        kwargs.update(problem_type="regression", id2label=dict(enumerate(label_column)))
+    kwargs["label2id"] = {v: k for k, v in kwargs["id2label"].items()}
+    kwargs.update(overrides)
+    return AutoConfig.for_model(model_type, **kwargs)
+
+
+def _split(dataset_dict, name: str):
+    if name is None or name.lower() == "none":
+        return None
+    if name not in dataset_dict:
+        raise ValueError(f"the dataset has no split {name!r}; it has {sorted(dataset_dict)}")
+    return dataset_dict[name]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import datasets
+    from accelerate.utils import set_seed
+
+    import avemotion  # noqa: F401
+    from avemotion.models.auto import AutoModelForEmotionRecognition
+
+    from .trainer import EmotionTrainer
+
+    training_args = training_arguments_from_namespace(args)
+    if not Path(args.dataset).is_dir():
+        raise FileNotFoundError(f"--dataset {args.dataset} is not a directory written by DatasetDict.save_to_disk")
+    corpus = datasets.load_from_disk(args.dataset)
+    if not isinstance(corpus, datasets.DatasetDict):
+        raise ValueError(f"--dataset {args.dataset} holds one Dataset; expected a DatasetDict with splits")
+    train, evaluation = _split(corpus, args.train_split), _split(corpus, args.eval_split)
+    test = _split(corpus, args.test_split) if args.test_split in corpus else None
+    set_seed(training_args.seed)  # the new model's initialisation
+    if args.model_name_or_path:
+        model = AutoModelForEmotionRecognition.from_pretrained(args.model_name_or_path)
+    else:
+        from transformers import AutoConfig
+
+        if args.config:
+            config = AutoConfig.from_pretrained(args.config)
+            for key, value in args.config_overrides.items():
+                setattr(config, key, value)
+        else:
+            config = _new_config(args.model_type, train, args.config_overrides, training_args.label_column)
+        model = AutoModelForEmotionRecognition.from_config(config)
+    processor = None
+    if args.processor_name_or_path:
+        from transformers import AutoFeatureExtractor, AutoProcessor
+
+        try:
+            processor = AutoProcessor.from_pretrained(args.processor_name_or_path)
+        except (OSError, ValueError):
+            processor = AutoFeatureExtractor.from_pretrained(args.processor_name_or_path)
+    trainer = EmotionTrainer(model, training_args, train, evaluation, processor=processor)
+    result = {"eval": trainer.train()}
+    if test is not None:
+        result["test"] = trainer.evaluate(test)
+        if trainer.accelerator.is_main_process:
+            path = Path(training_args.output_dir) / "test_results.json"
+            path.write_text(json.dumps(result["test"], indent=2) + "\n")
+    if trainer.accelerator.is_main_process:
+        print(format_report(result.get("test") or result["eval"]))
+    return result
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A table: one row per branch, the scalar metrics as columns."""
+    branches = {k: v for k, v in report.items() if isinstance(v, dict)}
+    columns = sorted({m for v in branches.values() for m, x in v.items() if isinstance(x, (int, float))})
+    lines = ["| branch | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, metrics in branches.items():
+        cells = [
+            f"{metrics[c]:.4f}" if isinstance(metrics.get(c), float) else str(metrics.get(c, "")) for c in columns
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None, **defaults: Any) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    parser.set_defaults(**defaults)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,220 @@
+"""The accelerate trainer: VAVL's schedule, learning, resumption, options, evaluation JSON."""
+
+import json
+
+import datasets
+import pytest
+import torch
+from training_testing import toy_dataset
+from vavl_testing import tiny_vavl_config
+
+from avemotion import VavlForEmotionRecognition
+from avemotion.cli import main as cli_main
+from avemotion.training import EmotionTrainer, TrainingArguments, train_and_evaluate
+from avemotion.training.schedules import VAVL_STEPS
+
+
+def _args(tmp_path, **overrides):
+    kwargs = dict(
+        output_dir=str(tmp_path / "out"),
+        num_train_epochs=2,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        disable_tqdm=True,
+        seed=0,
+    )
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
+
+
+def _snapshot(model):
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def _changed(before, model):
+    return {name for name, p in model.named_parameters() if not torch.equal(before[name], p.detach())}
+
+
+def test_vavl_learns_well_above_chance(tmp_path):
+    """Three classes (chance 1/3), a third of the training rows unpaired: the trained model is well above chance on
+    every branch, and the selected model is what lands in output_dir."""
+    model = VavlForEmotionRecognition(tiny_vavl_config())
+    args = _args(tmp_path, num_train_epochs=3)
+    result = train_and_evaluate(model, toy_dataset(48, 0, unpaired=0.3), toy_dataset(24, 1), args)
+    report = result["eval"]
+    assert report["num_samples"] == 24
+    for branch in ("combined", "audio_visual", "audio", "visual"):
+        assert report[branch]["num_samples"] == 24
+    assert report["combined"]["accuracy"] >= 0.75, report["combined"]
+    assert report["audio"]["accuracy"] >= 0.6 and report["visual"]["accuracy"] >= 0.6
+    assert [record["epoch"] for record in result["history"]] == [1, 2, 3]
+    assert set(result["history"][0]["train_loss"]) == {"visual", "acoustic", "fusion"}
+    # the selected model was saved and reproduces the reported metrics
+    saved = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert saved["best_epoch"] == result["best_epoch"]
+    reloaded = VavlForEmotionRecognition.from_pretrained(tmp_path / "out")
+    again = EmotionTrainer(reloaded, _args(tmp_path / "again"), eval_dataset=toy_dataset(24, 1)).evaluate()
+    assert again["combined"]["accuracy"] == pytest.approx(report["combined"]["accuracy"])
+
+
+def test_unpaired_rows_join_only_their_modality_step(tmp_path):
+    """A batch of audio-only rows runs the acoustic step alone: visual path and fusion head stay untouched."""
+    model = VavlForEmotionRecognition(tiny_vavl_config())
+    data = toy_dataset(8, 0).map(lambda row: {"visual_features": None})
+    trainer = EmotionTrainer(model, _args(tmp_path, num_train_epochs=1), data)
+    before = _snapshot(model)
+    trainer.train()
+    changed = _changed(before, model)
+    assert changed, "nothing was trained"
+    assert all(not name.startswith(("vavl.visual_encoder.", "visual_", "fusion_head.")) for name in changed), changed
+    assert any(name.startswith("vavl.audio_encoder.") for name in changed)
+    assert any(name.startswith("vavl.shared_encoder.") for name in changed)
+
+
+def test_fusion_step_updates_only_the_fusion_head(tmp_path):
+    model = VavlForEmotionRecognition(tiny_vavl_config())
+    trainer = EmotionTrainer(model, _args(tmp_path, num_train_epochs=1), toy_dataset(8, 0))
+    trainer.steps = (VAVL_STEPS[2],)
+    before = _snapshot(model)
+    trainer.train()
+    changed = _changed(before, model)
+    assert changed and all(name.startswith("fusion_head.") for name in changed), changed
+    # BatchNorm statistics of the encoders are not updated either: the step runs them in eval mode
+    buffers = dict(VavlForEmotionRecognition(tiny_vavl_config()).named_buffers())
+    for name, value in model.named_buffers():
+        if "running_mean" in name:
+            assert torch.equal(value, buffers[name]), name
+
+
+def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path):
+    """A run killed after 5 of 12 updates and resumed from its last checkpoint (update 4, mid-epoch) ends with the
+    same parameters and metrics as the uninterrupted run with the same seed."""
+    train, evaluation = toy_dataset(48, 0, unpaired=0.2), toy_dataset(12, 1)
+    options = dict(save_strategy="steps", save_steps=2, save_total_limit=1)  # 6 batches per epoch
+
+    torch.manual_seed(1)
+    reference_model = VavlForEmotionRecognition(tiny_vavl_config())
+    reference = EmotionTrainer(reference_model, _args(tmp_path / "a", **options), train, evaluation)
+    reference_report = reference.train()
+
+    class Killed(RuntimeError):
+        pass
+
+    class KilledTrainer(EmotionTrainer):
+        def _training_batch(self, batch, boundary):
+            if self.state["global_step"] == 5:
+                raise Killed
+            return super()._training_batch(batch, boundary)
+
+    torch.manual_seed(1)
+    killed = KilledTrainer(VavlForEmotionRecognition(tiny_vavl_config()), _args(tmp_path / "b", **options), train,
+                           evaluation)  # fmt: skip
+    with pytest.raises(Killed):
+        killed.train()
+    checkpoints = sorted((tmp_path / "b" / "out" / "checkpoints").iterdir())
+    assert [c.name for c in checkpoints] == ["checkpoint-0000004"]
+
+    torch.manual_seed(123)  # a different initialisation: everything must come from the checkpoint
+    resumed_model = VavlForEmotionRecognition(tiny_vavl_config())
+    resumed = EmotionTrainer(resumed_model, _args(tmp_path / "b", resume_from_checkpoint="last", **options), train,
+                             evaluation)  # fmt: skip
+    resumed_report = resumed.train()
+    assert resumed.state["global_step"] == reference.state["global_step"] == 12
+    for (name, a), (_, b) in zip(reference_model.named_parameters(), resumed_model.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+    assert resumed_report["combined"] == reference_report["combined"]
+    assert resumed_report["loss"] == pytest.approx(reference_report["loss"], abs=1e-6)
+    assert resumed.state["log_history"][-1]["train_loss"] == pytest.approx(
+        reference.state["log_history"][-1]["train_loss"], abs=1e-6
+    )
+
+
+def test_options_accumulation_groups_and_schedule(tmp_path):
+    model = VavlForEmotionRecognition(tiny_vavl_config())
+    args = _args(
+        tmp_path,
+        num_train_epochs=2,
+        gradient_accumulation_steps=2,
+        parameter_group_lr={"fusion_head.": 1e-2, "vavl.visual_encoder.": 0.0},
+        lr_scheduler_type="linear",
+        warmup_steps=1,
+        max_grad_norm=1.0,
+        schedule="joint",
+        metric_for_best_model="loss",
+    )
+    before = _snapshot(model)
+    trainer = EmotionTrainer(model, args, toy_dataset(40, 0), toy_dataset(12, 1))
+    trainer.train()
+    # 5 batches per epoch, 2 per update (the last update of an epoch takes the odd batch): 3 updates per epoch
+    assert trainer.state["global_step"] == 6
+    changed = _changed(before, model)
+    assert not any(name.startswith("vavl.visual_encoder.") for name in changed)  # the group at lr 0 is frozen
+    assert any(name.startswith("fusion_head.") for name in changed)
+    assert sorted(group["initial_lr"] for group in trainer.optimizer.param_groups) == [3e-3, 1e-2]
+    assert all(group["lr"] == 0.0 for group in trainer.optimizer.param_groups)  # linear decay reached its end
+    assert trainer.greater_is_better is False and trainer.metric_name == "loss"
+    assert set(trainer.state["log_history"][0]["train_loss"]) == {"joint"}
+
+
+def test_early_stopping_stops(tmp_path):
+    model = VavlForEmotionRecognition(tiny_vavl_config())
+    args = _args(tmp_path, num_train_epochs=5, learning_rate=1e-12, early_stopping_patience=1, weight_decay=0.0)
+    trainer = EmotionTrainer(model, args, toy_dataset(16, 0), toy_dataset(9, 1))
+    trainer.train()
+    # the metric cannot improve at lr 1e-12: best at epoch 1, stop after epoch 2
+    assert trainer.state["best_epoch"] == 1 and trainer.state["epoch"] == 2
+
+
+def test_regression_targets_use_label_scale(tmp_path):
+    """Regression on a 1-5 scale: targets are mapped to [0, 1] for the loss; CCC per attribute is reported."""
+    config = tiny_vavl_config(
+        problem_type="regression", id2label={0: "arousal", 1: "valence"}, label2id={"arousal": 0, "valence": 1},
+        label_scale=[1.0, 5.0],
+    )  # fmt: skip
+    data = toy_dataset(24, 0).map(lambda row: {"arousal": 1.0 + 2 * row["label"], "valence": 5.0 - row["label"]})
+    args = _args(tmp_path, label_column=["arousal", "valence"], num_train_epochs=1)
+    trainer = EmotionTrainer(VavlForEmotionRecognition(config), args, data, data)
+    report = trainer.train()
+    assert set(report["combined"]) >= {"ccc_arousal", "ccc_valence", "ccc_mean"}
+    assert trainer.metric_name == "combined/ccc_mean"
+    batch = trainer._prepare_labels({"labels": torch.tensor([[1.0, 5.0], [3.0, 4.0]])})
+    torch.testing.assert_close(batch["labels"], torch.tensor([[0.0, 1.0], [0.5, 0.75]]))
+
+
+def test_bad_options_raise():
+    with pytest.raises(ValueError, match="gradient_accumulation_steps"):
+        TrainingArguments(gradient_accumulation_steps=0)
+    with pytest.raises(ValueError, match="schedule"):
+        TrainingArguments(schedule="alternate")
+    model = VavlForEmotionRecognition(tiny_vavl_config())
+    with pytest.raises(ValueError, match="match no parameter"):
+        EmotionTrainer(model, TrainingArguments(parameter_group_lr={"nope.": 1e-3}), toy_dataset(4, 0)).train()
+    with pytest.raises(ValueError, match="metric_for_best_model"):
+        trainer = EmotionTrainer(model, TrainingArguments(metric_for_best_model="combined/nope"))
+        trainer.metric_value({"combined": {"accuracy": 1.0}})
+
+
+def test_cli_train_and_evaluate_write_json(tmp_path):
+    """`avemotion train` builds a model from the dataset's sizes and labels; `avemotion evaluate` writes per-branch
+    metrics equal to the trainer's."""
+    corpus = datasets.DatasetDict(
+        {"train": toy_dataset(24, 0, unpaired=0.2), "validation": toy_dataset(9, 1), "test": toy_dataset(9, 2)}
+    )
+    corpus.save_to_disk(str(tmp_path / "data"))
+    overrides = {k: v for k, v in tiny_vavl_config().to_dict().items() if k in ("projection_dim", "hidden_size",
+                 "num_attention_heads", "intermediate_size", "conv_kernel_size", "num_modality_layers",
+                 "num_shared_layers", "head_hidden_sizes")}  # fmt: skip
+    out = tmp_path / "model"
+    code = cli_main(
+        ["train", "--dataset", str(tmp_path / "data"), "--output_dir", str(out), "--num_train_epochs", "1",
+         "--per_device_train_batch_size", "8", "--learning_rate", "3e-3", "--disable_tqdm",
+         "--config_overrides", json.dumps(overrides)]
+    )  # fmt: skip
+    assert code == 0
+    test_results = json.loads((out / "test_results.json").read_text())
+    assert cli_main(["evaluate", "--model", str(out), "--dataset", str(tmp_path / "data"), "--split", "test"]) == 0
+    written = json.loads((out / "eval_test.json").read_text())
+    assert set(written) >= {"combined", "audio_visual", "audio", "visual", "loss", "num_samples"}
+    assert written["combined"]["confusion_matrix"] == test_results["combined"]["confusion_matrix"]
+    assert written["audio"]["macro_f1"] == pytest.approx(test_results["audio"]["macro_f1"])
+    assert cli_main(["evaluate", "--model", str(out), "--dataset", str(tmp_path / "data"), "--split", "dev"]) == 2
