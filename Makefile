@@ -34,7 +34,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	$(PY) examples/quickstart.py
+	$(PY) examples/demo_synthetic.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench examples

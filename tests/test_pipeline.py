@@ -270,3 +270,19 @@ def test_predict_cli_reports_failures_per_file(vavl_dir, media, tmp_path, capsys
     assert main(["predict", "--model", vavl_dir, "--window-seconds", "0.6", media["clip"]]) == 0
     table = capsys.readouterr().out
     assert "audio+video" in table and "[0.6-1.2 s]" in table
+
+
+def test_pre_extracted_features_input():
+    model = VavlForEmotionRecognition(tiny_vavl_config()).eval()
+    pipe = AudioVisualEmotionPipeline(model=model, processor=AvEmotionProcessor())
+    audio, visual = np.random.rand(7, 16).astype(np.float32), np.random.rand(5, 12).astype(np.float32)
+    result = pipe({"audio_features": audio, "visual_features": visual})
+    with torch.no_grad():
+        expected = torch.softmax(model(audio_features=torch.from_numpy(audio)[None],
+                                       visual_features=torch.from_numpy(visual)[None]).logits[0], -1)  # fmt: skip
+    assert result[0]["modalities"] == ["audio", "video"]
+    for index, label in model.config.id2label.items():
+        assert _scores(result)[label] == pytest.approx(float(expected[index]), abs=1e-5)
+    assert pipe({"visual_features": visual})[0]["modalities"] == ["video"]
+    with pytest.raises(ValueError, match="must have 16 values per frame"):
+        pipe({"audio_features": np.zeros((3, 5), np.float32)})

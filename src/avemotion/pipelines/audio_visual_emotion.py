@@ -54,6 +54,13 @@ class EmotionInput:
     fps: float | None = None
     text: str | None = None
     segments: dict[str, list] = field(default_factory=dict)
+    # pre-extracted (frames, dim) features, for models without backbones (e.g. from the feature cache)
+    audio_features: np.ndarray | None = None
+    visual_features: np.ndarray | None = None
+
+    @property
+    def has_features(self) -> bool:
+        return self.audio_features is not None or self.visual_features is not None
 
 
 def _is_media_path(value: Any) -> bool:
@@ -116,11 +123,20 @@ def _normalize_dict(inputs: Any, index: int, sampling_rate: int | None) -> Emoti
         if not isinstance(text, str):
             raise ValueError(f"{item.name}: 'text' must be a string, got {type(text).__name__}")
         item.text = text
+    for name in ("audio_features", "visual_features"):
+        value = inputs.get(name)
+        if value is not None:
+            value = np.asarray(value.detach().cpu() if torch.is_tensor(value) else value, dtype=np.float32)
+            if value.ndim != 2 or not np.isfinite(value).all():
+                raise ValueError(
+                    f"{item.name}: {name!r} must be a finite (frames, dim) array, got shape {value.shape}"
+                )
+            setattr(item, name, value)
     item.segments = dict(inputs.get("segments") or {})
     unknown = set(item.segments) - set(_GRANULARITIES)
     if unknown:
         raise ValueError(f"{item.name}: unknown segment granularities {sorted(unknown)}; expected {_GRANULARITIES}")
-    if item.audio is None and item.video is None and item.text is None:
+    if item.audio is None and item.video is None and item.text is None and not item.has_features:
         raise ValueError(f"{item.name}: the dict holds none of 'audio', 'video' or 'text'")
     return item
 
@@ -251,6 +267,9 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
         sampling_rate: int | None = None,
     ) -> Iterator[dict[str, Any]]:
         item = inputs if isinstance(inputs, EmotionInput) else normalize_input(inputs, sampling_rate=sampling_rate)
+        if item.has_features:
+            yield self._features_item(item)
+            return
         available = {m for m in ("audio", "video", "text") if getattr(item, m) is not None}
         usable = [m for m in self.model_modalities if m in available]
         if not usable:
@@ -275,6 +294,28 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
                 "meta": {"start": start, "end": end, "modalities": used, "notes": list(notes), "name": item.name},
             }
             current = following
+
+    def _features_item(self, item: EmotionInput) -> dict[str, Any]:
+        """Pre-extracted features go to the model as they are, in one window (VAVL only)."""
+        if self.model.config.model_type != "vavl":
+            raise ValueError(f"{item.name}: pre-extracted features are supported for VAVL models only")
+        if item.audio is not None or item.video is not None:
+            raise ValueError(f"{item.name}: give either media or pre-extracted features, not both")
+        config, encoded, used = self.model.config, {}, []
+        for modality, name, dim in (("audio", "audio_features", config.audio_feature_dim),
+                                    ("video", "visual_features", config.visual_feature_dim)):  # fmt: skip
+            value = getattr(item, name)
+            if value is not None and value.shape[1] != dim:
+                raise ValueError(f"{item.name}: {name!r} must have {dim} values per frame, got {value.shape[1]}")
+            present = value is not None
+            value = value if present else np.zeros((1, dim), np.float32)
+            encoded[name] = torch.from_numpy(value)[None]
+            encoded[f"{name}_mask"] = torch.full((1, len(value)), int(present), dtype=torch.long)
+            used += [modality] if present else []
+        frames = item.audio_features if item.audio_features is not None else item.visual_features
+        rate = 50.0 if item.audio_features is not None else (item.fps or 30.0)
+        meta = {"start": 0.0, "end": len(frames) / rate, "modalities": used, "notes": [], "name": item.name}
+        return {**encoded, "is_last": True, "meta": meta}
 
     def _windows(
         self, item: EmotionInput, usable: list[str], window: float, stride: float
@@ -395,10 +436,11 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
     def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
         is_last, meta = model_inputs.pop("is_last"), model_inputs.pop("meta")
         pairs = [("input_values", "attention_mask"), ("pixel_values_videos", "visual_features_mask"),
-                 ("input_ids", "text_attention_mask")]  # fmt: skip
+                 ("input_ids", "text_attention_mask"), ("audio_features", "audio_features_mask"),
+                 ("visual_features", "visual_features_mask")]  # fmt: skip
         for values, mask in pairs:
             # a modality that no row of the batch has is not passed at all
-            if mask in model_inputs and not model_inputs[mask].any():
+            if values in model_inputs and mask in model_inputs and not model_inputs[mask].any():
                 model_inputs.pop(values)
                 model_inputs.pop(mask)
                 if values == "input_ids":
