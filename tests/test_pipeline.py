@@ -193,6 +193,7 @@ def test_no_face_falls_back_to_audio_and_says_so(pipe, media):
     [
         ("missing/file.wav", "no such file"),
         ("just some words", "uses audio and video"),
+        ("yes/no, and/or a transcript", "uses audio and video"),
         ({"label": 3}, "none of 'audio', 'video' or 'text'"),
         (np.zeros((2, 3), np.float32), "mono 1-D waveform"),
         (np.array([0.1, np.nan], np.float32), "NaN"),
@@ -267,6 +268,9 @@ def test_predict_cli_reports_failures_per_file(vavl_dir, media, tmp_path, capsys
     assert {p["label"]: p["score"] for p in lines[0]["result"]} == pytest.approx(
         _scores(pipeline("audio-visual-emotion", model=vavl_dir)(media["wav"])), abs=1e-6
     )
+    # a transcript next to an audio file: VAVL ignores the text and the wav is not taken for a video
+    assert main(["predict", "--model", vavl_dir, "--json", media["wav"], "--text", "so happy"]) == 0
+    assert json.loads(capsys.readouterr().out)["result"][0]["modalities"] == ["audio"]
     assert main(["predict", "--model", vavl_dir, "--window-seconds", "0.6", media["clip"]]) == 0
     table = capsys.readouterr().out
     assert "audio+video" in table and "[0.6-1.2 s]" in table

@@ -124,3 +124,14 @@ def test_bad_audio_files_raise_value_errors_that_name_the_file(tmp_path, stereo_
 def test_bad_arrays_raise_value_errors(array, message):
     with pytest.raises(ValueError, match=f"audio #0: .*{message}"):
         AvEmotionFeatureExtractor()(array, sampling_rate=RATE)
+
+
+def test_multichannel_array_is_an_error_not_a_batch_of_tiny_clips():
+    stereo = np.zeros((RATE, 2), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"looks like \(samples, channels\)"):
+        AvEmotionFeatureExtractor()(stereo, sampling_rate=RATE)
+    batch = np.zeros((2, RATE), dtype=np.float32)  # (batch, samples) stays a batch
+    assert AvEmotionFeatureExtractor()(batch, sampling_rate=RATE, return_tensors="np")["input_values"].shape == (
+        2,
+        RATE,
+    )

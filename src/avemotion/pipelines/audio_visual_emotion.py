@@ -64,11 +64,13 @@ class EmotionInput:
 
 
 def _is_media_path(value: Any) -> bool:
+    """A path object, an existing file, or a string ending in a media suffix (so that a mistyped file name is an
+    error, not a transcript); any other string is a transcript, even one with a '/' in it."""
     if isinstance(value, os.PathLike):
         return True
-    if not isinstance(value, str):
+    if not isinstance(value, str) or "\n" in value:
         return False
-    return Path(value).is_file() or Path(value).suffix.lower() in _MEDIA_SUFFIXES or os.sep in value
+    return Path(value).is_file() or Path(value.strip()).suffix.lower() in _MEDIA_SUFFIXES
 
 
 def normalize_input(inputs: Any, index: int = 0, sampling_rate: int | None = None) -> EmotionInput:

@@ -40,7 +40,17 @@ def _inputs(args: argparse.Namespace) -> list[tuple[str, Any]]:
         return [(f"text #{i}", {"text": text}) for i, text in enumerate(texts)]
     if not texts:
         return [(path, path) for path in args.files]
-    return [(path, {"audio": path, "video": path, "text": text}) for path, text in zip(args.files, texts)]
+    from avemotion.processing.media import media_streams
+
+    inputs = []
+    for path, text in zip(args.files, texts):
+        try:
+            has_audio, has_video = media_streams(path)
+        except ValueError:  # reported per file by the pipeline
+            has_audio, has_video = True, False
+        media = {"audio": path if has_audio else None, "video": path if has_video else None}
+        inputs.append((path, {**media, "text": text}))
+    return inputs
 
 
 def _describe(result: Any, top_k: int) -> str:

@@ -83,7 +83,15 @@ class AvEmotionFeatureExtractor(Wav2Vec2FeatureExtractor):
         """
         batched = isinstance(raw_speech, (list, tuple)) and len(raw_speech) > 0
         batched = batched and (_is_record(raw_speech[0]) or is_path(raw_speech[0]) or not np.isscalar(raw_speech[0]))
-        batched = batched or (isinstance(raw_speech, np.ndarray) and raw_speech.ndim == 2)
+        if isinstance(raw_speech, np.ndarray) and raw_speech.ndim == 2:
+            if raw_speech.shape[1] <= 8 < raw_speech.shape[0]:
+                # (samples, channels) is the usual layout of multi-channel audio, not a batch of tiny waveforms
+                raise ValueError(
+                    f"audio: a 2-D array of shape {raw_speech.shape} looks like (samples, channels) multi-channel "
+                    "audio; mix it to mono first (e.g. `waveform.mean(axis=1)`), or pass a batch as a list of 1-D "
+                    "waveforms"
+                )
+            batched = True
         items = list(raw_speech) if batched else [raw_speech]
         if sampling_rate is None and any(not is_path(item) and not _is_record(item) for item in items):
             logger.warning(
