@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 from transformers import pipeline
 
@@ -54,12 +55,30 @@ def build_model(id2label: dict[int, str]) -> VavlForEmotionRecognition:
     return VavlForEmotionRecognition(config)
 
 
+def standardize(corpus: datasets.DatasetDict) -> datasets.DatasetDict:
+    """Standardise every feature dimension with the training split's statistics (as VAVL does for its visual
+    features; log-mel values are otherwise far from unit scale, which slows learning and inflates the
+    reconstruction loss)."""
+    stats = {}
+    for name in ("audio_features", "visual_features"):
+        frames = np.concatenate([np.asarray(x, np.float32) for x in corpus["train"][name] if x is not None])
+        stats[name] = (frames.mean(0), frames.std(0) + 1e-6)
+
+    def apply(row: dict) -> dict:
+        for name, (mean, std) in stats.items():
+            if row[name] is not None:
+                row[name] = ((np.asarray(row[name], np.float32) - mean) / std).tolist()
+        return row
+
+    return corpus.map(apply, desc="standardising features")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", default="outputs/demo", help="corpus, feature cache, checkpoints, metrics")
-    parser.add_argument("--num-clips", type=int, default=240)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--num-clips", type=int, default=300)
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -77,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     corpus = cache_features(corpus, SyntheticFeatureExtractor(), cache_dir=output / "features-cache")
     columns = ["audio_features", "visual_features", "label"]
     corpus = datasets.DatasetDict({name: split.select_columns(columns) for name, split in corpus.items()})
+    corpus = standardize(corpus)
 
     label_names = corpus["train"].features["label"].names
     model = build_model(dict(enumerate(label_names)))
