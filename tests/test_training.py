@@ -10,6 +10,7 @@ from vavl_testing import tiny_vavl_config
 
 from avemotion import VavlForEmotionRecognition
 from avemotion.cli import main as cli_main
+from avemotion.data import load_corpus
 from avemotion.training import EmotionTrainer, TrainingArguments, train_and_evaluate
 from avemotion.training.schedules import VAVL_STEPS
 
@@ -218,3 +219,21 @@ def test_cli_train_and_evaluate_write_json(tmp_path):
     assert written["combined"]["confusion_matrix"] == test_results["combined"]["confusion_matrix"]
     assert written["audio"]["macro_f1"] == pytest.approx(test_results["audio"]["macro_f1"])
     assert cli_main(["evaluate", "--model", str(out), "--dataset", str(tmp_path / "data"), "--split", "dev"]) == 2
+
+
+def test_cli_trains_and_evaluates_a_corpus_by_name(tmp_path):
+    from avemotion.cli import main
+    from avemotion.data.synthetic import write_synthetic_corpus
+
+    write_synthetic_corpus(tmp_path / "corpus", num_clips=36, seed=0)
+    common = ["--dataset", "synthetic", "--data_dir", str(tmp_path / "corpus")]
+    assert main(["train", *common, "--output_dir", str(tmp_path / "run"), "--num_train_epochs", "1",
+                 "--per_device_train_batch_size", "8", "--config_overrides", '{"hidden_size": 32, '
+                 '"num_attention_heads": 4, "intermediate_size": 64, "num_modality_layers": 1, "num_shared_layers": 1}',
+                 "--disable_tqdm"]) == 0  # fmt: skip
+    assert main(["evaluate", "--model", str(tmp_path / "run"), *common, "--output", str(tmp_path / "e.json")]) == 0
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert {"audio", "visual", "audio_visual"} <= set(report)
+    assert report["audio_visual"]["num_samples"] == len(load_corpus("synthetic", tmp_path / "corpus")["test"])
+    assert main(["train", "--dataset", "crema-d", "--data_dir", str(tmp_path / "corpus"), "--output_dir",
+                 str(tmp_path / "x")]) == 2  # no backbones to compute CREMA-D features with  # fmt: skip

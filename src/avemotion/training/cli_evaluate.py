@@ -11,7 +11,14 @@ from typing import Any
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="a checkpoint directory")
-    parser.add_argument("--dataset", required=True, help="a DatasetDict (or Dataset) directory from save_to_disk")
+    parser.add_argument(
+        "--dataset", required=True,
+        help="a DatasetDict (or Dataset) directory from save_to_disk, or with --data_dir a corpus name",
+    )  # fmt: skip
+    parser.add_argument("--data_dir", help="the corpus root in its official layout (features are computed and cached)")
+    parser.add_argument("--labels_csv", help="with --data_dir: a VAVL-style label file, or a folder of them")
+    parser.add_argument("--partition", type=int, help="with --data_dir: which VAVL label file of a folder (1-5)")
+    parser.add_argument("--fold", type=int, help="with --data_dir: which of our speaker-independent folds")
     parser.add_argument("--split", default="test")
     parser.add_argument("--output", help="JSON file to write (default: MODEL/eval_<split>.json)")
     parser.add_argument("--batch_size", type=int, default=16)
@@ -39,9 +46,17 @@ def evaluate_checkpoint(model_dir: str, dataset, batch_size: int = 16, label_col
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import datasets
 
-    if not Path(args.dataset).is_dir():
+    if args.data_dir is not None:
+        import avemotion  # noqa: F401
+        from avemotion.models.auto import AutoModelForEmotionRecognition
+
+        from .cli_train import load_dataset_dict
+
+        data = load_dataset_dict(args, AutoModelForEmotionRecognition.from_pretrained(args.model))
+    elif not Path(args.dataset).is_dir():
         raise FileNotFoundError(f"--dataset {args.dataset} is not a directory written by save_to_disk")
-    data = datasets.load_from_disk(args.dataset)
+    else:
+        data = datasets.load_from_disk(args.dataset)
     if isinstance(data, datasets.DatasetDict):
         if args.split not in data:
             raise ValueError(f"the dataset has no split {args.split!r}; it has {sorted(data)}")

@@ -1,4 +1,7 @@
-"""`avemotion train` (and `examples/train_*.py` under `accelerate launch`): train on a saved `datasets` dataset.
+"""`avemotion train` (and `examples/train_*.py` under `accelerate launch`): train on a corpus or a saved dataset.
+
+`--dataset NAME --data_dir DIR` reads a corpus in its official layout (`avemotion.data.load_corpus`) and caches its
+features. Otherwise:
 
 The dataset is a `DatasetDict` saved with `save_to_disk` whose rows hold `audio_features` (T, D_a) and/or
 `visual_features` (T, D_v) arrays (None for a missing modality) or raw inputs, plus the label column(s).
@@ -17,8 +20,58 @@ from typing import Any
 from .arguments import add_training_arguments, training_arguments_from_namespace
 
 
+def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--dataset` (a save_to_disk directory, or with `--data_dir` a corpus name) and the corpus options."""
+    parser.add_argument(
+        "--dataset", required=True,
+        help="a DatasetDict directory written by save_to_disk, or with --data_dir a corpus name "
+        "(crema-d, ravdess, msp-improv, iemocap, synthetic)",
+    )  # fmt: skip
+    parser.add_argument("--data_dir", help="the corpus root in its official layout (see avemotion.data.load_corpus)")
+    parser.add_argument("--labels_csv", help="with --data_dir: a VAVL-style label file, or a folder of them")
+    parser.add_argument("--partition", type=int, help="with --data_dir: which VAVL label file of a folder (1-5)")
+    parser.add_argument("--fold", type=int, help="with --data_dir: which of our speaker-independent folds")
+
+
+def load_dataset_dict(args: argparse.Namespace, model: Any = None):
+    """The splits to train or evaluate on, with `audio_features`/`visual_features` and the label columns.
+
+    With `--data_dir`, the corpus is read with `avemotion.data.load_corpus` and its features are computed once and
+    cached (`cache_features`): the synthetic corpus's cheap features, or the backbones of `model`."""
+    import datasets
+
+    if args.data_dir is None:
+        if not Path(args.dataset).is_dir():
+            raise FileNotFoundError(
+                f"--dataset {args.dataset} is not a directory written by DatasetDict.save_to_disk (give --data_dir "
+                "to read a corpus by name)"
+            )
+        corpus = datasets.load_from_disk(args.dataset)
+        if not isinstance(corpus, datasets.DatasetDict):
+            raise ValueError(f"--dataset {args.dataset} holds one Dataset; expected a DatasetDict with splits")
+        return corpus
+    from avemotion.data import cache_features, load_corpus
+    from avemotion.data.synthetic import SyntheticFeatureExtractor
+
+    options = {name: getattr(args, name) for name in ("labels_csv", "partition", "fold") if getattr(args, name)}
+    corpus = load_corpus(args.dataset, args.data_dir, **options)
+    if args.dataset == "synthetic":
+        extractor = SyntheticFeatureExtractor()
+    elif model is not None and (hasattr(model, "get_audio_features") or hasattr(model, "vavl")):
+        extractor = model
+    else:
+        raise ValueError(
+            f"computing features of {args.dataset!r} needs --model_name_or_path with backbones (or save features "
+            "with avemotion.data.cache_features and pass the save_to_disk directory as --dataset)"
+        )
+    corpus = cache_features(corpus, extractor)
+    keep = {"audio_features", "visual_features", "label", "arousal", "valence", "dominance"}
+    return datasets.DatasetDict({name: split.select_columns([c for c in split.column_names if c in keep])
+                                 for name, split in corpus.items()})  # fmt: skip
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, help="a DatasetDict directory written by save_to_disk")
+    add_corpus_arguments(parser)
     parser.add_argument("--train_split", default="train")
     parser.add_argument("--eval_split", default="validation", help="selection split ('none' to train without)")
     parser.add_argument("--test_split", default="test", help="reported after training if present ('none': skip)")
@@ -66,7 +119,6 @@ def _split(dataset_dict, name: str):
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import datasets
     from accelerate.utils import set_seed
 
     import avemotion  # noqa: F401
@@ -75,17 +127,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from .trainer import EmotionTrainer
 
     training_args = training_arguments_from_namespace(args)
-    if not Path(args.dataset).is_dir():
-        raise FileNotFoundError(f"--dataset {args.dataset} is not a directory written by DatasetDict.save_to_disk")
-    corpus = datasets.load_from_disk(args.dataset)
-    if not isinstance(corpus, datasets.DatasetDict):
-        raise ValueError(f"--dataset {args.dataset} holds one Dataset; expected a DatasetDict with splits")
+    model = None
+    if args.model_name_or_path:
+        model = AutoModelForEmotionRecognition.from_pretrained(args.model_name_or_path)
+    corpus = load_dataset_dict(args, model)
     train, evaluation = _split(corpus, args.train_split), _split(corpus, args.eval_split)
     test = _split(corpus, args.test_split) if args.test_split in corpus else None
     set_seed(training_args.seed)  # the new model's initialisation
-    if args.model_name_or_path:
-        model = AutoModelForEmotionRecognition.from_pretrained(args.model_name_or_path)
-    else:
+    if model is None:
         from transformers import AutoConfig
 
         if args.config:
