@@ -28,8 +28,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def build_model_dir(directory: Path) -> None:
-    from avemotion import AvEmotionFeatureExtractor, AvEmotionImageProcessor, AvEmotionProcessor, VavlConfig
-    from avemotion import VavlForEmotionRecognition
+    from avemotion import (
+        AvEmotionFeatureExtractor,
+        AvEmotionImageProcessor,
+        AvEmotionProcessor,
+        VavlConfig,
+        VavlForEmotionRecognition,
+    )
 
     torch.manual_seed(0)
     model = VavlForEmotionRecognition(VavlConfig.from_preset("crema-d")).eval()  # wav2vec2-large 12 l. + B2
