@@ -89,3 +89,49 @@ def test_cheap_extractor_feeds_the_collator(corpus, tmp_path):
     present_audio = [r is not None for r in cached["audio_features"]]
     assert batch["audio_features_mask"].any(-1).tolist() == present_audio
     assert batch["visual_features"].shape[-1] == 256 and batch["labels"].shape == (6,)
+
+
+class BrightFrameDetector:
+    """A face detector that sees a face (the whole frame) in bright frames only."""
+
+    def detect(self, frame_rgb):
+        height, width = frame_rgb.shape[:2]
+        return np.array([[0.0, 0.0, width, height]]) if frame_rgb.mean() > 100 else np.zeros((0, 4))
+
+
+def test_video_without_a_face_gets_none_and_is_reported(tmp_path, caplog):
+    import datasets
+    from media_testing import write_video
+
+    paths = {}
+    for name, value in (("bright", 200), ("dark", 10)):
+        paths[name] = str(write_video(tmp_path / f"{name}.mp4", np.full((3, 32, 32, 3), value, np.uint8), fps=3))
+    dataset = datasets.Dataset.from_dict(
+        {
+            "id": ["a", "b", "c", "d"],
+            "video": [paths["bright"], paths["dark"], paths["bright"], None],
+            "label": [0, 1, 0, 1],
+        }
+    )
+    model, processor = _model_and_processor()
+    processor.image_processor.face_detector = BrightFrameDetector()
+    with caplog.at_level("WARNING", logger="avemotion.data.cache"):
+        cached = cache_features(dataset, model, processor, batch_size=4, cache_dir=tmp_path / "cache")
+    present = [row is not None for row in cached["visual_features"]]
+    assert present == [True, False, True, False]
+    # the faceless row does not change the others' features: they equal a single-video backbone run
+    inputs = processor.image_processor(paths["bright"], return_tensors="pt")
+    with torch.no_grad():
+        expected = model.get_visual_features(inputs["pixel_values_videos"], inputs["visual_features_mask"])
+    np.testing.assert_allclose(np.array(cached[0]["visual_features"]), expected[0].numpy(), atol=1e-4)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith("1 of 4 rows") and warnings[0].endswith(": b")
+
+    # read back from the cache: still reported, and the collator masks the faceless row's video
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="avemotion.data.cache"):
+        again = cache_features(dataset, model, processor, batch_size=4, cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("features-*.arrow"))) == 1
+    assert [r.getMessage().endswith(": b") for r in caplog.records] == [True]
+    batch = AvEmotionCollator()(list(again.remove_columns("video")))
+    assert batch["visual_features_mask"].any(-1).tolist() == present

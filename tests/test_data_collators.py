@@ -59,3 +59,49 @@ def test_collated_batch_matches_single_rows_in_vavl():
             single = collate([row])
             single_out = model(**single)
             torch.testing.assert_close(batched.logits[index], single_out.logits[0], atol=1e-5, rtol=1e-4)
+
+
+def test_text_and_segments_for_the_multilevel_fusion_model(tmp_path):
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertTokenizerFast
+
+    rows = [
+        # IEMOCAP builder's columns: segments as {"start", "end", "label"} dicts
+        {"input_ids": [2, 5, 6, 3], "token_type_ids": [0, 0, 0, 0], "label": 0,
+         "words": [{"start": 0.0, "end": 0.3, "label": "HI"}, {"start": 0.3, "end": 0.5, "label": "YOU"}],
+         "phones": None},
+        # the model's own names: (start, end[, label]) tuples or an (N, 2) array
+        {"input_ids": np.array([2, 7, 3]), "label": 1, "word_segments": [(0.1, 0.2, "A")],
+         "phone_segments": np.array([[0.0, 0.1], [0.1, 0.15], [0.15, 0.2]])},
+        {"input_ids": None, "label": 2},  # no text, no alignment
+    ]  # fmt: skip
+    batch = AvEmotionCollator()(rows)
+    assert batch["input_ids"].tolist() == [[2, 5, 6, 3], [2, 7, 3, 0], [0, 0, 0, 0]]
+    assert batch["text_attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0], [0, 0, 0, 0]]
+    assert batch["token_type_ids"].shape == (3, 4) and batch["token_type_ids"].abs().sum() == 0
+    assert batch["word_segments"].shape == (3, 2, 2) and batch["phone_segments"].shape == (3, 3, 2)
+    torch.testing.assert_close(batch["word_segments"][0], torch.tensor([[0.0, 0.3], [0.3, 0.5]]))
+    torch.testing.assert_close(batch["word_segments"][1, 0], torch.tensor([0.1, 0.2]))
+    assert batch["word_segments_mask"].tolist() == [[True, True], [True, False], [False, False]]
+    assert batch["phone_segments_mask"].tolist() == [[False] * 3, [True] * 3, [False] * 3]
+    assert "syllable_segments" not in batch and "attention_mask" not in batch
+
+    # raw text: tokenised (and truncated) with a tokenizer; without one, mixing text and ids is an error
+    trainer = BertWordPieceTokenizer(lowercase=True)
+    trainer.train_from_iterator(["i am so happy today", "this is sad and angry"], vocab_size=60)
+    trainer.save_model(str(tmp_path))
+    tokenizer = BertTokenizerFast(vocab=str(tmp_path / "vocab.txt"))
+    text_rows = [{"text": "i am so happy today", "label": 0}, {"text": None, "label": 1}, {"text": "sad", "label": 2}]
+    batch = AvEmotionCollator(tokenizer=tokenizer, max_text_length=4)(text_rows)
+    expected = tokenizer("i am so happy today", truncation=True, max_length=4)["input_ids"]
+    assert len(expected) == 4 and batch["input_ids"][0].tolist() == expected
+    short = tokenizer("sad", truncation=True, max_length=4)["input_ids"]
+    assert batch["text_attention_mask"].sum(-1).tolist() == [4, 0, len(short)]
+    assert batch["input_ids"][2, : len(short)].tolist() == short and batch["input_ids"][1].tolist() == [0] * 4
+    assert "token_type_ids" in batch
+    with pytest.raises(ValueError, match="has `text` but no `input_ids`"):
+        AvEmotionCollator()([{"input_ids": [2, 3], "label": 0}, {"text": "sad", "label": 1}])
+    with pytest.raises(ValueError, match="both `word_segments` and `words`"):
+        AvEmotionCollator()([{"word_segments": [(0, 1)], "words": [(0, 1)], "label": 0}])
+    with pytest.raises(ValueError, match="must be \\(start, end"):
+        AvEmotionCollator()([{"words": [(0.5,)], "label": 0}])

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
 import torch
+
+from avemotion.processing.faces import NoFaceFoundError
+
+logger = logging.getLogger(__name__)
 
 
 def _audio_array(value: Any, sampling_rate: int) -> np.ndarray:
@@ -94,12 +99,24 @@ class _BackboneExtractor:
                 audio_out[index] = features[row, :length].float().numpy()
         with_video = [i for i, value in enumerate(batch.get("video", [None] * size)) if value is not None]
         if with_video and self.model.visual_backbone is not None:
-            inputs = self.processor.image_processor([batch["video"][i] for i in with_video], return_tensors="pt")
-            frames_mask = inputs["visual_features_mask"].bool()
-            features = self.model.get_visual_features(inputs["pixel_values_videos"], frames_mask)
-            for row, index in enumerate(with_video):
-                visual_out[index] = features[row][frames_mask[row]].float().numpy()  # frames with a face
+            try:
+                self._visual(batch["video"], with_video, visual_out)
+            except NoFaceFoundError:
+                # the processor rejects a whole call for one faceless video: redo the videos one by one so that only
+                # the faceless ones get None (the collator masks their video; cache_features reports them)
+                for index in with_video:
+                    try:
+                        self._visual(batch["video"], [index], visual_out)
+                    except NoFaceFoundError as error:
+                        logger.info("%s: %s", batch["id"][index], error)
         return {"audio_features": audio_out, "visual_features": visual_out}
+
+    def _visual(self, videos: list, indices: list[int], out: list) -> None:
+        inputs = self.processor.image_processor([videos[i] for i in indices], return_tensors="pt")
+        frames_mask = inputs["visual_features_mask"].bool()
+        features = self.model.get_visual_features(inputs["pixel_values_videos"], frames_mask)
+        for row, index in enumerate(indices):
+            out[index] = features[row][frames_mask[row]].float().numpy()  # frames with a face
 
 
 def cache_features(
@@ -127,7 +144,9 @@ def cache_features(
 
     The cache fingerprint combines the dataset's fingerprint with the model class, config and backbone weights and
     the processor's settings, so a changed backbone or processor computes the features again.
-    A modality the model has no backbone for, or a row without it, gets None (the collator masks it).
+    A modality the model has no backbone for, or a row without it, gets None (the collator masks it). A video in
+    which no frame shows a face (`NoFaceFoundError`) gets `visual_features=None` too; such rows (a video but no
+    visual features) are counted and logged as a warning with their ids, also when the features come from the cache.
     """
     if isinstance(dataset, datasets.DatasetDict):
         return datasets.DatasetDict(
@@ -149,7 +168,7 @@ def cache_features(
     if cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         cache_file_name = str(Path(cache_dir) / f"features-{fingerprint}.arrow")
-    return dataset.map(
+    cached = dataset.map(
         extractor.extract_batch,
         batched=True,
         batch_size=batch_size,
@@ -159,3 +178,27 @@ def cache_features(
         load_from_cache_file=load_from_cache_file,
         desc="Caching backbone features",
     )
+    # a model without a visual backbone leaves every video without features by design: nothing to report
+    if not isinstance(extractor, _BackboneExtractor) or extractor.model.visual_backbone is not None:
+        _report_videos_without_features(cached)
+    return cached
+
+
+def _report_videos_without_features(dataset: datasets.Dataset) -> list[str]:
+    """Warn about (and return the ids of) rows that have a video but no visual features (no face found)."""
+    if "video" not in dataset.column_names:
+        return []
+    # Arrow null checks on two columns: the features are not decoded
+    table = dataset.select_columns(["video", "visual_features"]).with_format("arrow")[:]
+    video = table.column("video").is_valid().to_numpy(zero_copy_only=False)
+    lost = video & table.column("visual_features").is_null().to_numpy(zero_copy_only=False)
+    names = dataset["id"] if "id" in dataset.column_names else range(len(dataset))
+    ids = [str(name) for name, flag in zip(names, lost) if flag]
+    if ids:
+        logger.warning(
+            "%d of %d rows have a video but no visual features (no face found in any frame); their video is masked: %s",
+            len(ids),
+            len(dataset),
+            ", ".join(ids),
+        )
+    return ids

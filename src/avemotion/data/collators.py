@@ -15,6 +15,12 @@ SEQUENCE_KEYS = {
     "pixel_values_videos": "visual_features_mask",
     "visual_features": "visual_features_mask",
 }
+# model granularity -> the row columns that may hold its segments (the model's name first, then the IEMOCAP builder's)
+SEGMENT_COLUMNS = {
+    "phone": ("phone_segments", "phones"),
+    "syllable": ("syllable_segments", "syllables"),
+    "word": ("word_segments", "words"),
+}
 
 
 def _as_tensor(value: Any) -> torch.Tensor:
@@ -23,6 +29,28 @@ def _as_tensor(value: Any) -> torch.Tensor:
     if isinstance(value, dict) and "array" in value:
         value = value["array"]
     return torch.as_tensor(np.asarray(value), dtype=torch.float32)
+
+
+def _segment_list(value: Any, name: str, index: int) -> list[tuple[float, float]] | None:
+    """`(start, end)` seconds from IEMOCAP's `[{"start", "end", "label"}, ...]` (or its Arrow struct-of-lists form),
+    `[(start, end[, label]), ...]` or an (N, 2) array; None or empty -> None (no alignment at this granularity)."""
+    if value is None:
+        return None
+    if isinstance(value, dict):  # a `datasets.Sequence` of structs reads back as a dict of lists
+        if "start" not in value or "end" not in value:
+            raise ValueError(f"row {index}: `{name}` must hold `start` and `end` seconds, got keys {sorted(value)}")
+        value = [{"start": s, "end": e} for s, e in zip(value["start"], value["end"])]
+    segments = []
+    for position, segment in enumerate(value):
+        if isinstance(segment, dict):
+            if "start" not in segment or "end" not in segment:
+                raise ValueError(f"row {index}: `{name}`[{position}] must hold `start` and `end`, got {segment!r}")
+            segments.append((float(segment["start"]), float(segment["end"])))
+        elif len(segment) >= 2:
+            segments.append((float(segment[0]), float(segment[1])))
+        else:
+            raise ValueError(f"row {index}: `{name}`[{position}] must be (start, end[, label]), got {segment!r}")
+    return segments or None
 
 
 @dataclass
@@ -38,6 +66,16 @@ class AvEmotionCollator:
     -> (B, len) float); a row without a label raises, since a silently dropped label would bias training.
     Other keys (ids, text) are passed through as lists when `keep_columns` names them.
 
+    Text (multi-level fusion model): rows with `input_ids` (token lists or arrays) give `input_ids` (B, L_max), padded
+    with the tokenizer's pad id (0 without one), `text_attention_mask` (B, L_max) and, when any row has them,
+    `token_type_ids`. With a `tokenizer`, rows without `input_ids` but with a `text_column` string are tokenised here
+    (truncated to `max_text_length` tokens). A row without text gets an all-zero `text_attention_mask` row (text
+    absent); a row with text that cannot be tokenised (no tokenizer) while other rows have `input_ids` raises.
+
+    Segments (seconds): `phone_segments`, `syllable_segments`, `word_segments`, or the IEMOCAP builder's `phones`,
+    `syllables`, `words` columns (`[{"start", "end", "label"}, ...]`), give `{g}_segments` (B, N_max, 2) and
+    `{g}_segments_mask` (B, N_max) bool via `pad_segments`; a row without them gets an all-False mask row.
+
     Returns a dict of tensors: `input_values` (B, N_max) + `attention_mask` (B, N_max), `audio_features`
     (B, T_max, D_a) + `audio_features_mask`, `pixel_values_videos` or `visual_features` (B, T_max, ...) +
     `visual_features_mask` (B, T_max), `labels`.
@@ -46,6 +84,9 @@ class AvEmotionCollator:
     label_column: str | list[str] | None = "label"
     keep_columns: tuple[str, ...] = ()
     pad_to_multiple_of: int | None = None
+    tokenizer: Any = None
+    text_column: str = "text"
+    max_text_length: int | None = 512
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         if not rows:
@@ -64,6 +105,8 @@ class AvEmotionCollator:
             if all(v is None for v in values):
                 continue
             batch[key], batch[mask_key] = self._pad(key, values)
+        batch.update(self._text(rows))
+        batch.update(self._segments(rows))
         if self.label_column is not None:
             batch["labels"] = self._labels(rows)
         for column in self.keep_columns:
@@ -89,6 +132,72 @@ class AvEmotionCollator:
                 padded[index, : value.shape[0]] = value
                 mask[index, : value.shape[0]] = 1
         return padded, mask
+
+    def _text(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """`input_ids`, `text_attention_mask` (and `token_type_ids`) from token ids or, with a tokenizer, raw text."""
+        ids = [row.get("input_ids") for row in rows]
+        types = [row.get("token_type_ids") for row in rows]
+        texts = [row.get(self.text_column) for row in rows]
+        to_tokenize = [i for i, (t, x) in enumerate(zip(ids, texts)) if t is None and x is not None]
+        if to_tokenize and self.tokenizer is not None:
+            encoded = self.tokenizer([texts[i] for i in to_tokenize], truncation=True, max_length=self.max_text_length)
+            for position, index in enumerate(to_tokenize):
+                ids[index] = encoded["input_ids"][position]
+                if "token_type_ids" in encoded:
+                    types[index] = encoded["token_type_ids"][position]
+        elif to_tokenize and any(t is not None for t in ids):
+            first = to_tokenize[0]
+            raise ValueError(
+                f"row {first} ({rows[first].get('id', '?')}) has `{self.text_column}` but no `input_ids` while other "
+                "rows have `input_ids`; pass AvEmotionCollator(tokenizer=...) to tokenise it"
+            )
+        if all(t is None for t in ids):
+            return {}
+        tensors = [None if t is None else torch.as_tensor(np.asarray(t), dtype=torch.long) for t in ids]
+        for index, tensor in enumerate(tensors):
+            if tensor is not None and tensor.dim() != 1:
+                raise ValueError(
+                    f"row {index}: `input_ids` must be a 1-D list of token ids, got {tuple(tensor.shape)}"
+                )
+            if tensor is not None and types[index] is not None and len(types[index]) != len(tensor):
+                raise ValueError(
+                    f"row {index}: `token_type_ids` has {len(types[index])} entries, `input_ids` {len(tensor)}"
+                )
+        pad_id = getattr(self.tokenizer, "pad_token_id", None) or 0
+        length = max(len(t) for t in tensors if t is not None)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        out = {
+            "input_ids": torch.full((len(rows), length), pad_id, dtype=torch.long),
+            "text_attention_mask": torch.zeros(len(rows), length, dtype=torch.long),
+        }
+        if any(t is not None for t in types):
+            out["token_type_ids"] = torch.zeros(len(rows), length, dtype=torch.long)
+        for index, tensor in enumerate(tensors):
+            if tensor is None:
+                continue
+            out["input_ids"][index, : len(tensor)] = tensor
+            out["text_attention_mask"][index, : len(tensor)] = 1
+            if "token_type_ids" in out and types[index] is not None:
+                out["token_type_ids"][index, : len(tensor)] = torch.as_tensor(np.asarray(types[index]))
+        return out
+
+    def _segments(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """`{g}_segments` (B, N, 2) seconds and `{g}_segments_mask` (B, N) bool for each granularity any row has."""
+        from avemotion.models.mlfusion.segments import pad_segments
+
+        out = {}
+        for granularity, columns in SEGMENT_COLUMNS.items():
+            if not any(row.get(c) is not None for row in rows for c in columns):
+                continue
+            per_row = []
+            for index, row in enumerate(rows):
+                present = [c for c in columns if row.get(c) is not None]
+                if len(present) > 1:
+                    raise ValueError(f"row {index} has both `{present[0]}` and `{present[1]}`; keep one of them")
+                per_row.append(_segment_list(row[present[0]], present[0], index) if present else None)
+            out[f"{granularity}_segments"], out[f"{granularity}_segments_mask"] = pad_segments(per_row)
+        return out
 
     def _labels(self, rows: list[dict[str, Any]]) -> torch.Tensor:
         columns = [self.label_column] if isinstance(self.label_column, str) else list(self.label_column)
