@@ -5,6 +5,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from vavl_testing import tiny_vavl_config
@@ -22,11 +23,14 @@ REPORT = {
 
 
 class HubStub:
-    """The four endpoints an upload needs (hf_ecosystem.md §11); files land in `store`. Bound to 127.0.0.1, and
-    stopped by the fixture."""
+    """The endpoints a push needs (hf_ecosystem.md §11): create, info, tree, settings, preupload, commit. Repos live in
+    `store` (repo -> path -> bytes) with `private` (repo -> bool) and `commits` (repo -> list of (added, deleted)).
+    Bound to 127.0.0.1, and stopped by the fixture."""
 
     def __init__(self):
         self.store: dict[str, dict[str, bytes]] = {}
+        self.private: dict[str, bool] = {}
+        self.commits: dict[str, list[tuple[list[str], list[str]]]] = {}
         self.requests: list[str] = []
         stub = self
 
@@ -34,48 +38,119 @@ class HubStub:
             def log_message(self, *args):
                 pass
 
-            def _reply(self, code, payload=None):
-                body = json.dumps(payload or {}).encode()
+            def _reply(self, code, payload=None, headers=()):
+                body = json.dumps(payload if payload is not None else {}).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
+                for key, value in headers:
+                    self.send_header(key, value)
                 self.end_headers()
                 self.wfile.write(body)
+
+            def _repo(self, parts):
+                """`/api/models/org/name/...` -> "org/name" if it exists."""
+                repo = "/".join(parts[3:5])
+                return repo if parts[:3] == ["", "api", "models"] and repo in stub.store else None
+
+            def _missing(self):
+                return self._reply(404, {"error": "Repository not found"}, [("X-Error-Code", "RepoNotFound")])
 
             def do_HEAD(self):
                 stub.requests.append(f"HEAD {self.path}")
                 self._reply(404)
 
-            do_GET = do_HEAD
+            def do_GET(self):
+                stub.requests.append(f"GET {self.path}")
+                parts = urlsplit(self.path).path.split("/")
+                repo = self._repo(parts)
+                if repo is None:
+                    return self._missing()
+                sha = stub.sha(repo)
+                if len(parts) == 5 or parts[5] == "revision":  # model_info
+                    siblings = [{"rfilename": name} for name in sorted(stub.store[repo])]
+                    info = {
+                        "id": repo,
+                        "modelId": repo,
+                        "private": stub.private[repo],
+                        "sha": sha,
+                        "siblings": siblings,
+                    }
+                    return self._reply(200, info)
+                if parts[5] == "tree":  # list_repo_files (recursive)
+                    files = [
+                        {"type": "file", "path": name, "oid": "0" * 40, "size": len(content)}
+                        for name, content in sorted(stub.store[repo].items())
+                    ]
+                    return self._reply(200, files)
+                return self._reply(404)
+
+            def do_PUT(self):
+                stub.requests.append(f"PUT {self.path}")
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                parts = urlsplit(self.path).path.split("/")
+                repo = self._repo(parts)
+                if repo is None:
+                    return self._missing()
+                if parts[5:] == ["settings"]:
+                    if "visibility" in body:
+                        stub.private[repo] = body["visibility"] == "private"
+                    if "private" in body:
+                        stub.private[repo] = bool(body["private"])
+                    return self._reply(200, {})
+                return self._reply(404)
 
             def do_POST(self):
                 stub.requests.append(f"POST {self.path}")
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if self.path == "/api/repos/create":
-                    name = json.loads(body)["name"]
-                    repo = f"{json.loads(body).get('organization') or 'user'}/{name}" if "/" not in name else name
-                    stub.store.setdefault(repo, {})
+                path = urlsplit(self.path).path
+                if path == "/api/repos/create":
+                    payload = json.loads(body)
+                    name = payload["name"]
+                    repo = f"{payload.get('organization') or 'user'}/{name}" if "/" not in name else name
+                    if repo in stub.store:
+                        return self._reply(409, {"error": "You already created this model repo", "url": repo})
+                    stub.create(repo, private=payload.get("visibility") == "private" or bool(payload.get("private")))
                     return self._reply(200, {"url": f"http://127.0.0.1/{repo}", "name": repo, "id": repo})
-                if self.path == "/api/validate-yaml":
+                if path == "/api/validate-yaml":
                     return self._reply(200, {"errors": [], "warnings": []})
-                parts = self.path.split("/")
+                parts = path.split("/")
+                repo = self._repo(parts)
+                if repo is None:
+                    return self._missing()
                 if "preupload" in parts:
                     files = json.loads(body)["files"]
                     answer = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]
                     return self._reply(200, {"files": answer})
                 if "commit" in parts:
-                    repo = "/".join(parts[3:5])
+                    added, deleted = [], []
                     for line in body.decode().splitlines():
                         item = json.loads(line)
-                        if item.get("key") == "file":
-                            value = item["value"]
-                            stub.store.setdefault(repo, {})[value["path"]] = base64.b64decode(value["content"])
-                    return self._reply(200, {"commitUrl": f"http://127.0.0.1/{repo}/commit/1", "commitOid": "1" * 40})
+                        value = item["value"]
+                        if item["key"] == "header" and value.get("parentCommit") not in (None, stub.sha(repo)):
+                            return self._reply(412, {"error": "A commit has happened since"})
+                        if item["key"] == "file":
+                            added.append(value["path"])
+                            stub.store[repo][value["path"]] = base64.b64decode(value["content"])
+                        if item["key"] == "deletedFile":
+                            deleted.append(value["path"])
+                            stub.store[repo].pop(value["path"])
+                    stub.commits[repo].append((added, deleted))
+                    oid = stub.sha(repo)
+                    return self._reply(200, {"commitUrl": f"http://127.0.0.1/{repo}/commit/{oid}", "commitOid": oid})
                 return self._reply(404)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.timeout = 10
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def create(self, repo: str, private: bool = False, files: dict[str, bytes] | None = None) -> None:
+        self.store[repo] = {".gitattributes": b"*.safetensors filter=lfs\n", **(files or {})}
+        self.private[repo] = private
+        self.commits[repo] = []
+
+    def sha(self, repo: str) -> str:
+        return f"{len(self.commits[repo]) + 1:040x}"
 
     @property
     def url(self):
@@ -134,3 +209,161 @@ def test_push_model_processor_and_card(tmp_path, hub):
     for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
         assert (a == b).all(), name
     assert any(r.startswith("POST /api/repos/create") for r in hub.requests)
+
+
+def _saved_model(folder: Path, processor: bool = True, **config) -> VavlForEmotionRecognition:
+    model = VavlForEmotionRecognition(tiny_vavl_config(**config))
+    model.save_pretrained(folder)
+    if processor:
+        AvEmotionFeatureExtractor().save_pretrained(folder)
+    return model
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_push_uploads_no_local_path(tmp_path, hub, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model_dir = tmp_path / "runs" / "exp1" / "best_model"
+    cached = tmp_path / "hf_cache" / "models--google--efficientnet-b2" / "snapshots" / "0123abcd"
+    _saved_model(model_dir, audio_backbone_name=str(tmp_path / "backbones" / "wav2vec2-local"),
+                 visual_backbone_name=str(cached))  # fmt: skip
+    # a processor field holding a path (kept by save_pretrained), and the trainer's arguments
+    config_file = model_dir / "preprocessor_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "name_or_path": str(model_dir)}))
+    (model_dir / "training_args.json").write_text(json.dumps({
+        "output_dir": str(tmp_path / "runs" / "exp1"), "resume_from_checkpoint": str(tmp_path / "runs" / "exp1" /
+        "checkpoints" / "checkpoint-40"), "learning_rate": 0.003, "label_column": "label",
+        "data_dir": "./corpora/crema-d", "cache": "~/feature-cache",
+    }))  # fmt: skip
+    (model_dir / "eval_results.json").write_text(json.dumps({"eval": REPORT, "metric_for_best_model": "loss"}))
+    before = _snapshot(model_dir)
+    assert cli_main(["push", "--model", str(model_dir), "--repo_id", "org/exp1", "--hub_id",
+                     f"{tmp_path / 'backbones' / 'wav2vec2-local'}=facebook/wav2vec2-base"]) == 0  # fmt: skip
+    files = hub.store["org/exp1"]
+    for name, content in files.items():
+        for leak in (str(tmp_path), "~/feature-cache", "./corpora"):
+            assert leak.encode() not in content, (name, leak)
+    config = json.loads(files["config.json"])
+    assert config["audio_backbone_name"] == "facebook/wav2vec2-base"  # named by --hub_id
+    assert config["visual_backbone_name"] == "google/efficientnet-b2"  # a huggingface_hub cache snapshot
+    assert json.loads(files["preprocessor_config.json"])["name_or_path"] == "org/exp1"  # the pushed directory
+    readme = files["README.md"].decode()
+    assert "| resume_from_checkpoint | `checkpoint-40` |" in readme and "| output_dir | `exp1` |" in readme
+    assert "| data_dir | `crema-d` |" in readme and "| cache | `feature-cache` |" in readme
+    assert "| label_column | `label` |" in readme and "| learning_rate | `0.003` |" in readme
+    assert _snapshot(model_dir) == before  # only the uploaded copy was rewritten
+
+
+def test_sanitize_local_paths_and_saved_configs(tmp_path):
+    from avemotion.training.hub import is_local_path, sanitize_local_paths, sanitize_saved_configs
+
+    assert [is_local_path(v) for v in ["/home/a/x", "C:\\Users\\a\\x", "~/x", "./x", "org/name", "angry", "/", "last"]] == [
+        True, True, True, True, False, False, False, False]  # fmt: skip
+    assert sanitize_local_paths({"a": ["/srv/m/bert-base", ("x", 3)], "b": None}) == {"a": ["bert-base", ("x", 3)],
+                                                                                        "b": None}  # fmt: skip
+    assert sanitize_local_paths("/c/models--org--m/snapshots/abc/sub/vocab.txt") == "org/m/sub/vocab.txt"
+    assert sanitize_local_paths(str(tmp_path), {tmp_path: "org/here"}) == "org/here"
+    (tmp_path / "config.json").write_text(json.dumps({"_name_or_path": "/home/alice/base", "text_model": "bert"}))
+    tokenizer = {"name_or_path": "/home/alice/tok", "added_tokens_decoder": {"5": {"content": "/x/y"}}}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(tokenizer))
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"merges": ["/a /b"]}))
+    assert sanitize_saved_configs(tmp_path) == ["config.json", "tokenizer_config.json"]
+    assert json.loads((tmp_path / "config.json").read_text()) == {"_name_or_path": "base", "text_model": "bert"}
+    saved = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert saved == {"name_or_path": "tok", "added_tokens_decoder": {"5": {"content": "/x/y"}}}  # tokens untouched
+    assert json.loads((tmp_path / "tokenizer.json").read_text()) == {"merges": ["/a /b"]}
+
+
+def test_model_card_hyperparameters_have_no_local_paths():
+    card = str(build_model_card("vavl", "org/m", REPORT, None, {"resume_from_checkpoint": "/home/a/out/checkpoint-3"}))
+    assert "| resume_from_checkpoint | `checkpoint-3` |" in card and "/home/a" not in card
+
+
+def test_push_deletes_stale_files_in_one_commit(tmp_path, hub):
+    hub.create("org/m", files={"pytorch_model.bin": b"old", "old/notes.txt": b"x", "README.md": b"old card"})
+    _saved_model(tmp_path / "model")
+    assert cli_main(["push", "--model", str(tmp_path / "model"), "--repo_id", "org/m"]) == 0
+    files = hub.store["org/m"]
+    assert "pytorch_model.bin" not in files and "old/notes.txt" not in files
+    expected = {".gitattributes", "config.json", "model.safetensors", "preprocessor_config.json", "README.md"}
+    assert expected <= set(files)
+    assert files["README.md"] != b"old card"
+    [(added, deleted)] = hub.commits["org/m"]  # one commit holds the additions and the deletions
+    assert sorted(deleted) == ["old/notes.txt", "pytorch_model.bin"] and "model.safetensors" in added
+
+
+def test_private_holds_for_an_existing_repo(tmp_path, hub):
+    from avemotion.training.hub import push_to_hub
+
+    _saved_model(tmp_path / "model")
+    hub.create("org/public")
+    assert cli_main(["push", "--model", str(tmp_path / "model"), "--repo_id", "org/public", "--private"]) == 0
+    assert hub.private["org/public"] is True
+    settings = next(i for i, r in enumerate(hub.requests) if r.startswith("PUT /api/models/org/public/settings"))
+    commit = next(i for i, r in enumerate(hub.requests) if "/commit/" in r)
+    assert settings < commit  # private before anything is uploaded
+
+    assert cli_main(["push", "--model", str(tmp_path / "model"), "--repo_id", "org/new", "--private"]) == 0
+    assert hub.private["org/new"] is True
+    hub.create("org/secret", private=True)
+    assert cli_main(["push", "--model", str(tmp_path / "model"), "--repo_id", "org/secret"]) == 0
+    assert hub.private["org/secret"] is True  # without --private an existing repo keeps its visibility
+    hub.create("org/secret2", private=True)
+    with pytest.raises(ValueError, match="org/secret2 is private and private=False was asked: refusing"):
+        push_to_hub(tmp_path / "model", "org/secret2", private=False)
+    assert hub.private["org/secret2"] is True and hub.commits["org/secret2"] == []
+
+
+def test_push_help_documents_private():
+    import argparse
+
+    from avemotion.training import cli_push
+
+    parser = argparse.ArgumentParser()
+    cli_push.add_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    assert "an existing public repo is made private before anything is uploaded" in text
+    assert "deleted" in text and "--processor" in text
+
+
+def test_push_without_processor_is_one_error_line(tmp_path, hub, capsys):
+    _saved_model(tmp_path / "model", processor=False)
+    assert cli_main(["push", "--model", str(tmp_path / "model"), "--repo_id", "org/np"]) == 2
+    err = _error_line(capsys)
+    assert f"{tmp_path / 'model'} has no processor" in err and "--processor" in err
+    assert "org/np" not in hub.store and not hub.requests  # nothing created or uploaded
+    # the processor of another directory (e.g. the base model) completes the upload
+    AvEmotionFeatureExtractor(normalization="global", global_mean=0.25).save_pretrained(tmp_path / "base")
+    assert cli_main(["push", "--model", str(tmp_path / "model"), "--repo_id", "org/np",
+                     "--processor", str(tmp_path / "base")]) == 0  # fmt: skip
+    assert json.loads(hub.store["org/np"]["preprocessor_config.json"])["global_mean"] == 0.25
+    assert "README.md" in hub.store["org/np"]
+    # a broken processor file, a missing model directory, a missing --processor: one line each
+    (tmp_path / "model" / "preprocessor_config.json").write_text("{not json")
+    for args, message in [
+        (["--model", str(tmp_path / "model")], "the processor saved there cannot be loaded"),
+        (["--model", str(tmp_path / "nowhere")], "nowhere does not exist"),
+        (["--model", str(tmp_path / "model"), "--processor", str(tmp_path / "none")], "--processor"),
+    ]:
+        assert cli_main(["push", *args, "--repo_id", "org/np"]) == 2
+        assert message in _error_line(capsys)
+
+
+def _error_line(capsys) -> str:
+    """The CLI's error line (stderr may also hold progress bars), with no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("avemotion push: error: "), err
+    return line
+
+
+def test_push_of_a_truncated_model_is_one_error_line(tmp_path, hub, capsys):
+    _saved_model(tmp_path / "model")
+    weights = tmp_path / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert cli_main(["push", "--model", str(tmp_path / "model"), "--repo_id", "org/t"]) == 2
+    assert f"{tmp_path / 'model'}: the model cannot be loaded" in _error_line(capsys)
+    assert "org/t" not in hub.store

@@ -15,7 +15,11 @@ from vavl_testing import tiny_wav2vec2_config
 
 from avemotion import AvEmotionFeatureExtractor, VavlForEmotionRecognition, VavlModel
 from avemotion.cli import main as cli_main
-from avemotion.models.vavl.convert_vavl_original_checkpoint import ConversionError, convert_vavl_checkpoint
+from avemotion.models.vavl.convert_vavl_original_checkpoint import (
+    ConversionError,
+    convert_vavl_checkpoint,
+    load_normalization_stats,
+)
 
 # shared/ lies beside the repository (CI clones main next to it); AVEMOTION_SHARED_DIR overrides.
 SHARED = Path(os.environ.get("AVEMOTION_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
@@ -69,7 +73,9 @@ def reference():
 
 @pytest.mark.parametrize("prefix", ["b2_", "b1_"])
 def test_converted_checkpoint_reproduces_the_original_outputs(converted_dir, reference, prefix):
-    model = VavlForEmotionRecognition.from_pretrained(converted_dir).eval()
+    # the original's batch-2 outputs mix the two clips: reproduced only with `legacy_batch_mixing`
+    mixing = {"legacy_batch_mixing": True} if prefix == "b2_" else {}
+    model = VavlForEmotionRecognition.from_pretrained(converted_dir, **mixing).eval()
     assert model.config.legacy_batch_axis_attention
     with torch.no_grad():
         out = model(
@@ -89,7 +95,7 @@ def test_converted_checkpoint_reproduces_the_original_outputs(converted_dir, ref
 
 
 def test_converted_checkpoint_loads_with_auto_model(converted_dir, reference):
-    base = AutoModel.from_pretrained(converted_dir).eval()
+    base = AutoModel.from_pretrained(converted_dir, legacy_batch_mixing=True).eval()
     assert type(base) is VavlModel
     with torch.no_grad():
         out = base(audio_features=torch.from_numpy(reference["b2_audio_features"]))
@@ -106,6 +112,26 @@ def test_default_layout_differs_from_legacy_on_batches(converted_dir, reference)
     inputs = {"audio_features": torch.from_numpy(reference["b2_audio_features"])}
     with torch.no_grad():
         assert not torch.allclose(legacy(**inputs).audio_logits, default(**inputs).audio_logits, atol=1e-4)
+
+
+def test_converted_checkpoint_is_batch_independent_by_default(converted_dir, reference):
+    """Without `legacy_batch_mixing`, a converted model scores each clip of a batch as the original scores it
+    alone (batch 1), so pipelines and evaluation do not depend on the batch size."""
+    model = VavlForEmotionRecognition.from_pretrained(converted_dir).eval()
+    assert not model.config.legacy_batch_mixing
+    audio = torch.from_numpy(reference["b2_audio_features"])
+    video = torch.from_numpy(reference["b2_visual_features"])
+    with torch.no_grad():
+        batched = model(audio_features=audio, visual_features=video)
+        mixed = VavlForEmotionRecognition.from_pretrained(converted_dir, legacy_batch_mixing=True).eval()(
+            audio_features=audio, visual_features=video
+        )
+        for row in range(audio.shape[0]):
+            alone = model(audio_features=audio[row : row + 1], visual_features=video[row : row + 1])
+            torch.testing.assert_close(batched.logits[row], alone.logits[0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(batched.audio_logits[row], alone.audio_logits[0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(batched.visual_logits[row], alone.visual_logits[0], atol=1e-5, rtol=0)
+    assert (batched.logits - mixed.logits).abs().max() > 1e-4  # the option really restores the mixing
 
 
 def _copy_heads(source: Path, target: Path, skip=()):
@@ -214,18 +240,87 @@ def test_wav2vec2_and_normalisation_statistics(original_dir, tmp_path):
 
 
 class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
     def __reduce__(self):
-        return (print, ("unpickled arbitrary code",))
+        return (os.system, (f"touch '{self.marker}'",))
 
 
-def test_normalisation_pickle_is_read_with_a_restricted_unpickler(original_dir, tmp_path, capsys):
+def _dotted_name_exploit(marker: Path) -> bytes:
+    """numpy.dtypes.__builtins__.get("eval")(code) by protocol 4's dotted-name lookup (accepted before issue 10)."""
+
+    def text(value: str) -> bytes:
+        return pickle.BINUNICODE + len(value.encode()).to_bytes(4, "little") + value.encode()
+
+    code = f"open({str(marker)!r}, 'w').write('code ran')"
+    return (
+        pickle.PROTO + b"\x04" + text("numpy.dtypes") + text("__builtins__.get") + pickle.STACK_GLOBAL
+        + text("eval") + pickle.TUPLE1 + pickle.REDUCE + text(code) + pickle.TUPLE1 + pickle.REDUCE + pickle.STOP
+    )  # fmt: skip
+
+
+def test_normalisation_pickle_is_read_with_a_restricted_unpickler(original_dir, tmp_path):
     checkpoint = tmp_path / "ckpt"
     _copy_heads(original_dir, checkpoint)
+    marker = tmp_path / "marker"
     with open(checkpoint / "train_norm_stat.pkl", "wb") as handle:
-        pickle.dump((_Exploit(), 1.0, np.zeros(1408), np.ones(1408)), handle)
-    with pytest.raises(ConversionError, match="refusing to load builtins.print"):
+        pickle.dump((_Exploit(marker), 1.0, np.zeros(1408), np.ones(1408)), handle)
+    with pytest.raises(ConversionError, match=r"train_norm_stat.pkl: refusing to load (posix|nt)\.system"):
         convert_vavl_checkpoint(checkpoint, preset="crema-d")
-    assert "unpickled arbitrary code" not in capsys.readouterr().out
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("entry", ["cli", "module"])
+def test_crafted_normalisation_pickle_fails_cleanly_in_the_cli(original_dir, tmp_path, capsys, entry):
+    checkpoint = tmp_path / "ckpt"
+    _copy_heads(original_dir, checkpoint)
+    marker = tmp_path / "marker"
+    (checkpoint / "train_norm_stat.pkl").write_bytes(_dotted_name_exploit(marker))
+    args = ["--checkpoint-dir", str(checkpoint), "--output-dir", str(tmp_path / "out"), "--preset", "crema-d"]
+    if entry == "cli":
+        assert cli_main(["convert-vavl", *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0, err  # one line, no traceback
+    else:
+        module = sys.modules["avemotion.models.vavl.convert_vavl_original_checkpoint"]
+        with pytest.raises(ConversionError) as info:
+            module.main(args)
+        err = str(info.value)
+    assert f"{checkpoint / 'train_norm_stat.pkl'}: refusing to load numpy.dtypes.__builtins__.get" in err
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_crafted_state_dict_is_refused_by_torch_weights_only(original_dir, tmp_path, capsys):
+    checkpoint = tmp_path / "ckpt"
+    _copy_heads(original_dir, checkpoint)
+    marker = tmp_path / "marker"
+    torch.save({"out_layer.weight": _Exploit(marker)}, checkpoint / "MLP_a_head.pt")
+    args = [
+        "convert-vavl",
+        "--checkpoint-dir",
+        str(checkpoint),
+        "--output-dir",
+        str(tmp_path / "o"),
+        "--preset",
+        "crema-d",
+    ]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{checkpoint / 'MLP_a_head.pt'}: cannot be read as a tensor state dict" in err and "system" in err
+    assert "weights_only` set to `False`" not in err  # torch's advice to load unsafely is not passed on
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_normalisation_pickles_of_every_protocol_load(tmp_path, protocol):
+    vid_mean = np.linspace(-1, 1, 1408)  # float64, as numpy writes it by default
+    with open(tmp_path / "train_norm_stat.pkl", "wb") as handle:
+        pickle.dump((np.float64(0.01), np.float32(0.2), vid_mean, vid_mean.astype(np.float32) + 2), handle, protocol)
+    stats = load_normalization_stats(tmp_path / "train_norm_stat.pkl")
+    assert stats["wav_mean"] == pytest.approx(0.01) and stats["wav_std"] == pytest.approx(0.2)
+    np.testing.assert_allclose(stats["vid_mean"], vid_mean, rtol=1e-6)
+    np.testing.assert_allclose(stats["vid_std"], vid_mean + 2, rtol=1e-6)
 
 
 def test_cli_reports_errors_without_traceback(tmp_path, capsys):

@@ -1,8 +1,16 @@
-"""Model cards from `hub_cards/<model_type>.md` and pushing a trained model (+ processor + card) to the Hub."""
+"""Model cards from `hub_cards/<model_type>.md` and pushing a trained model (+ processor + card) to the Hub.
+
+Nothing uploaded names a local path: `sanitize_local_paths` replaces every string that is one (config fields such as
+`_name_or_path` or `audio_backbone_name`, processor fields, hyper-parameters like `resume_from_checkpoint`) by the Hub
+id it came from when that is known, else by its base name. The user's own files are never rewritten.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,6 +20,80 @@ logger = logging.getLogger(__name__)
 
 _TABLE_METRICS = ("accuracy", "unweighted_accuracy", "macro_f1", "micro_f1")
 _BRANCH_TITLES = {"combined": "combined (per-row best available)", "audio_visual": "audio-visual (fusion head)"}
+
+
+# huggingface_hub's cache layout: <cache>/models--org--name/snapshots/<revision>/... ("--" is not allowed in repo ids)
+_HUB_CACHE_SNAPSHOT = re.compile(
+    r"(?:^|[\\/])(?:models|datasets|spaces)--([^\\/]+)[\\/]snapshots[\\/][^\\/]+(?:[\\/](.*))?$"
+)
+_WINDOWS_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
+# subtrees of saved JSON files that hold tokens, not settings
+_SANITIZE_SKIP_KEYS = frozenset({"added_tokens_decoder", "added_tokens"})
+
+
+def is_local_path(value: Any) -> bool:
+    """Whether a string names a local file or directory: absolute (POSIX or Windows), `~/`, `./`, `../`, `file://`,
+    or a relative path with a separator that exists here. Hub ids (`org/name`) and plain words are not."""
+    if not isinstance(value, str) or not value or len(value) > 4096 or "\n" in value:
+        return False
+    if value.startswith(("~/", "~\\", "./", "../", ".\\", "..\\", "file://")) or _WINDOWS_ABSOLUTE.match(value):
+        return True
+    if value.startswith("/"):
+        return any(part for part in value.split("/"))  # "/" alone is not a path worth hiding
+    return ("/" in value or os.sep in value) and os.path.exists(value)
+
+
+def _normalise_path(value: str) -> str:
+    return os.path.normcase(os.path.realpath(os.path.expanduser(value.removeprefix("file://"))))
+
+
+def local_path_replacement(value: str, hub_ids: Mapping[str | os.PathLike, str] | None = None) -> str:
+    """What a local path becomes in uploaded files: the Hub id of a directory listed in `hub_ids` (local directory ->
+    repo id, e.g. the directory being pushed), or of a huggingface_hub cache snapshot (`models--org--name/snapshots/`,
+    plus the path inside the repo), else its base name."""
+    normalised = _normalise_path(value)
+    for directory, repo_id in (hub_ids or {}).items():
+        if _normalise_path(str(directory)) == normalised:
+            return repo_id
+    for candidate in (value, normalised):
+        match = _HUB_CACHE_SNAPSHOT.search(candidate.replace("\\", "/").rstrip("/"))
+        if match:
+            repo_id = match[1].replace("--", "/")
+            return f"{repo_id}/{match[2]}" if match[2] else repo_id
+    name = re.split(r"[\\/]+", value.rstrip("\\/"))[-1]
+    return Path(normalised).name if name in ("", ".", "..", "~") else name
+
+
+def sanitize_local_paths(value: Any, hub_ids: Mapping[str | os.PathLike, str] | None = None) -> Any:
+    """A copy of `value` (nested dicts, lists, tuples, strings) in which every string that `is_local_path` is replaced
+    by `local_path_replacement`: for configs, processor settings, hyper-parameters and metrics that are uploaded or
+    published in a model card. Dict keys are kept; token lists of tokenizer configs are left alone."""
+    if isinstance(value, str):
+        return local_path_replacement(value, hub_ids) if is_local_path(value) else value
+    if isinstance(value, os.PathLike):
+        return local_path_replacement(os.fspath(value), hub_ids)
+    if isinstance(value, Mapping):
+        return {
+            key: item if key in _SANITIZE_SKIP_KEYS else sanitize_local_paths(item, hub_ids)
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return type(value)(sanitize_local_paths(item, hub_ids) for item in value)
+    return value
+
+
+def sanitize_saved_configs(folder: str | Path, hub_ids: Mapping[str | os.PathLike, str] | None = None) -> list[str]:
+    """Rewrite, in place, the `*config.json` files of a `save_pretrained` folder (model, processor, feature extractor,
+    tokenizer, generation configs) through `sanitize_local_paths`. Meant for a copy about to be uploaded; returns the
+    names of the files changed."""
+    changed = []
+    for path in sorted(Path(folder).rglob("*config.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        clean = sanitize_local_paths(data, hub_ids)
+        if clean != data:
+            path.write_text(json.dumps(clean, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+            changed.append(path.name)
+    return changed
 
 
 def hub_cards_dir() -> Path:
@@ -57,6 +139,8 @@ def build_model_card(
     split: str = "test",
     datasets: list[str] | None = None,
     template_path: str | Path | None = None,
+    *,
+    hub_ids: Mapping[str | os.PathLike, str] | None = None,
     **template_kwargs: Any,
 ):
     """A `huggingface_hub.ModelCard` rendered from `hub_cards/<model_type>.md`.
@@ -71,9 +155,14 @@ def build_model_card(
         hyperparameters: training options (e.g. `TrainingArguments.to_dict()`), rendered as a table.
         split: the split the metrics were computed on.
         datasets: Hub dataset ids for the card metadata.
+        hub_ids: local directory -> Hub id, for `sanitize_local_paths`: local paths in `metrics` and
+            `hyperparameters` (`resume_from_checkpoint`, `output_dir`, backbone directories) become their Hub id when
+            known, else their base name, so a card never publishes a local path.
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+    metrics = sanitize_local_paths(dict(metrics), hub_ids) if metrics else metrics
+    hyperparameters = sanitize_local_paths(dict(hyperparameters), hub_ids) if hyperparameters else hyperparameters
     eval_results = []
     for branch, values in (metrics or {}).items():
         if not isinstance(values, Mapping):
@@ -129,52 +218,128 @@ def push_to_hub(
     token: str | None = None,
     commit_message: str = "Upload avemotion model",
     template_path: str | Path | None = None,
+    *,
+    processor_dir: str | Path | None = None,
+    hub_ids: Mapping[str | os.PathLike, str] | None = None,
 ) -> str:
-    """Push a saved model directory (model, config, processor files if saved there) and a generated model card to
-    `repo_id` in one commit. Returns the commit URL.
+    """Push a saved model directory to `repo_id` as one commit that makes the repo hold exactly: the model
+    (re-saved through `save_pretrained`, so the upload has exactly the checkpoint files and `auto_map` code), its
+    processor and a generated model card. Files of the repo that this upload does not contain are deleted in the
+    same commit (`.gitattributes` is kept). Returns the commit URL.
 
-    The model is re-saved through `save_pretrained` (so the upload holds exactly the checkpoint files and `auto_map`
-    code), the processor too if the directory has one.
+    Args:
+        model_dir: a `save_pretrained` directory (a training output, `best_model`, a checkpoint).
+        repo_id: `org/name` on the Hub.
+        metrics, training_data, hyperparameters, split, template_path: for `build_model_card`.
+        private: `True`: the repo is created private, and an existing public repo is made private (through
+            `HfApi.update_repo_settings`) before anything is uploaded. `False`: created public; pushing into an
+            existing private repo is refused (a private repo is never made public implicitly). `None`: a new repo
+            gets the Hub's default visibility; an existing one keeps its own.
+        token: Hub token (default: `HF_TOKEN` or the stored login).
+        processor_dir: where to take the processor from when `model_dir` has none (a directory or Hub id).
+        hub_ids: local directory -> Hub id, for the local paths found in configs and the card (`model_dir` itself
+            maps to `repo_id`); other local paths become their base name.
+
+    Raises:
+        ValueError: `model_dir` is not a loadable model, no processor is found, or the repo's visibility conflicts
+            with `private`. Nothing is uploaded (or created) when the local checks fail.
     """
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+    from safetensors import SafetensorError
 
     import avemotion  # noqa: F401
     from avemotion.models.auto import AutoModelForEmotionRecognition
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir} is not a saved model (no config.json)")
-    model = AutoModelForEmotionRecognition.from_pretrained(model_dir)
-    processor = _load_processor(model_dir)
+        what = "does not exist" if not model_dir.exists() else "is not a saved model (no config.json)"
+        raise FileNotFoundError(f"{model_dir} {what}")
+    source = model_dir if processor_dir is None else processor_dir
+    if Path(source).is_dir():
+        source = Path(source)
+    elif is_local_path(str(source)):
+        raise FileNotFoundError(f"--processor {source} does not exist")
+    processor = _load_processor(source)  # a Hub id (a str) is loaded with AutoProcessor
+    if processor is None:
+        raise ValueError(
+            f"{processor_dir or model_dir} has no processor (processor_config.json or preprocessor_config.json): a "
+            "pushed model must carry the processor that turns media into its inputs. Save it next to the model "
+            "(`processor.save_pretrained(DIR)`) or name one with --processor DIR"
+        )
+    try:
+        model = AutoModelForEmotionRecognition.from_pretrained(model_dir)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:  # e.g. truncated weights
+        raise ValueError(f"{model_dir}: the model cannot be loaded ({error})") from error
+    hub_ids = {**(hub_ids or {}), str(model_dir): repo_id}
     card = build_model_card(
-        model.config.model_type, repo_id, metrics, training_data, hyperparameters, split, template_path=template_path
-    )
+        model.config.model_type, repo_id, metrics, training_data, hyperparameters, split, template_path=template_path,
+        hub_ids=hub_ids,
+    )  # fmt: skip
     api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder)
-        if processor is not None:
-            processor.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        sanitize_saved_configs(folder, hub_ids)  # the uploaded copy only
         card.save(str(Path(folder) / "README.md"))
-        commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
+        files = sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file())
+
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            info = _ensure_visibility(api, repo_id, private)
+            remote = api.list_repo_files(repo_id, revision=info.sha) if info.sha else api.list_repo_files(repo_id)
+            operations: list = [CommitOperationAdd(name, f"{folder}/{name}") for name in files]
+            stale = [name for name in remote if name not in files and name != ".gitattributes"]
+            operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
+            # one commit (with hf_xet, upload_folder may split a folder into several), on top of the files listed
+            commit = api.create_commit(repo_id, operations, commit_message=commit_message, parent_commit=info.sha)
+        except HfHubHTTPError as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ValueError(f"push to {repo_id} failed: {reason}") from error
+    if stale:
+        logger.info("%s: deleted %d file(s) the new upload does not contain: %s", repo_id, len(stale), stale)
     return str(getattr(commit, "commit_url", commit))
 
 
-def _load_processor(model_dir: Path):
-    """The processor saved in `model_dir` (`processor_config.json`), else its feature extractor or image processor
-    (`preprocessor_config.json`, by the type it names), else None."""
-    import json
+def _ensure_visibility(api, repo_id: str, private: bool | None):
+    """The repo's `ModelInfo`, after making its visibility agree with `private` (see `push_to_hub`)."""
+    info = api.model_info(repo_id)
+    if private is True and info.private is not True:
+        logger.warning("%s is public: making it private before uploading (--private)", repo_id)
+        api.update_repo_settings(repo_id, private=True)
+        info = api.model_info(repo_id)
+        if info.private is not True:
+            raise ValueError(f"{repo_id} could not be made private; nothing was uploaded")
+    elif private is False and info.private:
+        raise ValueError(
+            f"{repo_id} is private and private=False was asked: refusing to push (a private repo is never made "
+            "public by a push; change its visibility on the Hub first). Nothing was uploaded"
+        )
+    return info
 
+
+def _load_processor(model_dir: str | Path):
+    """The processor saved in `model_dir` (`processor_config.json`), else its feature extractor or image processor
+    (`preprocessor_config.json`, by the type it names), else None. A Hub id is loaded with `AutoProcessor`.
+    A processor that exists but cannot be loaded is a `ValueError` naming the directory."""
     from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoProcessor
 
-    if (model_dir / "processor_config.json").is_file():
-        return AutoProcessor.from_pretrained(model_dir)
-    path = model_dir / "preprocessor_config.json"
-    if not path.is_file():
-        return None
-    saved = json.loads(path.read_text())
-    if "feature_extractor_type" in saved:
-        return AutoFeatureExtractor.from_pretrained(model_dir)
-    if "image_processor_type" in saved:
-        return AutoImageProcessor.from_pretrained(model_dir)
+    if not isinstance(model_dir, Path):
+        try:
+            return AutoProcessor.from_pretrained(model_dir)
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(f"processor {model_dir}: cannot be loaded ({error})") from error
+    try:
+        if (model_dir / "processor_config.json").is_file():
+            return AutoProcessor.from_pretrained(model_dir)
+        path = model_dir / "preprocessor_config.json"
+        if not path.is_file():
+            return None
+        saved = json.loads(path.read_text())
+        if "feature_extractor_type" in saved:
+            return AutoFeatureExtractor.from_pretrained(model_dir)
+        if "image_processor_type" in saved:
+            return AutoImageProcessor.from_pretrained(model_dir)
+    except (OSError, ValueError, KeyError, TypeError) as error:  # incomplete processor files, a broken JSON file
+        raise ValueError(f"{model_dir}: the processor saved there cannot be loaded ({error})") from error
     raise ValueError(f"{path} names neither a feature_extractor_type nor an image_processor_type")

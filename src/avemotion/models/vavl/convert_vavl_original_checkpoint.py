@@ -8,6 +8,11 @@ The original code (github.com/ilucasgoncalves/VAVL) saves one state dict per mod
     final_wav2vec.pt        (optional: the 12-layer wav2vec2-large-robust front-end)
     train_norm_stat.pkl     (optional: (wav_mean, wav_std, vid_mean[1408], vid_std[1408]))
 
+No code from the checkpoint runs: the `.pt` files are read with `torch.load(..., weights_only=True)` (torch's own
+restricted unpickler: tensors and plain containers, globals looked up in an allow-list of objects, never by attribute
+access), and `train_norm_stat.pkl` with `avemotion.utils.safe_pickle.restricted_load`, which resolves only an explicit
+list of (module, name) pairs for numpy arrays, scalars and dtypes and refuses dotted names and persistent ids.
+
 The converted model runs in the legacy layout (`legacy_batch_axis_attention=True`,
 `position_encoding="legacy_shifted"`), which reproduces the original outputs for the same batches in the same order.
 
@@ -21,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,7 @@ from transformers import Wav2Vec2Config
 
 from avemotion.models.conformer import sinusoidal_embeddings
 from avemotion.processing.audio import AvEmotionFeatureExtractor
+from avemotion.utils.safe_pickle import NUMPY_GLOBALS, PickleReadError, restricted_load
 
 from .configuration_vavl import VavlConfig, wav2vec2_large_robust_config
 from .modeling_vavl import VavlForEmotionRecognition
@@ -105,12 +110,21 @@ class ConversionError(ValueError):
     """A key or tensor of the original checkpoint does not fit the model."""
 
 
+def _torch_load_reason(error: Exception) -> str:
+    """The informative line of a `torch.load` error (torch wraps refusals in advice to retry unsafely)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Weights only load failed", "Check the documentation"))]
+    return (useful or lines or [type(error).__name__])[0]
+
+
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         # weights_only=True: torch's restricted unpickler (tensors and plain containers only)
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # corrupt file, or a pickle that needs arbitrary code
-        raise ConversionError(f"{path.name}: cannot be read as a tensor state dict ({error})") from error
+    except Exception as error:  # corrupt file, or a pickle that needs arbitrary code (refused: nothing ran)
+        raise ConversionError(
+            f"{path}: cannot be read as a tensor state dict ({_torch_load_reason(error)})"
+        ) from error
     if not isinstance(state_dict, dict):
         raise ConversionError(f"{path.name}: expected a state dict, found {type(state_dict).__name__}")
     return state_dict
@@ -201,37 +215,15 @@ def convert_wav2vec2_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return converted
 
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays and scalars and plain containers, nothing else."""
-
-    _ALLOWED = {
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("builtins", "float"),
-        ("builtins", "tuple"),
-        ("builtins", "list"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._ALLOWED or (module == "numpy" and name.endswith("DType")):
-            return super().find_class(module, name)
-        if module in ("numpy.dtypes",):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{NORM_STATS_FILE}: refusing to load {module}.{name} (only numpy data allowed)")
-
-
 def load_normalization_stats(path: str | Path, visual_feature_dim: int = 1408) -> dict[str, Any]:
-    """Read `train_norm_stat.pkl`: `(wav_mean, wav_std, vid_mean, vid_std)`, with a numpy-only unpickler."""
+    """Read `train_norm_stat.pkl`: `(wav_mean, wav_std, vid_mean, vid_std)`, resolving only numpy's array, scalar and
+    dtype constructors (`avemotion.utils.safe_pickle.NUMPY_GLOBALS`): a crafted file is refused before any of its code
+    runs."""
     path = Path(path)
     try:
-        with open(path, "rb") as handle:
-            stats = _NumpyOnlyUnpickler(handle).load()
-    except (pickle.UnpicklingError, EOFError, ValueError) as error:
-        raise ConversionError(f"{path.name}: cannot be read ({error})") from error
+        stats = restricted_load(path, NUMPY_GLOBALS)
+    except PickleReadError as error:  # its message names the file and, if refused, the global
+        raise ConversionError(str(error)) from error
     if not isinstance(stats, (tuple, list)) or len(stats) != 4:
         raise ConversionError(f"{path.name}: expected a tuple (wav_mean, wav_std, vid_mean, vid_std)")
     wav_mean, wav_std = float(np.asarray(stats[0])), float(np.asarray(stats[1]))
@@ -331,6 +323,8 @@ def convert_vavl_checkpoint(
     stats_path = checkpoint_dir / NORM_STATS_FILE
     has_wav2vec2, has_stats = wav2vec2_path.is_file(), stats_path.is_file()
     config = build_config(checkpoint_dir, preset, task, labels, has_wav2vec2, has_stats, audio_backbone_config)
+    # the statistics first: a crafted or corrupt pickle is refused before the long conversion
+    stats = load_normalization_stats(stats_path, config.visual_feature_dim) if has_stats else None
 
     converted = convert_head_state_dicts(checkpoint_dir)
     for name in UNUSED_FILES:
@@ -338,7 +332,6 @@ def convert_vavl_checkpoint(
             logger.info("%s: skipped (the original model never uses it)", name)
     if has_wav2vec2:
         converted.update(convert_wav2vec2_state_dict(wav2vec2_path))
-    stats = load_normalization_stats(stats_path, config.visual_feature_dim) if has_stats else None
 
     model = VavlForEmotionRecognition(config)
     expected = model.state_dict()
