@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = build_model(dict(enumerate(label_names)))
     training_args = TrainingArguments(
         output_dir=str(output / "vavl"),
+        overwrite_output_dir=True,  # a rerun of the demo replaces its previous model
         num_train_epochs=args.epochs,
         per_device_train_batch_size=args.batch_size,
         learning_rate=args.learning_rate,

@@ -231,6 +231,9 @@ def test_cli_trains_and_evaluates_a_corpus_by_name(tmp_path):
                  "--per_device_train_batch_size", "8", "--config_overrides", '{"hidden_size": 32, '
                  '"num_attention_heads": 4, "intermediate_size": 64, "num_modality_layers": 1, "num_shared_layers": 1}',
                  "--disable_tqdm"]) == 0  # fmt: skip
+    # cheap synthetic features have no processor: the output holds the model and a card that says so
+    assert not (tmp_path / "run" / "processor_config.json").exists()
+    assert "No processor was saved" in (tmp_path / "run" / "README.md").read_text()
     assert main(["evaluate", "--model", str(tmp_path / "run"), *common, "--output", str(tmp_path / "e.json")]) == 0
     report = json.loads((tmp_path / "e.json").read_text())
     assert {"audio", "visual", "audio_visual"} <= set(report)

@@ -26,6 +26,12 @@ class TrainingArguments:
 
     Args:
         output_dir: where the final (best) model, `eval_results.json`, `training_log.jsonl` and `checkpoints/` go.
+            Every model directory written there (the output, `best_model/`, each checkpoint) holds the config, the
+            weights, the processor (when the trainer has one) and a model card (`README.md`).
+        overwrite_output_dir: train into an `output_dir` that already holds a run (its checkpoints, log, best model
+            or trained model): that run's files are deleted first. Without it, such an `output_dir` is refused
+            (a `ValueError`) unless `resume_from_checkpoint` continues the run (then the log is cut back to the
+            checkpoint's epochs and nothing is deleted).
         schedule: `"vavl"` (per batch a visual, an acoustic and a fusion step, each with its own loss; the fusion
             step updates only the fusion head), `"joint"` (one step on the model's `loss`, e.g. the multi-level
             fusion model's sum of per-head losses) or `"auto"` (`"vavl"` for VAVL models, else `"joint"`).
@@ -51,7 +57,14 @@ class TrainingArguments:
         greater_is_better: direction of that metric (default: False for losses, True otherwise).
         save_strategy: `"epoch"`, `"steps"` (every `save_steps` updates) or `"no"`.
         save_total_limit: checkpoints kept in `output_dir/checkpoints` (oldest deleted first).
-        resume_from_checkpoint: `"last"` (the newest in `output_dir/checkpoints`) or a checkpoint directory.
+        resume_from_checkpoint: `"last"` (the newest readable checkpoint in `output_dir/checkpoints`: an unreadable
+            or incomplete one is skipped with a warning naming it) or a checkpoint directory.
+        max_consecutive_nonfinite_batches: a training step whose loss is NaN or infinite (a NaN feature or label, a
+            diverging learning rate) is not applied: its gradients (the whole accumulated update of that step) are
+            dropped, buffers such as BatchNorm statistics are restored, and a warning is logged; the skips are
+            counted per epoch (`nonfinite_skipped_batches` in `training_log.jsonl`) and in `trainer_state.json`.
+            Training stops with a `ValueError` naming the epoch, the update and the batch's dataset rows when this
+            many batches in a row had a non-finite loss (1: stop at the first one).
         label_column: the label column (class index), or a list of columns (regression targets).
         report_to: an accelerate tracker name (`"tensorboard"`, `"wandb"`, `"all"`, ...) or `"none"`.
         logging_steps: log the running loss every N updates (0: only per epoch).
@@ -60,6 +73,7 @@ class TrainingArguments:
     """
 
     output_dir: str = "avemotion-output"
+    overwrite_output_dir: bool = False
     schedule: Literal["auto", "vavl", "joint"] = "auto"
     num_train_epochs: int = 20
     per_device_train_batch_size: int = 32
@@ -88,6 +102,7 @@ class TrainingArguments:
     save_steps: int = 500
     save_total_limit: int | None = 2
     resume_from_checkpoint: str | None = None
+    max_consecutive_nonfinite_batches: int = 5
     label_column: str | list[str] = "label"
     report_to: str = "none"
     logging_steps: int = 0
@@ -106,6 +121,7 @@ class TrainingArguments:
             "learning_rate": (self.learning_rate > 0, "a positive number"),
             "warmup_ratio": (0.0 <= self.warmup_ratio < 1.0, "a number in [0, 1)"),
             "save_steps": (self.save_steps >= 1, "an integer >= 1"),
+            "max_consecutive_nonfinite_batches": (self.max_consecutive_nonfinite_batches >= 1, "an integer >= 1"),
         }
         for name, (ok, expected) in checks.items():
             if not ok:

@@ -28,13 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def evaluate_checkpoint(model_dir: str, dataset, batch_size: int = 16, label_column="label", **kwargs) -> dict:
     """Per-branch metrics (see `avemotion.metrics.branch_metrics`) of the checkpoint in `model_dir` on `dataset`."""
-    import avemotion  # noqa: F401
-    from avemotion.models.auto import AutoModelForEmotionRecognition
-
     from .arguments import TrainingArguments
+    from .cli_train import load_model
     from .trainer import EmotionTrainer
 
-    model = AutoModelForEmotionRecognition.from_pretrained(model_dir)
+    model = load_model(model_dir)
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(
             output_dir=scratch, per_device_eval_batch_size=batch_size, label_column=label_column,
@@ -47,12 +45,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import datasets
 
     if args.data_dir is not None:
-        import avemotion  # noqa: F401
-        from avemotion.models.auto import AutoModelForEmotionRecognition
+        from .cli_train import load_dataset_dict, load_model
 
-        from .cli_train import load_dataset_dict
-
-        data = load_dataset_dict(args, AutoModelForEmotionRecognition.from_pretrained(args.model))
+        data = load_dataset_dict(args, load_model(args.model))
     elif not Path(args.dataset).is_dir():
         raise FileNotFoundError(f"--dataset {args.dataset} is not a directory written by save_to_disk")
     else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ def load_dataset_dict(args: argparse.Namespace, model: Any = None):
             "with avemotion.data.cache_features and pass the save_to_disk directory as --dataset)"
         )
     corpus = cache_features(corpus, extractor)
-    keep = {"audio_features", "visual_features", "label", "arousal", "valence", "dominance"}
+    keep = {"id", "audio_features", "visual_features", "label", "arousal", "valence", "dominance"}
     return datasets.DatasetDict({name: split.select_columns([c for c in split.column_names if c in keep])
                                  for name, split in corpus.items()})  # fmt: skip
 
@@ -80,7 +81,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--config", help="a config.json to build a new model from")
     parser.add_argument("--model_type", default="vavl", help="new model type when neither of the above is given")
     parser.add_argument("--config_overrides", type=json.loads, default={}, help="JSON, e.g. '{\"hidden_size\": 64}'")
-    parser.add_argument("--processor_name_or_path", help="a processor or feature extractor saved with the model")
+    parser.add_argument(
+        "--processor_name_or_path",
+        help="a processor or feature extractor saved with the model (default: the one in --model_name_or_path, if "
+        "any); saved into every model directory the run writes",
+    )  # fmt: skip
     add_training_arguments(parser)
 
 
@@ -110,6 +115,53 @@ def _new_config(model_type: str, train_dataset, overrides: dict[str, Any], label
     return AutoConfig.for_model(model_type, **kwargs)
 
 
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
+
+
+def load_model(path: str):
+    """`AutoModelForEmotionRecognition.from_pretrained(path)`, with a `ValueError` naming the directory or the file
+    that cannot be read (a missing directory, no config.json, truncated weights) instead of a library traceback."""
+    import avemotion  # noqa: F401
+    from avemotion.models.auto import AutoModelForEmotionRecognition
+
+    directory = Path(path)
+    if directory.exists() and not (directory / "config.json").is_file():
+        raise ValueError(f"{path} is not a saved model directory (no config.json)")
+    if directory.is_dir():
+        from .trainer import file_problem
+
+        for file in sorted(directory.glob("*.safetensors")):
+            problem = file_problem(file)
+            if problem:
+                raise ValueError(f"cannot load the model: {problem}")
+    try:
+        return AutoModelForEmotionRecognition.from_pretrained(path)
+    except OSError as error:  # a missing directory / hub id offline
+        raise ValueError(f"cannot load a model from {path}: {error}") from error
+
+
+def load_processor(path: str, required: bool = False):
+    """The processor saved in `path` (`AutoProcessor`, else its feature extractor); None when `path` holds none
+    (a `ValueError` instead when `required`)."""
+    from transformers import AutoFeatureExtractor, AutoProcessor
+
+    directory = Path(path)
+    if directory.is_dir() and not any((directory / name).is_file() for name in PROCESSOR_FILES):
+        if required:
+            raise ValueError(f"{path} holds no processor ({', '.join(PROCESSOR_FILES)})")
+        return None
+    try:
+        return AutoProcessor.from_pretrained(path)
+    except (OSError, ValueError):
+        try:
+            return AutoFeatureExtractor.from_pretrained(path)
+        except OSError as error:
+            if required:
+                raise ValueError(f"cannot load a processor from {path}: {error}") from error
+            logging.getLogger(__name__).warning("no processor loaded from %s: %s", path, error)
+            return None
+
+
 def _split(dataset_dict, name: str):
     if name is None or name.lower() == "none":
         return None
@@ -124,12 +176,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import avemotion  # noqa: F401
     from avemotion.models.auto import AutoModelForEmotionRecognition
 
-    from .trainer import EmotionTrainer
+    from .trainer import EmotionTrainer, atomic_write_text
 
     training_args = training_arguments_from_namespace(args)
     model = None
     if args.model_name_or_path:
-        model = AutoModelForEmotionRecognition.from_pretrained(args.model_name_or_path)
+        model = load_model(args.model_name_or_path)
     corpus = load_dataset_dict(args, model)
     train, evaluation = _split(corpus, args.train_split), _split(corpus, args.eval_split)
     test = _split(corpus, args.test_split) if args.test_split in corpus else None
@@ -144,21 +196,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             config = _new_config(args.model_type, train, args.config_overrides, training_args.label_column)
         model = AutoModelForEmotionRecognition.from_config(config)
+    # the trained model is saved with the processor of the model it starts from, unless one is given
     processor = None
     if args.processor_name_or_path:
-        from transformers import AutoFeatureExtractor, AutoProcessor
-
-        try:
-            processor = AutoProcessor.from_pretrained(args.processor_name_or_path)
-        except (OSError, ValueError):
-            processor = AutoFeatureExtractor.from_pretrained(args.processor_name_or_path)
+        processor = load_processor(args.processor_name_or_path, required=True)
+    elif args.model_name_or_path:
+        processor = load_processor(args.model_name_or_path)
     trainer = EmotionTrainer(model, training_args, train, evaluation, processor=processor)
     result = {"eval": trainer.train()}
     if test is not None:
         result["test"] = trainer.evaluate(test)
         if trainer.accelerator.is_main_process:
             path = Path(training_args.output_dir) / "test_results.json"
-            path.write_text(json.dumps(result["test"], indent=2) + "\n")
+            atomic_write_text(path, json.dumps(result["test"], indent=2) + "\n")
     if trainer.accelerator.is_main_process:
         print(format_report(result.get("test") or result["eval"]))
     return result
