@@ -105,3 +105,24 @@ def test_text_and_segments_for_the_multilevel_fusion_model(tmp_path):
         AvEmotionCollator()([{"word_segments": [(0, 1)], "words": [(0, 1)], "label": 0}])
     with pytest.raises(ValueError, match="must be \\(start, end"):
         AvEmotionCollator()([{"words": [(0.5,)], "label": 0}])
+
+
+def test_absent_modalities_never_look_present():
+    """Issue 10 item 3: an absent modality is an all-zero mask row and nothing else of it looks present (segments
+    and text of a row without them are zeros); empty values and mixed input kinds are errors naming the row."""
+    rows = [
+        {"input_values": np.ones(800), "input_ids": [5, 6, 7], "label": 0},
+        {"input_values": None, "input_ids": [8, 9], "label": 1},  # text only
+        {"input_values": np.ones(400), "input_ids": None, "label": 2},  # audio only
+    ]
+    batch = AvEmotionCollator()(rows)
+    assert batch["attention_mask"].any(dim=-1).tolist() == [True, False, True]
+    assert batch["text_attention_mask"].any(dim=-1).tolist() == [True, True, False]
+    assert batch["token_type_ids"].abs().sum() == 0 if "token_type_ids" in batch else True
+    assert batch["input_values"][1].abs().sum() == 0 and batch["input_ids"][2].abs().sum() == 0
+    with pytest.raises(ValueError, match=r"row 1: `input_values` is empty"):
+        AvEmotionCollator()([rows[0], {"input_values": np.zeros(0), "label": 1}])
+    with pytest.raises(ValueError, match=r"row 1: `input_ids` is empty"):
+        AvEmotionCollator()([rows[0], {"input_ids": [], "label": 1}])
+    with pytest.raises(ValueError, match="rows mix `input_values` and `audio_features`"):
+        AvEmotionCollator()([rows[0], {"audio_features": np.ones((2, 3)), "label": 1}])

@@ -126,8 +126,8 @@ def test_batch_independence_in_default_mode():
     torch.testing.assert_close(flipped.logits.flip(0), batched.logits, atol=1e-5, rtol=0)
 
 
-def test_legacy_mode_attends_across_the_batch():
-    model = make_model(legacy_batch_axis_attention=True, position_encoding="legacy_shifted")
+def test_legacy_batch_mixing_attends_across_the_batch():
+    model = make_model(legacy_batch_axis_attention=True, position_encoding="legacy_shifted", legacy_batch_mixing=True)
     audio = torch.randn(3, 6, AUDIO_DIM)
     with torch.no_grad():
         batched = model(audio_features=audio).logits
@@ -136,6 +136,32 @@ def test_legacy_mode_attends_across_the_batch():
     # the original code's behaviour: a sample's output depends on the other samples of its batch
     assert (batched[0] - first_alone[0]).abs().max() > 1e-4
     assert (batched[0] - changed_neighbour[0]).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="needs legacy_batch_axis_attention=True"):
+        tiny_vavl_config(legacy_batch_mixing=True)
+
+
+def test_legacy_layout_is_batch_independent_by_default():
+    """Converted checkpoints (legacy layout) run one clip per forward unless `legacy_batch_mixing` is set."""
+    model = make_model(legacy_batch_axis_attention=True, position_encoding="legacy_shifted")
+    assert model.config.legacy_batch_mixing is False and "legacy_batch_mixing" in model.config.to_dict()
+    audio, audio_mask = padded_batch([7, 4, 6], AUDIO_DIM)
+    video, video_mask = padded_batch([3, 5, 0], VISUAL_DIM, seed=1)  # row 2 has no video
+    with torch.no_grad():
+        batched = model(
+            audio_features=audio,
+            audio_features_mask=audio_mask,
+            visual_features=video,
+            visual_features_mask=video_mask,
+        )
+        for row, (a_len, v_len) in enumerate([(7, 3), (4, 5), (6, 0)]):
+            video_inputs = {"visual_features": video[row : row + 1, :v_len]} if v_len else {}
+            alone = model(audio_features=audio[row : row + 1, :a_len], **video_inputs)
+            torch.testing.assert_close(batched.logits[row], alone.logits[0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(batched.audio_logits[row], alone.audio_logits[0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                batched.audio_pooled_output[row], alone.audio_pooled_output[0], atol=1e-5, rtol=0
+            )
+    assert torch.isnan(batched.visual_logits[2]).all() and torch.isnan(batched.fusion_logits[2]).all()
 
 
 def test_relative_positions_make_attention_shift_invariant():

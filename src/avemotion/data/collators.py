@@ -59,7 +59,10 @@ class AvEmotionCollator:
     (T, D_v) to the longest row, with a mask per modality (1 on real samples/frames).
 
     A row whose value is None (or missing) for a modality present in other rows gets zeros and an all-zero mask row,
-    which VAVL reads as "modality absent". A modality absent from every row is left out of the batch.
+    which the models read as "modality absent" (they run that modality's encoders on the other rows only). A
+    modality absent from every row is left out of the batch. An empty value (0 samples, frames or tokens) is an
+    error, not a silent "absent"; rows may not mix `input_values` with `audio_features` (or `pixel_values_videos`
+    with `visual_features`).
     `audio` (a decoded `datasets` Audio value) is used as `input_values` when a row has no `input_values`.
 
     Labels: `label_column` (default `"label"`, class indices -> (B,) long) or a list of columns (e.g. the attributes,
@@ -74,7 +77,8 @@ class AvEmotionCollator:
 
     Segments (seconds): `phone_segments`, `syllable_segments`, `word_segments`, or the IEMOCAP builder's `phones`,
     `syllables`, `words` columns (`[{"start", "end", "label"}, ...]`), give `{g}_segments` (B, N_max, 2) and
-    `{g}_segments_mask` (B, N_max) bool via `pad_segments`; a row without them gets an all-False mask row.
+    `{g}_segments_mask` (B, N_max) bool via `pad_segments`; a row without them gets an all-False mask row (the
+    model ignores the segments of a row without audio).
 
     Returns a dict of tensors: `input_values` (B, N_max) + `attention_mask` (B, N_max), `audio_features`
     (B, T_max, D_a) + `audio_features_mask`, `pixel_values_videos` or `visual_features` (B, T_max, ...) +
@@ -95,10 +99,9 @@ class AvEmotionCollator:
         for row in rows:
             if row.get("input_values") is None and row.get("audio") is not None:
                 row["input_values"] = row["audio"]
-        if any(r.get("pixel_values_videos") is not None for r in rows) and any(
-            r.get("visual_features") is not None for r in rows
-        ):
-            raise ValueError("rows mix `pixel_values_videos` and `visual_features`; use one visual input per batch")
+        for raw, features in (("pixel_values_videos", "visual_features"), ("input_values", "audio_features")):
+            if any(r.get(raw) is not None for r in rows) and any(r.get(features) is not None for r in rows):
+                raise ValueError(f"rows mix `{raw}` and `{features}`; use one input per modality and batch")
         batch: dict[str, Any] = {}
         for key, mask_key in SEQUENCE_KEYS.items():
             values = [None if row.get(key) is None else _as_tensor(row[key]) for row in rows]
@@ -117,6 +120,9 @@ class AvEmotionCollator:
         present = [v for v in values if v is not None]
         trailing = present[0].shape[1:]
         for index, value in enumerate(values):
+            if value is not None and value.dim() > 0 and value.shape[0] == 0:
+                # an empty value would read as "modality absent" (an all-zero mask row): say so instead
+                raise ValueError(f"row {index}: `{key}` is empty (0 frames); pass None for a row without it")
             if value is not None and (value.dim() == 0 or value.shape[1:] != trailing):
                 raise ValueError(
                     f"row {index}: `{key}` has shape {tuple(value.shape)}, expected (length, *{tuple(trailing)}) "
@@ -159,6 +165,8 @@ class AvEmotionCollator:
                 raise ValueError(
                     f"row {index}: `input_ids` must be a 1-D list of token ids, got {tuple(tensor.shape)}"
                 )
+            if tensor is not None and len(tensor) == 0:
+                raise ValueError(f"row {index}: `input_ids` is empty; pass None for a row without text")
             if tensor is not None and types[index] is not None and len(types[index]) != len(tensor):
                 raise ValueError(
                     f"row {index}: `token_type_ids` has {len(types[index])} entries, `input_ids` {len(tensor)}"

@@ -197,8 +197,21 @@ class ConformerConvolutionModule(nn.Module):
         if padding_mask is not None:
             # zero padded steps so they do not leak into real ones through the depthwise kernel
             hidden_states = hidden_states.masked_fill(~padding_mask[:, None, :], 0.0)
-        hidden_states = self.activation(self.batch_norm(self.depthwise_conv(hidden_states)))
+        hidden_states = self.activation(self._normalize(self.depthwise_conv(hidden_states), padding_mask))
         return self.dropout(self.pointwise_conv2(hidden_states)).transpose(1, 2)
+
+    def _normalize(self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """BatchNorm over real positions only. With batch statistics (training), padded steps would otherwise enter
+        the mean and variance, so a row's output and the running statistics would depend on how much the batch was
+        padded (and on rows of other lengths). Padded steps come out as zeros. Evaluation with running statistics
+        is per position and needs no mask."""
+        batch_stats = self.batch_norm.training or not self.batch_norm.track_running_stats
+        if padding_mask is None or not batch_stats or bool(padding_mask.all()):
+            return self.batch_norm(hidden_states)
+        channels_last = hidden_states.transpose(1, 2)  # (B, L, C)
+        normalized = self.batch_norm(channels_last[padding_mask])  # (N_real, C): statistics over real steps
+        output = channels_last.new_zeros(channels_last.shape).masked_scatter(padding_mask.unsqueeze(-1), normalized)
+        return output.transpose(1, 2)
 
 
 class ConformerBlock(GradientCheckpointingLayer):

@@ -320,6 +320,43 @@ def _select_layer(
     return hidden_states[layer]
 
 
+def _run_present_rows(
+    encode, inputs: torch.Tensor, mask: torch.Tensor, per_row: bool, length: int | None, pass_index: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `encode(inputs, mask)` on the rows of `inputs` whose mask has a real position, cut after their last real
+    position (or each row alone, cut after its own, when `per_row`), and scatter the `(features, mask)` results back
+    into the batch, `length` positions long (None: the longest result). Rows without the modality get zero features
+    and an all-False mask, and no row's output depends on the rows it is batched with. With `pass_index`, `encode`
+    also gets the row indices (None when it runs on the whole batch)."""
+    positions = torch.arange(1, mask.shape[-1] + 1, device=mask.device)
+    extents = (mask.bool() * positions).amax(dim=-1)  # last real position + 1; 0 for a row without the modality
+    rows = (extents > 0).nonzero().flatten()
+    if rows.numel() == 0:
+        raise ValueError("the attention mask has no real position in any row")
+    longest = int(extents.max())
+    if per_row and bool((extents[rows] != longest).any()):
+        groups = [(row.view(1), int(extents[row])) for row in rows]
+    else:
+        groups = [(rows, longest)]
+    results = []
+    for index, size in groups:
+        if index.numel() == inputs.shape[0] and size == inputs.shape[1]:
+            sub = (inputs, mask, None) if pass_index else (inputs, mask)  # nothing to cut: no copy
+        else:
+            sub = (inputs[index, :size], mask[index, :size]) + ((index,) if pass_index else ())
+        results.append((index, *encode(*sub)))
+    if len(results) == 1 and rows.numel() == inputs.shape[0] and length in (None, results[0][1].shape[1]):
+        return results[0][1], results[0][2]
+    length = length or max(features.shape[1] for _, features, _ in results)
+    reference = results[0][1]
+    features = reference.new_zeros(inputs.shape[0], length, reference.shape[-1])
+    frames_mask = torch.zeros(inputs.shape[0], length, dtype=torch.bool, device=reference.device)
+    for index, sub_features, sub_mask in results:
+        features[index, : sub_features.shape[1]] = sub_features
+        frames_mask[index, : sub_mask.shape[1]] = sub_mask
+    return features, frames_mask
+
+
 class MultiLevelFusionPreTrainedModel(EmotionModelHubMixin, PreTrainedModel):
     config_class = MultiLevelFusionConfig
     config: MultiLevelFusionConfig
@@ -462,23 +499,30 @@ class MultiLevelFusionModel(MultiLevelFusionPreTrainedModel):
             attention_mask: `(batch_size, samples)`, 1 on real samples (right padding).
 
         Returns:
-            `(features (batch_size, frames, audio_hidden_size), frames_mask (batch_size, frames) bool)`.
+            `(features (batch_size, frames, audio_hidden_size), frames_mask (batch_size, frames) bool)`. Rows with
+            an all-zero attention mask (no audio) are not run: zero features, all-False frames mask.
         """
         if self.audio_encoder is None:
             raise ValueError("This model's fusion members use no audio; it has no speech encoder.")
         if input_values.dim() != 2:
             raise ValueError(f"`input_values` must be (batch, samples), got shape {tuple(input_values.shape)}")
         layer = self.config.audio_layer
-        with torch.no_grad() if self.config.freeze_audio_encoder else contextlib.nullcontext():
-            encoded = self.audio_encoder(
-                input_values, attention_mask=attention_mask, output_hidden_states=layer != "last", return_dict=True
-            )
-        features = _select_layer(encoded.last_hidden_state, encoded.hidden_states, layer, self.audio_layer_weights)
+
+        def encode(values: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.no_grad() if self.config.freeze_audio_encoder else contextlib.nullcontext():
+                encoded = self.audio_encoder(
+                    values, attention_mask=mask, output_hidden_states=layer != "last", return_dict=True
+                )
+            features = _select_layer(encoded.last_hidden_state, encoded.hidden_states, layer, self.audio_layer_weights)
+            if mask is None:
+                return features, torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
+            return features, self.audio_encoder._get_feature_vector_attention_mask(features.shape[1], mask).bool()
+
         if attention_mask is None:
-            frames_mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
-        else:
-            frames_mask = self.audio_encoder._get_feature_vector_attention_mask(features.shape[1], attention_mask)
-        return features, frames_mask.bool()
+            return encode(input_values, None)
+        # a group-norm feature encoder (wav2vec2-base) normalises each waveform over time, padding included
+        per_row = getattr(self.audio_encoder.config, "feat_extract_norm", "layer") == "group"
+        return _run_present_rows(encode, input_values, attention_mask, per_row, None)
 
     def get_text_features(
         self,
@@ -486,7 +530,8 @@ class MultiLevelFusionModel(MultiLevelFusionPreTrainedModel):
         text_attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the text encoder and select `config.text_layer`: `(features (B, M, text_hidden_size), mask (B, M))`."""
+        """Run the text encoder and select `config.text_layer`: `(features (B, M, text_hidden_size), mask (B, M))`.
+        Rows with an all-zero mask (no text) are not run: they get zero features."""
         if self.text_encoder is None:
             raise ValueError("This model's fusion members use no text; it has no text encoder.")
         if input_ids.dim() != 2:
@@ -494,16 +539,23 @@ class MultiLevelFusionModel(MultiLevelFusionPreTrainedModel):
         if text_attention_mask is None:
             text_attention_mask = torch.ones_like(input_ids)
         layer = self.config.text_layer
-        with torch.no_grad() if self.config.freeze_text_encoder else contextlib.nullcontext():
-            encoded = self.text_encoder(
-                input_ids=input_ids,
-                attention_mask=text_attention_mask,
-                token_type_ids=token_type_ids,
-                output_hidden_states=layer != "last",
-                return_dict=True,
-            )
-        features = _select_layer(encoded.last_hidden_state, encoded.hidden_states, layer, self.text_layer_weights)
-        return features, text_attention_mask.bool()
+
+        def encode(ids: torch.Tensor, mask: torch.Tensor, index: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+            types = None if token_type_ids is None else token_type_ids if index is None else token_type_ids[index]
+            if index is not None and types is not None:
+                types = types[:, : ids.shape[1]]
+            with torch.no_grad() if self.config.freeze_text_encoder else contextlib.nullcontext():
+                encoded = self.text_encoder(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    token_type_ids=types,
+                    output_hidden_states=layer != "last",
+                    return_dict=True,
+                )
+            features = _select_layer(encoded.last_hidden_state, encoded.hidden_states, layer, self.text_layer_weights)
+            return features, mask.bool()
+
+        return _run_present_rows(encode, input_ids, text_attention_mask, False, input_ids.shape[1], pass_index=True)
 
     def _cached_features(
         self, name: str, features: torch.Tensor, mask: torch.Tensor | None, layer, weights, width: int
@@ -553,7 +605,8 @@ class MultiLevelFusionModel(MultiLevelFusionPreTrainedModel):
             {phone,syllable,word}_segments (`torch.FloatTensor` of shape `(batch_size, segments, 2)`): start and end
                 seconds of each segment, from the start of the audio. Not given = no alignment for any row.
             {phone,syllable,word}_segments_mask (`torch.Tensor` of shape `(batch_size, segments)`): 1 on real segments;
-                an all-zero row = no alignment for that utterance (documented fall-back).
+                an all-zero row = no alignment for that utterance (documented fall-back). The segments of a row
+                without audio are not read (they locate speech frames; its audio heads are absent anyway).
             audio_features (`torch.FloatTensor`): cached speech-encoder output instead of `input_values`:
                 `(batch_size, frames, audio_hidden_size)` of the configured layer, or
                 `(batch_size, layers + 1, frames, audio_hidden_size)` (all hidden states) for `"weighted_sum"`.
@@ -573,6 +626,13 @@ class MultiLevelFusionModel(MultiLevelFusionPreTrainedModel):
             raise ValueError("Pass either `input_ids` or `text_features`, not both.")
 
         # Speech frames
+        # a modality that no row has (all-zero masks) is absent for the batch: its encoder does not run
+        if attention_mask is not None and not bool(attention_mask.any()):
+            input_values = attention_mask = None
+        if audio_features_mask is not None and not bool(audio_features_mask.any()):
+            audio_features = audio_features_mask = None
+        if text_attention_mask is not None and not bool(text_attention_mask.any()):
+            input_ids = text_features = text_attention_mask = token_type_ids = None
         audio, frames_mask, durations = None, None, None
         if self.audio_encoder is not None and input_values is not None:
             audio, frames_mask = self.get_audio_features(input_values, attention_mask)
@@ -652,7 +712,10 @@ class MultiLevelFusionModel(MultiLevelFusionPreTrainedModel):
                     segments_mask = torch.ones(segments.shape[:2], dtype=torch.bool, device=segments.device)
                 if segments.dim() != 3 or segments.shape[0] != batch_size:
                     raise ValueError(f"`{name}` must be ({batch_size}, segments, 2), got {tuple(segments.shape)}")
-                segments_mask = segments_mask.bool()
+                segments, segments_mask = segments.to(device), segments_mask.bool().to(device)
+                if segments_mask.shape == segments.shape[:2]:
+                    # segments locate speech frames: a row without audio has none, so its segments are not read
+                    segments_mask = segments_mask & frames_mask.any(dim=-1, keepdim=True)
                 check_segments(segments, segments_mask, durations, name, config.max_segment_overrun)
                 if centers is None:
                     centers = frame_centers(
@@ -662,8 +725,6 @@ class MultiLevelFusionModel(MultiLevelFusionPreTrainedModel):
                     audio, segments.to(device), segments_mask.to(device), frames_mask, centers, config.segment_pooling
                 )
                 sequence_masks[granularity] = segments_mask.to(device)
-        elif any(given[g][0] is not None for g in config.member_granularities if g != "frame"):
-            raise ValueError("Segments were given without audio (`input_values` or `audio_features`).")
         present = {g: mask.any(dim=-1) for g, mask in sequence_masks.items()}
 
         # Classifier inputs of the member heads

@@ -79,6 +79,12 @@ class VavlConfig(PreTrainedConfig):
             every Conformer attends and convolves across the utterances of the mini-batch at each frame index, and
             pooling and reconstruction targets include padded frames. Only for converted original checkpoints: the
             outputs depend on the batch. The default runs the Conformers over time with key-padding masks.
+        legacy_batch_mixing (`bool`, defaults to `False`): with `legacy_batch_axis_attention`, let the clips of a
+            batch attend to each other as the original code does (its outputs then depend on which clips share the
+            batch, their order and their padding); only for reproducing the original's numbers on the original's
+            batches. By default a legacy-layout model runs each clip alone (one clip per Conformer forward, its own
+            frames only), so every entry point (model call, pipeline, evaluation, training) is batch-independent.
+            Requires `legacy_batch_axis_attention=True`.
         position_encoding (`str`, defaults to `"relative"`): `"relative"` (scores depend on i - j only) or
             `"legacy_shifted"` (the original code's absolute rows with the Transformer-XL shift, which depends on the
             padded length).
@@ -128,6 +134,7 @@ class VavlConfig(PreTrainedConfig):
     reconstruction_loss_weight: float = 2.0
     max_position_embeddings: int = 1024
     legacy_batch_axis_attention: bool = False
+    legacy_batch_mixing: bool = False
     position_encoding: Literal["relative", "legacy_shifted"] = "relative"
     audio_backbone_config: Wav2Vec2Config | dict | None = None
     visual_backbone_config: EfficientNetConfig | dict | None = None
@@ -168,6 +175,11 @@ class VavlConfig(PreTrainedConfig):
             )
         if self.conv_kernel_size % 2 == 0:
             raise ValueError(f"conv_kernel_size must be odd, got {self.conv_kernel_size}")
+        if self.legacy_batch_mixing and not self.legacy_batch_axis_attention:
+            raise ValueError(
+                "legacy_batch_mixing=True reproduces the original code's batch-axis attention and needs "
+                "legacy_batch_axis_attention=True"
+            )
         if self.problem_type not in (None, "single_label_classification", "regression"):
             raise ValueError(
                 f"problem_type must be 'single_label_classification' or 'regression', got {self.problem_type!r}"

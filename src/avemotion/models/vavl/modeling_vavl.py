@@ -6,11 +6,14 @@ to one vector per utterance. Heads: audio-only, video-only, audio-visual fusion 
 reconstruction heads that predict the time-average of the input features (an auxiliary task).
 
 Either modality may be missing, for the whole batch (pass nothing for it) or for some rows (an all-zero mask row).
+Each modality's backbone and encoders run only on the rows that have it (scattered back into the batch), so a row's
+outputs and gradients are those of the rows that share its modalities, whatever else is in the batch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +39,8 @@ from .configuration_vavl import VavlConfig
 @dataclass
 class VavlModelOutput(ModelOutput):
     """
-    Outputs of [`VavlModel`]. Tensors of a modality that was not given are `None`.
+    Outputs of [`VavlModel`]. Tensors of a modality that no row has are `None`; rows without a modality get zeros
+    (pooled vectors, hidden states, features) and an all-False mask for it.
 
     Args:
         audio_pooled_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
@@ -76,9 +80,12 @@ class VavlEmotionRecognitionOutput(ModelOutput):
         logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
             Per row: the fusion head when the row has both modalities, else the head of the one it has. For
             regression these are the raw head outputs (on `(y - min) / (max - min)` when `config.label_scale` is set).
-        audio_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): audio head (None without audio).
-        visual_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): visual head (None without video).
-        fusion_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): fusion head (None unless both).
+        audio_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): audio head (None when no row has
+            audio; NaN on the rows without audio).
+        visual_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): visual head (None when no row has
+            video; NaN on the rows without video).
+        fusion_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): fusion head (None unless both
+            modalities are given; NaN on the rows that lack one).
         audio_loss (`torch.FloatTensor` of shape `()`): task loss of the audio head plus the weighted audio
             reconstruction MSE, over rows with audio (VAVL's acoustic step).
         visual_loss (`torch.FloatTensor` of shape `()`): the same for video (VAVL's visual step).
@@ -321,7 +328,8 @@ class VavlModel(VavlPreTrainedModel):
 
         Returns:
             `(features, mask)`: (B, T_a, audio_feature_dim) `last_hidden_state` and its (B, T_a) bool mask (None
-            when no attention_mask was given).
+            when no attention_mask was given). Rows with an all-zero attention mask (no audio) are not run: they get
+            zero features and an all-False mask.
         """
         if self.audio_backbone is None:
             raise ValueError(
@@ -332,11 +340,7 @@ class VavlModel(VavlPreTrainedModel):
             raise ValueError(f"`input_values` must be (batch, samples), got shape {tuple(input_values.shape)}")
         frozen = self.config.freeze_audio_backbone
         with torch.no_grad() if frozen else contextlib.nullcontext():
-            features = self.audio_backbone(input_values, attention_mask=attention_mask).last_hidden_state
-        mask = None
-        if attention_mask is not None:
-            mask = self.audio_backbone._get_feature_vector_attention_mask(features.shape[1], attention_mask).bool()
-        return features, mask
+            return run_audio_backbone(self.audio_backbone, input_values, attention_mask)
 
     def get_visual_features(
         self, pixel_values_videos: torch.Tensor, frames_mask: torch.Tensor | None = None
@@ -379,12 +383,55 @@ class VavlModel(VavlPreTrainedModel):
     def _encode(
         self, features: torch.Tensor, mask: torch.Tensor | None, encoder: VavlModalityEncoder
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Modality encoder + shared encoder + pooling on the rows that have the modality; other rows get zeros.
+
+        The rows with the modality run as one sub-batch cut to their longest clip (key-padding masks make it
+        independent of the rest). The legacy layout runs each clip alone on its own frames (its attention would
+        otherwise cross the batch), or, with `legacy_batch_mixing`, the present rows together with the padding of
+        their longest clip, as the original code does."""
         legacy = self.config.legacy_batch_axis_attention
-        hidden_states = encoder(features, None if legacy else mask, legacy)
-        hidden_states = self.shared_encoder(hidden_states, None if legacy else mask, legacy)
-        # Legacy: pooled over every frame, padding included, like the original's AdaptiveAvgPool1d.
-        pooled = masked_mean(hidden_states, None if legacy else mask)
+        batch, frames = features.shape[:2]
+        if mask is None:
+            mask = torch.ones(batch, frames, dtype=torch.bool, device=features.device)
+        rows = mask.any(dim=-1)
+        if legacy and not self.config.legacy_batch_mixing:
+            groups = [(row.view(1), mask[row]) for row in rows.nonzero().flatten()]  # one clip, its own frames
+        else:
+            used = mask[rows].any(dim=0)
+            columns = torch.zeros_like(used)
+            columns[: int(used.nonzero().max()) + 1] = True  # up to the longest present clip
+            groups = [(rows.nonzero().flatten(), columns)]
+        hidden_states = pooled = None
+        for index, columns in groups:
+            if len(groups) == 1 and index.numel() == batch and bool(columns.all()):
+                sub_features, sub_mask = features, mask  # every row, every frame: no copy
+            else:
+                sub_features, sub_mask = features[index][:, columns], mask[index][:, columns]
+            sub_hidden = encoder(sub_features, None if legacy else sub_mask, legacy)
+            sub_hidden = self.shared_encoder(sub_hidden, None if legacy else sub_mask, legacy)
+            # Legacy: pooled over every frame, padding included, like the original's AdaptiveAvgPool1d.
+            sub_pooled = masked_mean(sub_hidden, None if legacy else sub_mask)
+            if sub_features is features:
+                return sub_hidden, sub_pooled
+            if hidden_states is None:
+                hidden_states = sub_hidden.new_zeros(batch, frames, sub_hidden.shape[-1])
+                pooled = sub_hidden.new_zeros(batch, sub_hidden.shape[-1])
+            hidden_states[index.view(-1, 1), columns.nonzero().view(1, -1)] = sub_hidden
+            pooled[index] = sub_pooled
         return hidden_states, pooled
+
+    def pooling_mask(self, mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The (B, T) frames each row's pooled vector (and reconstruction target) averages over: the real frames,
+        or with `legacy_batch_mixing` every frame up to the longest clip among the rows that have the modality
+        (padding included, as in the original code). None: every frame."""
+        if mask is None or not (self.config.legacy_batch_axis_attention and self.config.legacy_batch_mixing):
+            return mask
+        rows = mask.any(dim=-1)
+        used = mask[rows].any(dim=0)
+        columns = torch.zeros_like(used)
+        if bool(used.any()):
+            columns[: int(used.nonzero().max()) + 1] = True
+        return rows.unsqueeze(-1) & columns
 
     def forward(
         self,
@@ -463,7 +510,7 @@ class VavlModel(VavlPreTrainedModel):
             )
 
         audio_mask = None
-        if input_values is not None:
+        if input_values is not None and (attention_mask is None or bool(attention_mask.any())):
             audio_features, audio_mask = self.get_audio_features(input_values, attention_mask)
         elif audio_features is not None:
             _check_features("audio_features", audio_features, self.config.audio_feature_dim)
@@ -482,6 +529,13 @@ class VavlModel(VavlPreTrainedModel):
                 # standardised padding would no longer be zero; keep it zero as the original's pad_sequence does
                 visual_features = visual_features.masked_fill(~visual_mask.unsqueeze(-1), 0.0)
 
+        # a modality that no row has (all-zero masks) is absent for the batch: nothing of it runs
+        if audio_mask is not None and not bool(audio_mask.any()):
+            audio_features = audio_mask = None
+        if visual_mask is not None and not bool(visual_mask.any()):
+            visual_features = visual_mask = None
+        if audio_features is None and visual_features is None:
+            raise ValueError("Every row has all-zero masks: no row has audio or video frames.")
         if audio_features is not None and visual_features is not None:
             if audio_features.shape[0] != visual_features.shape[0]:
                 raise ValueError(
@@ -509,6 +563,55 @@ def _rows_present(mask: torch.Tensor | None, batch_size: int, device: torch.devi
     if mask is None:
         return torch.ones(batch_size, dtype=torch.bool, device=device)
     return mask.any(dim=-1)
+
+
+def run_audio_backbone(
+    backbone: Wav2Vec2Model, input_values: torch.Tensor, attention_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`last_hidden_state` and frame mask of a wav2vec2-style backbone, run on the rows that have audio only.
+
+    Rows with an all-zero `attention_mask` get zero features and an all-False mask (wav2vec2's frame-mask
+    computation would turn a length-0 row into a mostly-true mask). The present rows run as one batch cut to their
+    longest waveform; with a group-norm feature encoder (wav2vec2-base), which normalises each waveform over time
+    padding included, each waveform runs alone at its own length."""
+    if attention_mask is None:
+        return backbone(input_values).last_hidden_state, None
+    positions = torch.arange(1, attention_mask.shape[-1] + 1, device=attention_mask.device)
+    extents = (attention_mask.bool() * positions).amax(dim=-1)  # last real sample + 1; 0 for a row without audio
+    rows = (extents > 0).nonzero().flatten()
+    if rows.numel() == 0:
+        raise ValueError("`attention_mask` has no real sample in any row")
+    longest = int(extents.max())
+    if getattr(backbone.config, "feat_extract_norm", "layer") == "group" and bool((extents[rows] != longest).any()):
+        groups = [(row.view(1), int(extents[row])) for row in rows]
+    else:
+        groups = [(rows, longest)]
+    results = []
+    for index, length in groups:
+        values, sub_mask = input_values[index, :length], attention_mask[index, :length]
+        if index.numel() == input_values.shape[0] and length == input_values.shape[1]:
+            values, sub_mask = input_values, attention_mask  # every row, no padding to cut: no copy
+        sub_features = backbone(values, attention_mask=sub_mask).last_hidden_state
+        sub_frames = backbone._get_feature_vector_attention_mask(sub_features.shape[1], sub_mask).bool()
+        results.append((index, sub_features, sub_frames))
+    if len(results) == 1 and rows.numel() == input_values.shape[0]:
+        return results[0][1], results[0][2]
+    frames = max(sub_features.shape[1] for _, sub_features, _ in results)
+    reference = results[0][1]
+    features = reference.new_zeros(input_values.shape[0], frames, reference.shape[-1])
+    mask = torch.zeros(input_values.shape[0], frames, dtype=torch.bool, device=reference.device)
+    for index, sub_features, sub_frames in results:
+        features[index, : sub_features.shape[1]] = sub_features
+        mask[index, : sub_frames.shape[1]] = sub_frames
+    return features, mask
+
+
+def _head_on_rows(head: VavlHead, inputs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """`head` on the rows of `inputs` where `rows` is True; NaN on the others (the head has no input there)."""
+    if bool(rows.all()):
+        return head(inputs)
+    out = head(inputs[rows])
+    return out.new_full((inputs.shape[0], out.shape[-1]), math.nan).index_put((rows.nonzero().flatten(),), out)
 
 
 class VavlForEmotionRecognition(VavlPreTrainedModel):
@@ -588,11 +691,13 @@ class VavlForEmotionRecognition(VavlPreTrainedModel):
             empty = (~(audio_present | visual_present)).nonzero().flatten().tolist()
             raise ValueError(f"Rows {empty} have neither audio nor video frames (all-zero masks).")
 
-        audio_logits = self.audio_head(audio_pooled) if has_audio else None
-        visual_logits = self.visual_head(visual_pooled) if has_video else None
-        fusion_logits = (
-            self.fusion_head(torch.cat([audio_pooled, visual_pooled], dim=-1)) if has_audio and has_video else None
-        )
+        # each head runs on the rows it covers only; its logits are NaN on the other rows
+        audio_logits = _head_on_rows(self.audio_head, audio_pooled, audio_present) if has_audio else None
+        visual_logits = _head_on_rows(self.visual_head, visual_pooled, visual_present) if has_video else None
+        fusion_logits = None
+        if has_audio and has_video:
+            fusion_inputs = torch.cat([audio_pooled, visual_pooled], dim=-1)
+            fusion_logits = _head_on_rows(self.fusion_head, fusion_inputs, audio_present & visual_present)
         logits = audio_logits if has_audio else visual_logits
         if has_audio and has_video:
             both = (audio_present & visual_present).unsqueeze(-1)
@@ -649,11 +754,11 @@ class VavlForEmotionRecognition(VavlPreTrainedModel):
         """One of VAVL's unimodal steps over the rows that have the modality: task loss + weighted reconstruction
         MSE. Returns `(step_loss, reconstruction_mse)`.
 
-        The reconstruction target is the time-average of the input features (over real frames; over every frame,
-        padding included, in the legacy mode). It is detached so that a fine-tuned backbone is not pulled towards
+        The reconstruction target is the time-average of the input features over the frames the pooling uses
+        (the row's real frames; with `legacy_batch_mixing`, padding included as in the original). It is detached so that a fine-tuned backbone is not pulled towards
         easily reconstructed features."""
-        legacy = self.config.legacy_batch_axis_attention
-        target = masked_mean(features[rows], None if legacy or mask is None else mask[rows]).detach()
+        pool_mask = self.vavl.pooling_mask(mask)
+        target = masked_mean(features[rows], None if pool_mask is None else pool_mask[rows]).detach()
         reconstruction = nn.functional.mse_loss(reconstruction_head(pooled[rows]), target)
         step_loss = (
             self.task_loss(logits[rows], labels[rows]) + self.config.reconstruction_loss_weight * reconstruction
