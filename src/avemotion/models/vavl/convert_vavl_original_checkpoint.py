@@ -14,7 +14,9 @@ access), and `train_norm_stat.pkl` with `avemotion.utils.safe_pickle.restricted_
 list of (module, name) pairs for numpy arrays, scalars and dtypes and refuses dotted names and persistent ids.
 
 The converted model runs in the legacy layout (`legacy_batch_axis_attention=True`,
-`position_encoding="legacy_shifted"`), which reproduces the original outputs for the same batches in the same order.
+`position_encoding="legacy_shifted"`) and scores each clip as the original code scores it alone, whatever else is in
+the batch. The original attends across the clips of a batch; `from_pretrained(OUT, legacy_batch_mixing=True)`
+restores that mixing, which reproduces the original outputs for the same batches in the same order.
 
 Usage:
     avemotion convert-vavl --checkpoint-dir DIR --output-dir OUT --preset crema-d
