@@ -195,7 +195,7 @@ def test_no_face_falls_back_to_audio_and_says_so(pipe, media):
         ("just some words", "uses audio and video"),
         ("yes/no, and/or a transcript", "uses audio and video"),
         ({"label": 3}, "none of 'audio', 'video' or 'text'"),
-        (np.zeros((2, 3), np.float32), "mono 1-D waveform"),
+        (np.zeros((2, 3), np.float32), "2-D array of shape \\(2, 3\\) is neither a waveform"),
         (np.array([0.1, np.nan], np.float32), "NaN"),
         (object(), "expected a media path"),
     ],

@@ -3,6 +3,10 @@
 Each sub-command lives in the module that implements it, which provides `add_arguments(parser)` and `run(args)`;
 this file only wires them up, so `avemotion --help` starts fast and a missing optional dependency only affects
 its own sub-command.
+
+User errors (a `ValueError` or `OSError`: a missing or unreadable file, a bad option value, a directory without a
+model) are printed as one line, `avemotion COMMAND: error: ...`, with exit status 2; any other exception is a bug and
+keeps its traceback. `avemotion --debug COMMAND ...` shows the traceback of user errors too.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avemotion", description="Multimodal emotion recognition.")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of errors (by default one line for user errors)"
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)
@@ -41,10 +48,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         status = args._run(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"avemotion {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:
+        if args.debug:
+            raise
+        print(f"avemotion {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     return status if isinstance(status, int) else 0
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line (library messages can span several)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 if __name__ == "__main__":

@@ -2,26 +2,34 @@
 
 The model decides which modalities it uses (VAVL: audio and video; the multi-level fusion model: audio and text);
 every result names the modalities that were used. Media longer than the model's window (`config.window_seconds`)
-are cut into windows while they are decoded, so memory stays bounded whatever the length; such inputs give one
-result per window with `start`/`end` seconds and an aggregate over the whole input.
+are cut into windows while they are decoded, so memory stays bounded whatever the length; audio and video are
+paired by time (presentation timestamps), not by position. Such inputs give one result per window with
+`start`/`end` seconds and an aggregate over the whole input.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
+import math
+import numbers
 import os
+import re
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import torch
 from transformers.pipelines.base import ChunkPipeline
 
 from avemotion.processing.faces import NoFaceFoundError
 from avemotion.processing.media import (
+    MIN_AUDIO_SAMPLES,
+    check_fps,
+    check_sampling_rate,
     check_video_array,
     check_waveform,
     iter_audio_blocks,
@@ -39,8 +47,16 @@ _MEDIA_SUFFIXES = {
     ".wav", ".flac", ".mp3", ".ogg", ".aiff", ".aif", ".m4a", ".aac", ".opus",
     ".mp4", ".avi", ".flv", ".mkv", ".mov", ".webm", ".mpg", ".mpeg",
 }  # fmt: skip
-_MIN_AUDIO_SAMPLES = 400  # one wav2vec2 frame (25 ms at 16 kHz)
+# Strings with one of these suffixes are file names even with spaces in them (a missing one is an error, not text).
+_FILE_SUFFIXES = _MEDIA_SUFFIXES | {".txt", ".json", ".jsonl", ".csv", ".tsv", ".srt", ".vtt", ".lab", ".npy", ".npz"}
+# A file-like suffix: "speech.wa", "notes.txt" (not "e.g." or "3.5").
+_SUFFIX_PATTERN = re.compile(r"[^.\s]\.[A-Za-z][A-Za-z0-9]{0,4}$")
+_MIN_AUDIO_SAMPLES = MIN_AUDIO_SAMPLES  # one wav2vec2 frame (25 ms at 16 kHz)
+# Shortest window and stride: one model frame; shorter ones only multiply windows (1e-6 s ran out of memory).
+MIN_WINDOW_SECONDS = 0.025
+ERRORS_MODES = ("raise", "skip")
 _GRANULARITIES = ("phone", "syllable", "word")
+_EPS = 1e-6  # seconds; tolerance when comparing timestamps
 
 
 @dataclass
@@ -63,58 +79,123 @@ class EmotionInput:
         return self.audio_features is not None or self.visual_features is not None
 
 
+def looks_like_path(value: str) -> bool:
+    """Whether a string names a file rather than being a transcript.
+
+    A string is a path when it ends in a media or text-file suffix (`clip.mp4`, `my notes.txt`), or has no whitespace
+    and contains a path separator or a file-like suffix (`clips/a`, `speech.wa`). Sentences (anything with a space
+    that does not end in such a suffix, e.g. "yes/no, and/or a transcript") are text; `{"text": ...}` is always text.
+    """
+    stripped = value.strip()
+    if not stripped or "\n" in stripped:
+        return False
+    if Path(stripped).suffix.lower() in _FILE_SUFFIXES:
+        return True
+    if any(character.isspace() for character in stripped):
+        return False
+    return "/" in stripped or os.sep in stripped or _SUFFIX_PATTERN.search(stripped) is not None
+
+
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):  # a name too long for the file system, or with a NUL byte: not a file
+        return False
+
+
 def _is_media_path(value: Any) -> bool:
-    """A path object, an existing file, or a string ending in a media suffix (so that a mistyped file name is an
-    error, not a transcript); any other string is a transcript, even one with a '/' in it."""
+    """A path object, an existing file or directory, or a string that looks like a path (see `looks_like_path`)."""
     if isinstance(value, os.PathLike):
         return True
-    if not isinstance(value, str) or "\n" in value:
-        return False
-    return Path(value).is_file() or Path(value.strip()).suffix.lower() in _MEDIA_SUFFIXES
+    return isinstance(value, str) and (_exists(value) or looks_like_path(value))
+
+
+def check_seconds(value: Any, name: str) -> float:
+    """A window length or stride: finite and at least `MIN_WINDOW_SECONDS` (one model frame)."""
+    valid = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not valid or value < MIN_WINDOW_SECONDS:
+        raise ValueError(
+            f"{name} must be a finite number of seconds >= {MIN_WINDOW_SECONDS} (one model frame), got {value!r}"
+        )
+    return float(value)
+
+
+def _array_input(array: np.ndarray, name: str, sampling_rate: int | None) -> EmotionInput:
+    """Classify a bare array by its shape: 1-D is a waveform, (T, H, W, C) or grayscale (T, H, W) is video; anything
+    else is an error (a 2-D array is not a batch: several inputs go in a list)."""
+    if array.ndim == 1:
+        return EmotionInput(name=name, audio=array, sampling_rate=sampling_rate)
+    if array.ndim in (3, 4):  # (T, H, W, C) frames, or (T, H, W) grayscale; check_video_array says what it takes
+        return EmotionInput(name=name, video=array)
+    if array.ndim == 2:
+        raise ValueError(
+            f"{name}: a 2-D array of shape {array.shape} is neither a waveform (samples,) nor video frames "
+            "(frames, height, width, 3); mix channels to mono (e.g. x.mean(axis=0)), and pass several waveforms as "
+            "a list"
+        )
+    raise ValueError(
+        f"{name}: expected a 1-D waveform or (frames, height, width, 3) frames, got an array of shape {array.shape}"
+    )
 
 
 def normalize_input(inputs: Any, index: int = 0, sampling_rate: int | None = None) -> EmotionInput:
     """Turn any accepted input form into an `EmotionInput`.
 
-    Accepted: a media path (a video gives its frames and its sound track), a transcript string (a string that is
-    not a path), a 1-D waveform (with `sampling_rate`), (T, H, W, 3) uint8 frames, `{"array", "sampling_rate"}`,
-    or a dict `{"audio", "video", "text", "segments", "sampling_rate", "fps"}` with any subset (other keys such as
-    `label` or `id` of a dataset row are ignored).
+    Accepted: a media path (a video gives its frames and its sound track), a transcript string (a string that does
+    not look like a path, see `looks_like_path`), a 1-D waveform (with `sampling_rate`), (T, H, W, 3) uint8 frames,
+    `{"array", "sampling_rate"}`, or a dict `{"audio", "video", "text", "segments", "sampling_rate", "fps"}` with
+    any subset (other keys such as `label` or `id` of a dataset row are ignored). Errors are `ValueError`s naming
+    the file or `input #index`.
     """
+    name = f"input #{index}"
+    if sampling_rate is not None:
+        sampling_rate = check_sampling_rate(sampling_rate, name)
     if isinstance(inputs, (str, os.PathLike)):
         if not _is_media_path(inputs):
-            return EmotionInput(name=f"input #{index}", text=str(inputs))
+            return EmotionInput(name=name, text=str(inputs))
         path = os.fspath(inputs)
+        if Path(path).is_dir():
+            raise ValueError(f"{path!r}: is a directory, expected a media file")
         if not Path(path).is_file():
-            raise ValueError(f"{path!r}: no such file")
+            hint = "" if Path(path).suffix.lower() in _MEDIA_SUFFIXES else "; pass a transcript as {'text': ...}"
+            raise ValueError(f"{path!r}: no such file{hint}")
         has_audio, has_video = media_streams(path)
         return EmotionInput(name=path, audio=path if has_audio else None, video=path if has_video else None)
     if isinstance(inputs, np.ndarray) or torch.is_tensor(inputs):
-        array = inputs.detach().cpu().numpy() if torch.is_tensor(inputs) else inputs
-        if array.ndim == 4:
-            return EmotionInput(name=f"input #{index}", video=array)
-        return EmotionInput(name=f"input #{index}", audio=array, sampling_rate=sampling_rate)
+        return _array_input(inputs.detach().cpu().numpy() if torch.is_tensor(inputs) else inputs, name, sampling_rate)
     if isinstance(inputs, dict) or hasattr(inputs, "keys"):
         if "array" in inputs and not ({"audio", "video", "text"} & set(inputs.keys())):
-            return EmotionInput(name=f"input #{index}", audio=np.asarray(inputs["array"]),
-                                sampling_rate=int(inputs["sampling_rate"]))  # fmt: skip
+            array, rate = _audio_dict(inputs, name, sampling_rate)
+            return EmotionInput(name=name, audio=array, sampling_rate=rate)
         return _normalize_dict(inputs, index, sampling_rate)
     raise ValueError(
-        f"input #{index}: expected a media path, a transcript, a waveform array, video frames or a dict with "
+        f"{name}: expected a media path, a transcript, a waveform array, video frames or a dict with "
         f"'audio', 'video' and/or 'text', got {type(inputs).__name__}"
     )
 
 
+def _audio_dict(audio: Any, name: str, sampling_rate: int | None) -> tuple[np.ndarray, int]:
+    """`{"array", "sampling_rate"}` (or a `datasets` audio decoder); the call's `sampling_rate` fills a missing one."""
+    rate = audio["sampling_rate"] if "sampling_rate" in audio else sampling_rate
+    if rate is None:
+        raise ValueError(f"{name}: the {{'array': ...}} audio dict needs a 'sampling_rate' (or pass sampling_rate=)")
+    array = audio["array"]
+    return np.asarray(array.detach().cpu() if torch.is_tensor(array) else array), check_sampling_rate(rate, name)
+
+
 def _normalize_dict(inputs: Any, index: int, sampling_rate: int | None) -> EmotionInput:
-    item = EmotionInput(name=f"input #{index}", sampling_rate=inputs.get("sampling_rate", sampling_rate))
-    item.fps = inputs.get("fps")
+    item = EmotionInput(name=f"input #{index}", sampling_rate=sampling_rate)
+    if inputs.get("sampling_rate") is not None:
+        item.sampling_rate = check_sampling_rate(inputs["sampling_rate"], item.name)
+    if inputs.get("fps") is not None:
+        item.fps = check_fps(inputs["fps"], item.name)
     audio, video, text = inputs.get("audio"), inputs.get("video"), inputs.get("text")
     if audio is not None:
         if isinstance(audio, (str, os.PathLike)):
             item.audio, item.name = os.fspath(audio), os.fspath(audio)
         elif hasattr(audio, "keys") or hasattr(audio, "__getitem__") and not isinstance(audio, (list, np.ndarray)):
             # {"array", "sampling_rate"} or a datasets audio decoder
-            item.audio, item.sampling_rate = np.asarray(audio["array"]), int(audio["sampling_rate"])
+            item.audio, item.sampling_rate = _audio_dict(audio, item.name, item.sampling_rate)
         else:
             item.audio = np.asarray(audio.detach().cpu() if torch.is_tensor(audio) else audio)
     if video is not None:
@@ -143,62 +224,213 @@ def _normalize_dict(inputs: Any, index: int, sampling_rate: int | None) -> Emoti
     return item
 
 
+class _AudioTrack:
+    """A stream of sample blocks read on demand, holding only the samples later windows still need."""
+
+    def __init__(self, blocks: Iterator[np.ndarray], rate: int):
+        self._blocks, self.rate = iter(blocks), rate
+        self._buffer, self._offset, self.done = np.zeros(0, dtype=np.float32), 0, False
+
+    @property
+    def end(self) -> float:
+        """Seconds read so far (the duration once `done`)."""
+        return (self._offset + len(self._buffer)) / self.rate
+
+    def read_to(self, seconds: float) -> None:
+        target = int(round(seconds * self.rate))
+        while not self.done and self._offset + len(self._buffer) < target:
+            block = next(self._blocks, None)
+            if block is None:
+                self.done = True
+            else:
+                self._buffer = np.concatenate([self._buffer, np.asarray(block, dtype=np.float32)])
+
+    def take(self, start: float, end: float) -> np.ndarray:
+        begin = int(round(start * self.rate))
+        stop = begin + int(round((end - start) * self.rate))
+        return self._buffer[max(begin - self._offset, 0) : max(stop - self._offset, 0)]
+
+    def drop_before(self, seconds: float) -> None:
+        cut = int(round(seconds * self.rate)) - self._offset
+        if cut > 0:
+            self._buffer, self._offset = self._buffer[cut:], self._offset + cut
+
+
+class _VideoTrack:
+    """Timed frames `(seconds, frame)` read on demand, holding only the frames later windows still need.
+
+    Frames are placed by their presentation time, so gaps (variable frame rate, dropped frames) stay gaps. The stream
+    ends one frame duration after its last frame (`frame_duration`, else the shortest interval seen)."""
+
+    def __init__(self, frames: Iterator[tuple[float, np.ndarray]], frame_duration: float | None = None):
+        self._frames, self._held = iter(frames), []
+        self._last: float | None = None
+        self._step, self.done = frame_duration, False
+
+    @property
+    def end(self) -> float:
+        if self._last is None:
+            return 0.0
+        return self._last + (self._step or 0.0) if self.done else self._last
+
+    def read_to(self, seconds: float) -> None:
+        while not self.done and (self._last is None or self._last < seconds - _EPS):
+            item = next(self._frames, None)
+            if item is None:
+                self.done = True
+                break
+            time, frame = float(item[0]), item[1]
+            if self._last is not None and time - self._last > _EPS:
+                self._step = min(self._step or math.inf, time - self._last)
+            self._last = time if self._last is None else max(self._last, time)
+            self._held.append((time, frame))
+
+    def take(self, start: float, end: float) -> list[np.ndarray]:
+        return [frame for time, frame in self._held if start - _EPS <= time < end - _EPS]
+
+    def drop_before(self, seconds: float) -> None:
+        self._held = [(time, frame) for time, frame in self._held if time >= seconds - _EPS]
+
+
+def time_windows(
+    audio: _AudioTrack | None, video: _VideoTrack | None, window_seconds: float, stride_seconds: float
+) -> Iterator[tuple[float, float, np.ndarray | None, list[np.ndarray] | None]]:
+    """Cut audio and video into the same windows, by time: `[k * stride, k * stride + window)` while the longer
+    stream covers them, then one last window aligned to the end of the longer stream if its tail is uncovered.
+
+    Yields `(start, end, samples, frames)`; `samples` / `frames` hold what that stream has in the window (possibly
+    nothing: a gap in the video, or a stream shorter than the other). Memory stays bounded by one window per
+    stream, whatever the input's length."""
+    tracks = [track for track in (audio, video) if track is not None]
+    if not tracks:
+        return
+
+    def take(start: float, end: float):
+        return (
+            audio.take(start, end) if audio is not None else None,
+            video.take(start, end) if video is not None else None,
+        )
+
+    k, covered = 0, None
+    while True:
+        start = k * stride_seconds
+        end = start + window_seconds
+        for track in tracks:
+            track.read_to(end)
+        if all(track.done for track in tracks) and end > max(track.end for track in tracks) + _EPS:
+            break
+        yield (start, end, *take(start, end))
+        covered, k = end, k + 1
+        for track in tracks:  # keep what the next window, or a tail window at the end of this stream, needs
+            track.drop_before(min(k * stride_seconds, track.end - window_seconds))
+    duration = max(track.end for track in tracks)
+    if covered is None or duration > covered + _EPS:
+        start = max(0.0, duration - window_seconds)
+        yield (start, duration, *take(start, duration + window_seconds))  # everything from `start` on
+
+
 def audio_windows(
     blocks: Iterator[np.ndarray], rate: int, window_seconds: float, stride_seconds: float
 ) -> Iterator[tuple[float, float, np.ndarray]]:
     """Cut a stream of sample blocks into windows `[k * stride, k * stride + window)`; an uncovered tail gets one
-    last window aligned to the end of the stream. Only the last `window` samples are held."""
-    window, hop = int(round(window_seconds * rate)), int(round(stride_seconds * rate))
-    buffer, offset, next_start, covered = np.zeros(0, dtype=np.float32), 0, 0, 0
-    for block in blocks:
-        buffer = np.concatenate([buffer, block])
-        while offset + len(buffer) >= next_start + window:
-            begin = next_start - offset
-            yield next_start / rate, (next_start + window) / rate, buffer[begin : begin + window]
-            covered, next_start = next_start + window, next_start + hop
-            keep_from = min(next_start, offset + len(buffer) - window) - offset
-            if keep_from > 0:
-                buffer, offset = buffer[keep_from:], offset + keep_from
-    total = offset + len(buffer)
-    if total > covered:
-        start = max(0, total - window)
-        yield start / rate, total / rate, buffer[start - offset :]
+    last window aligned to the end of the stream. Only about one window of samples is held."""
+    for start, end, samples, _ in time_windows(_AudioTrack(blocks, rate), None, window_seconds, stride_seconds):
+        yield start, end, samples
 
 
 def video_windows(
     frames: Iterator[tuple[float, np.ndarray]], window_seconds: float, stride_seconds: float
 ) -> Iterator[tuple[float, float, np.ndarray]]:
-    """Group timed frames into the same windows as `audio_windows` (by timestamp); holds one window of frames."""
-    held: list[tuple[float, np.ndarray]] = []
-    next_start, covered, last_time, step = 0.0, 0.0, 0.0, 0.0
-    for time, frame in frames:
-        step = time - last_time if held else step
-        last_time = time
-        while time >= next_start + window_seconds:
-            chunk = [f for t, f in held if next_start <= t < next_start + window_seconds]
-            if chunk:
-                yield next_start, next_start + window_seconds, np.stack(chunk)
-            covered, next_start = next_start + window_seconds, next_start + stride_seconds
-            held = [(t, f) for t, f in held if t >= min(next_start, time - window_seconds)]
-        held.append((time, frame))
-    end = last_time + step
-    if held and end > covered:
-        start = max(0.0, end - window_seconds)
-        chunk = [f for t, f in held if t >= start - 1e-6]
-        yield start, end, np.stack(chunk)
+    """Group timed frames into the same windows as `audio_windows` (by timestamp; windows without frames are left
+    out); holds about one window of frames."""
+    for start, end, _, chunk in time_windows(None, _VideoTrack(frames), window_seconds, stride_seconds):
+        if chunk:
+            yield start, end, np.stack(chunk)
+
+
+def _stream_start(path: str, kind: str) -> float:
+    """Seconds at which the first `kind` ("audio" or "video") stream of a media file starts (0 when unknown)."""
+    try:
+        with av.open(path) as container:
+            streams = getattr(container.streams, kind)
+            if streams and streams[0].start_time is not None:
+                return float(streams[0].start_time * streams[0].time_base)
+    except (av.error.FFmpegError, OSError):  # unreadable: the decoders report it, naming the file
+        pass
+    return 0.0
+
+
+def _note(notes: list[str], note: str) -> None:
+    if note not in notes:
+        notes.append(note)
+
+
+class _SpanNotes:
+    """Notes about time spans, consecutive spans merged: "1.00-2.00, 5.00-9.00 s: no video frames; ..."."""
+
+    def __init__(self, limit: int = 5):
+        self._spans: dict[str, list[list[float]]] = {}
+        self._limit = limit
+
+    def add(self, what: str, start: float, end: float) -> None:
+        spans = self._spans.setdefault(what, [])
+        if spans and start <= spans[-1][1] + _EPS:
+            spans[-1][1] = max(spans[-1][1], end)
+        else:
+            spans.append([start, end])
+
+    def render(self) -> list[str]:
+        notes = []
+        for what, spans in self._spans.items():
+            text = ", ".join(f"{start:.2f}-{end:.2f}" for start, end in spans[: self._limit])
+            more = f" (and {len(spans) - self._limit} more spans)" if len(spans) > self._limit else ""
+            notes.append(f"{text} s{more}: {what}")
+        return notes
+
+
+@dataclass
+class _Numbered:
+    """An item of a list or generator input with its position, so that errors can name it."""
+
+    index: int
+    value: Any
+
+
+def _input_file(value: Any) -> str | None:
+    """The file an input names (for error messages), if any."""
+    if isinstance(value, os.PathLike) or isinstance(value, str) and _is_media_path(value):
+        return os.fspath(value)
+    if isinstance(value, dict):
+        for key in ("video", "audio"):
+            if isinstance(value.get(key), (str, os.PathLike)):
+                return os.fspath(value[key])
+    return None
 
 
 class AudioVisualEmotionPipeline(ChunkPipeline):
     """Emotion recognition from audio, video and/or text with an avemotion model and its `AvEmotionProcessor`.
 
     Call it with one input or a list (see `normalize_input` for the accepted forms), or a generator or `datasets`
-    dataset of them.
+    dataset of them. A string is a transcript unless it looks like a path (`looks_like_path`); a path that does not
+    exist is an error, not text.
 
     Args (at construction or per call):
-        top_k (`int`, *optional*): categorical models: how many labels to return (all by default).
-        window_seconds (`float`, *optional*): length of the analysis windows (default: `config.window_seconds`).
-        stride_seconds (`float`, *optional*): hop between windows (default: the window length, no overlap).
-        sampling_rate (`int`, *optional*): rate of raw waveform arrays (default: the feature extractor's).
+        top_k (`int`, *optional*): categorical models: how many labels to return (all by default; at least 1).
+        window_seconds (`float`, *optional*): length of the analysis windows (default: `config.window_seconds`);
+            at least `MIN_WINDOW_SECONDS` (25 ms, one model frame).
+        stride_seconds (`float`, *optional*): hop between windows (default: the window length, no overlap); at least
+            25 ms and at most `window_seconds` (a longer hop would leave media unanalysed).
+        sampling_rate (`int`, *optional*): rate of raw waveform arrays (default: the feature extractor's, with a
+            warning); 1 kHz to 768 kHz.
+        errors (`str`, *optional*, defaults to `"raise"`): what an unusable input does. `"raise"`: a `ValueError`
+            naming its position (`input #k`) and file, raised when its turn comes, so a generator yields every result
+            before it. `"skip"`: its result is `{"error": message, "input": file or "input #k"}` and the other inputs
+            are processed.
+
+    Windows are aligned by time: audio samples and video frames by their presentation timestamps, so a gap in the
+    video (variable frame rate, dropped frames) is a window without frames, which uses the audio only (noted), and a
+    window with neither is left out (noted). Audio shorter than one model frame (25 ms) is an error unless another
+    modality can be used.
 
     Returns, per input:
         - categorical: a list of `{"label", "score", "modalities"}` sorted by score;
@@ -229,23 +461,45 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
         window_seconds: float | None = None,
         stride_seconds: float | None = None,
         sampling_rate: int | None = None,
+        errors: str | None = None,
         **kwargs: Any,
     ):
         if kwargs:
             raise ValueError(f"Unknown arguments for {TASK}: {sorted(kwargs)}")
-        preprocess = {}
+        preprocess: dict[str, Any] = {}
         if window_seconds is not None:
-            if window_seconds <= 0:
-                raise ValueError(f"window_seconds must be positive, got {window_seconds}")
-            preprocess["window_seconds"] = window_seconds
+            preprocess["window_seconds"] = check_seconds(window_seconds, "window_seconds")
         if stride_seconds is not None:
-            if stride_seconds <= 0:
-                raise ValueError(f"stride_seconds must be positive, got {stride_seconds}")
-            preprocess["stride_seconds"] = stride_seconds
+            preprocess["stride_seconds"] = check_seconds(stride_seconds, "stride_seconds")
+        # the window/stride pair in effect for this call (construction-time values count too)
+        merged = {**getattr(self, "_preprocess_params", {}), **preprocess}
+        self._window_and_stride(merged.get("window_seconds"), merged.get("stride_seconds"))
         if sampling_rate is not None:
-            preprocess["sampling_rate"] = sampling_rate
-        postprocess = {"top_k": top_k} if top_k is not None else {}
+            preprocess["sampling_rate"] = check_sampling_rate(sampling_rate, "pipeline")
+        postprocess: dict[str, Any] = {}
+        if top_k is not None:
+            if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 1:
+                raise ValueError(f"top_k must be a whole number >= 1 (or None for every label), got {top_k!r}")
+            postprocess["top_k"] = int(top_k)
+        if errors is not None:
+            if errors not in ERRORS_MODES:
+                raise ValueError(f"errors must be one of {ERRORS_MODES}, got {errors!r}")
+            postprocess["errors"] = errors
         return preprocess, {}, postprocess
+
+    def _window_and_stride(self, window_seconds: float | None, stride_seconds: float | None) -> tuple[float, float]:
+        """The window and stride in effect (defaults: `config.window_seconds` and the window), validated."""
+        if window_seconds is None:
+            window = check_seconds(getattr(self.model.config, "window_seconds", None) or 12.0, "config.window_seconds")
+        else:
+            window = check_seconds(window_seconds, "window_seconds")
+        stride = window if stride_seconds is None else check_seconds(stride_seconds, "stride_seconds")
+        if stride > window + _EPS:
+            raise ValueError(
+                f"stride_seconds ({stride}) must not exceed window_seconds ({window}): the media between windows "
+                "would not be analysed"
+            )
+        return window, stride
 
     def __call__(self, inputs: Any, **kwargs: Any):
         try:
@@ -255,8 +509,20 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
                 inputs = (row for row in inputs)
         except ImportError:
             pass
+        # number the items of a list or stream so that an error names its position
         if isinstance(inputs, tuple):
             inputs = list(inputs)
+        if isinstance(inputs, list):
+            if not inputs:  # like an empty generator in transformers: no inputs, no results
+                self._sanitize_parameters(
+                    **{k: v for k, v in kwargs.items() if k not in ("batch_size", "num_workers")}
+                )
+                return []
+            inputs = [_Numbered(index, value) for index, value in enumerate(inputs)]
+        elif isinstance(inputs, types.GeneratorType):
+            inputs = (_Numbered(index, value) for index, value in enumerate(inputs))
+        elif isinstance(inputs, torch.utils.data.Dataset) and hasattr(inputs, "__len__"):  # e.g. KeyDataset
+            inputs = (_Numbered(index, inputs[index]) for index in range(len(inputs)))
         return super().__call__(inputs, **kwargs)
 
     # -- preprocessing ------------------------------------------------------------------------------------------------
@@ -268,7 +534,19 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
         stride_seconds: float | None = None,
         sampling_rate: int | None = None,
     ) -> Iterator[dict[str, Any]]:
-        item = inputs if isinstance(inputs, EmotionInput) else normalize_input(inputs, sampling_rate=sampling_rate)
+        index, value = (inputs.index, inputs.value) if isinstance(inputs, _Numbered) else (None, inputs)
+        window, stride = self._window_and_stride(window_seconds, stride_seconds)
+        try:
+            yield from self._preprocess_item(value, index or 0, window, stride, sampling_rate)
+        except (ValueError, OSError) as error:
+            # an unusable input becomes an error item: reported (or skipped) in its turn by `postprocess`, so that
+            # the inputs before it, batched with it or not, keep their results
+            yield self._error_item(value, index, error)
+
+    def _preprocess_item(
+        self, value: Any, index: int, window: float, stride: float, sampling_rate: int | None
+    ) -> Iterator[dict[str, Any]]:
+        item = value if isinstance(value, EmotionInput) else normalize_input(value, index, sampling_rate)
         if item.has_features:
             yield self._features_item(item)
             return
@@ -279,23 +557,49 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
                 f"{item.name}: this {self.model.config.model_type} model uses {' and '.join(self.model_modalities)}, "
                 f"but the input has {' and '.join(sorted(available)) or 'nothing usable'}"
             )
-        window = window_seconds or float(getattr(self.model.config, "window_seconds", 12.0) or 12.0)
-        stride = stride_seconds or window
         notes: list[str] = []
-        windows = self._windows(item, usable, window, stride)
+        windows = self._windows(item, usable, window, stride, notes)
         current = next(windows, None)
+        if current is None:
+            raise ValueError(f"{item.name}: nothing to analyse ({'; '.join(notes) or 'no audio or video'})")
         while current is not None:
-            following = next(windows, None)  # look ahead to mark the last window
             start, end, audio, video = current
             encoded = self._encode_window(item, audio, video, notes)
+            following = next(windows, None)  # look ahead to mark the last window
             flags = {m: encoded.pop(f"_{m}_used") for m in ("audio", "video", "text")}
             used = [m for m in usable if flags[m]]
             yield {
                 **encoded,
                 "is_last": following is None,
-                "meta": {"start": start, "end": end, "modalities": used, "notes": list(notes), "name": item.name},
+                # the notes of the whole input travel with its last window (postprocess reads them there)
+                "meta": {
+                    "start": start,
+                    "end": end,
+                    "modalities": used,
+                    "name": item.name,
+                    "notes": list(notes) if following is None else [],
+                },  # fmt: skip
             }
             current = following
+
+    def _error_item(self, value: Any, index: int | None, error: Exception) -> dict[str, Any]:
+        """An item carrying the error message (naming the position and the file) instead of media; its model inputs
+        are empty placeholders with the usual keys, so that it can be batched, and `_forward` leaves it out."""
+        message, file = str(error) or type(error).__name__, _input_file(value)
+        where = []
+        if index is not None and not re.search(rf"\binput #{index}\b", message):
+            where.append(f"input #{index}")
+        if file is not None and file not in message:
+            where.append(f"({file!r})" if where else repr(file))
+        if where:
+            message = f"{' '.join(where)}: {message}"
+        name = file if file is not None else f"input #{index or 0}"
+        rate = self.processor.feature_extractor.sampling_rate
+        if self.model.config.model_type == "vavl":
+            encoded = self._vavl_inputs(None, None, rate)
+        else:
+            encoded = self._mlfusion_inputs(EmotionInput(name=name), None, rate)
+        return {**encoded, "is_last": True, "meta": {"error": message, "name": name}}
 
     def _features_item(self, item: EmotionInput) -> dict[str, Any]:
         """Pre-extracted features go to the model as they are, in one window (VAVL only)."""
@@ -320,28 +624,51 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
         return {**encoded, "is_last": True, "meta": meta}
 
     def _windows(
-        self, item: EmotionInput, usable: list[str], window: float, stride: float
+        self, item: EmotionInput, usable: list[str], window: float, stride: float, notes: list[str]
     ) -> Iterator[tuple[float, float, np.ndarray | None, np.ndarray | None]]:
-        """Aligned `(start, end, audio samples, video frames)` windows, decoded lazily.
+        """Time-aligned `(start, end, audio samples, video frames)` windows, decoded lazily; a modality that has
+        nothing usable in a window is None there (and noted); windows with nothing usable are left out (noted).
 
         An input with a transcript is one window (the transcript belongs to the whole utterance)."""
         rate = self.processor.feature_extractor.sampling_rate
         if "text" in usable:
-            samples = np.concatenate(list(self._audio_blocks(item, rate))) if "audio" in usable else None
+            samples = np.concatenate(list(self._audio_blocks(item, rate, alone=False))) if "audio" in usable else None
+            if samples is not None and len(samples) < _MIN_AUDIO_SAMPLES:
+                _note(notes, f"the audio is shorter than one model frame ({_MIN_AUDIO_SAMPLES} samples); not used")
+                samples = None
             yield 0.0, 0.0 if samples is None else len(samples) / rate, samples, None
             return
-        audio = audio_windows(self._audio_blocks(item, rate), rate, window, stride) if "audio" in usable else ()
-        video = self._video_windows(item, window, stride) if "video" in usable else ()
-        for audio_window, video_window in itertools.zip_longest(audio, video):
-            start, end = (audio_window or video_window)[:2]
-            yield (
-                start,
-                end,
-                audio_window[2] if audio_window else None,
-                video_window[2] if video_window else None,
-            )
+        audio = (
+            _AudioTrack(self._audio_blocks(item, rate, alone=usable == ["audio"]), rate) if "audio" in usable else None
+        )
+        video = self._video_track(item, audio is not None) if "video" in usable else None
+        if isinstance(video, np.ndarray):  # frames of unknown rate and no audio: one window
+            yield 0.0, 0.0, None, video
+            return
+        spans = _SpanNotes()
+        for start, end, samples, frames in time_windows(audio, video, window, stride):
+            has_audio = samples is not None and len(samples) >= _MIN_AUDIO_SAMPLES
+            if not has_audio and not frames:
+                missing = []
+                if audio is not None:
+                    short = samples is not None and len(samples) > 0
+                    missing.append(f"audio shorter than one model frame ({_MIN_AUDIO_SAMPLES} samples)" if short
+                                   else "no audio")  # fmt: skip
+                if video is not None:
+                    missing.append("no video frames")
+                spans.add(f"{' and '.join(missing)}; window left out", start, end)
+                continue
+            if audio is not None and not has_audio:
+                spans.add("no audio; used video only", start, end)
+            if video is not None and not frames:
+                spans.add("no video frames; used audio only", start, end)
+            yield start, end, samples if has_audio else None, np.stack(frames) if frames else None
+        for note in spans.render():
+            _note(notes, note)
 
-    def _audio_blocks(self, item: EmotionInput, rate: int) -> Iterator[np.ndarray]:
+    def _audio_blocks(self, item: EmotionInput, rate: int, alone: bool = True) -> Iterator[np.ndarray]:
+        """Mono sample blocks at `rate`; a waveform shorter than one model frame is an error when it is the only
+        usable modality (`alone`), else it is left out later, with a note."""
         if isinstance(item.audio, str):
             return iter_audio_blocks(item.audio, rate, name=f"audio of {item.name}")
         waveform = check_waveform(item.audio, f"audio of {item.name}")
@@ -349,18 +676,33 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
         if source_rate is None:
             logger.warning("%s: no sampling_rate given for the waveform; assuming %d Hz", item.name, rate)
             source_rate = rate
-        return iter([resample(waveform, int(source_rate), rate)])
+        waveform = resample(waveform, int(source_rate), rate)
+        if len(waveform) < _MIN_AUDIO_SAMPLES and alone:
+            raise ValueError(
+                f"audio of {item.name}: {len(item.audio)} samples at {source_rate} Hz is shorter than one model frame "
+                f"({_MIN_AUDIO_SAMPLES / rate * 1000:.0f} ms)"
+            )
+        return iter([waveform])
 
-    def _video_windows(self, item: EmotionInput, window: float, stride: float):
+    def _video_track(self, item: EmotionInput, with_audio: bool) -> _VideoTrack | np.ndarray:
         fps = self.processor.image_processor.video_fps
         if isinstance(item.video, str):
+            # frame times count from the first decoded audio sample of the same file (or from the first frame): a
+            # container may start at any time (MPEG-TS, cut streams), and audio samples are counted from 0
+            same_file = with_audio and item.audio == item.video
+            origin = _stream_start(item.video, "audio" if same_file else "video")
             frames = iter_video_frames(item.video, fps=fps, name=f"video of {item.name}")
-            return video_windows(frames, window, stride)
+            return _VideoTrack((max(time - origin, 0.0), frame) for time, frame in frames)
         frames = check_video_array(item.video, f"video of {item.name}")
         rate = item.fps or fps
-        if rate is None:  # frames of unknown rate: one window
-            return iter([(0.0, 0.0, frames)])
-        return video_windows(((i / rate, frame) for i, frame in enumerate(frames)), window, stride)
+        if rate is None:
+            if with_audio:
+                raise ValueError(
+                    f"{item.name}: video frames given as an array need 'fps' to be aligned with the audio, "
+                    "e.g. {'audio': ..., 'video': frames, 'fps': 25}"
+                )
+            return frames
+        return _VideoTrack(((i / rate, frame) for i, frame in enumerate(frames)), frame_duration=1.0 / rate)
 
     def _encode_window(
         self, item: EmotionInput, audio: np.ndarray | None, video: np.ndarray | None, notes: list[str]
@@ -377,8 +719,6 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
                 note = f"no face found ({error}); used audio only"
                 if note not in notes:
                     notes.append(note)
-        if audio is not None and len(audio) < _MIN_AUDIO_SAMPLES:
-            audio = np.pad(audio, (0, _MIN_AUDIO_SAMPLES - len(audio)))
         if self.model.config.model_type == "vavl":
             encoded.update(self._vavl_inputs(audio, pixels, rate))
         else:
@@ -437,6 +777,18 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
 
     def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
         is_last, meta = model_inputs.pop("is_last"), model_inputs.pop("meta")
+        metas = meta if isinstance(meta, list) else [meta]
+        kept = [row for row, item_meta in enumerate(metas) if "error" not in item_meta]
+        if len(kept) == len(metas):
+            logits = self._run_model(model_inputs)
+        else:  # error items carry no media: the model sees only the other rows
+            logits = torch.zeros(len(metas), self.model.config.num_labels)
+            if kept:
+                rows = torch.tensor(kept)
+                logits[rows] = self._run_model({name: value[rows] for name, value in model_inputs.items()})
+        return {"is_last": is_last, "meta": meta, "logits": logits}
+
+    def _run_model(self, model_inputs: dict[str, Any]) -> torch.Tensor:
         pairs = [("input_values", "attention_mask"), ("pixel_values_videos", "visual_features_mask"),
                  ("input_ids", "text_attention_mask"), ("audio_features", "audio_features_mask"),
                  ("visual_features", "visual_features_mask")]  # fmt: skip
@@ -452,10 +804,15 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
                 model_inputs[name] = value.bool()
             elif value.is_floating_point() and not name.endswith("_segments"):
                 model_inputs[name] = value.to(self.model.dtype)  # the pipeline's dtype
-        outputs = self.model(**model_inputs)
-        return {"is_last": is_last, "meta": meta, "logits": outputs.logits.float()}
+        return self.model(**model_inputs).logits.float()
 
-    def postprocess(self, model_outputs: list[dict[str, Any]], top_k: int | None = None) -> Any:
+    def postprocess(self, model_outputs: list[dict[str, Any]], top_k: int | None = None, errors: str = "raise") -> Any:
+        for output in model_outputs:
+            meta = output["meta"][0] if isinstance(output["meta"], list) else output["meta"]
+            if "error" in meta:
+                if errors == "skip":
+                    return {"error": meta["error"], "input": meta["name"]}
+                raise ValueError(meta["error"])
         config = self.model.config
         regression = config.problem_type == "regression"
         windows = []
@@ -509,7 +866,7 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
             if notes:
                 result["notes"] = notes
             return result
-        k = len(values) if top_k is None else max(1, min(top_k, len(values)))
+        k = len(values) if top_k is None else min(top_k, len(values))
         scores, indices = values.topk(k)
         predictions = [
             {"label": id2label[int(i)], "score": float(s), "modalities": modalities} for s, i in zip(scores, indices)
@@ -533,4 +890,13 @@ def register_pipeline() -> None:
     )
 
 
-__all__ = ["TASK", "AudioVisualEmotionPipeline", "EmotionInput", "normalize_input", "register_pipeline"]
+__all__ = [
+    "ERRORS_MODES",
+    "MIN_WINDOW_SECONDS",
+    "TASK",
+    "AudioVisualEmotionPipeline",
+    "EmotionInput",
+    "looks_like_path",
+    "normalize_input",
+    "register_pipeline",
+]

@@ -1,14 +1,18 @@
 """`avemotion predict`: run the audio-visual-emotion pipeline on files and print a table or JSON lines.
 
 A file that cannot be used (unreadable, no sound track where one is needed, no face and no audio, ...) is reported on
-its own line and the other files go on; the exit status is 1 when any file failed.
+its own line and the other files go on (the pipeline's `errors="skip"`); the exit status is 1 when any file failed.
+A `--model` that cannot be loaded (no such directory, no processor or weights, a truncated `model.safetensors`) is
+one error line naming it (exit status 2, see `avemotion.cli`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -53,6 +57,64 @@ def _inputs(args: argparse.Namespace) -> list[tuple[str, Any]]:
     return inputs
 
 
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def check_model_dir(model: str) -> None:
+    """Raise a one-line `ValueError` for the usual reasons a `--model` directory cannot be used (transformers would
+    raise an `OSError` or a `SafetensorError` with a traceback, or none naming the file). A name that is not a local
+    path but may be a Hub id is left to transformers."""
+    path = Path(model).expanduser()
+    if not path.exists():
+        if _HUB_ID.fullmatch(model) and not model.startswith("."):
+            return
+        raise ValueError(f"--model {model!r}: no such directory")
+    if not path.is_dir():
+        raise ValueError(f"--model {model!r}: is a file; expected a directory saved with save_pretrained")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"--model {model!r}: no config.json; expected a directory saved with save_pretrained")
+    if not any((path / name).is_file() for name in _WEIGHT_FILES):
+        raise ValueError(f"--model {model!r}: no model weights ({' or '.join(_WEIGHT_FILES)})")
+    if not any((path / name).is_file() for name in _PROCESSOR_FILES):
+        raise ValueError(
+            f"--model {model!r}: no processor ({_PROCESSOR_FILES[0]}); save the model's AvEmotionProcessor next to it "
+            "(processor.save_pretrained(DIR))"
+        )
+    shards = [path / "model.safetensors"] if (path / "model.safetensors").is_file() else []
+    if (path / "model.safetensors.index.json").is_file():
+        try:
+            index = json.loads((path / "model.safetensors.index.json").read_text())
+            shards += sorted({path / name for name in index["weight_map"].values()})
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"{path / 'model.safetensors.index.json'}: not a valid weight index ({error})") from error
+    from safetensors import SafetensorError, safe_open
+
+    for shard in shards:
+        try:
+            with safe_open(str(shard), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            raise ValueError(
+                f"{shard}: cannot read the weights ({error}); the file is truncated or corrupt"
+            ) from error
+
+
+def load_pipeline(model: str, device: str | None = None):
+    """`pipeline("audio-visual-emotion", model=model)`, with loading failures as one-line `ValueError`s."""
+    from transformers import pipeline
+
+    import avemotion  # noqa: F401  (registers the task)
+
+    check_model_dir(model)
+    try:
+        return pipeline("audio-visual-emotion", model=model, device=device)
+    except (OSError, ValueError) as error:
+        message = " ".join(str(error).split())
+        raise ValueError(f"--model {model!r}: cannot load the model and its processor: {message}") from error
+
+
 def _describe(result: Any, top_k: int) -> str:
     """One readable cell: top labels with scores, or attribute values."""
     predictions = result.get("predictions") if isinstance(result, dict) else result
@@ -65,29 +127,46 @@ def _modalities(result: Any) -> list[str]:
     return result.get("modalities", []) if isinstance(result, dict) else result[0]["modalities"]
 
 
+def _is_error(result: Any) -> bool:
+    return isinstance(result, dict) and set(result) == {"error", "input"}
+
+
 def run(args: argparse.Namespace) -> int:
-    from transformers import pipeline
+    from avemotion.pipelines.audio_visual_emotion import check_seconds
 
-    import avemotion  # noqa: F401  (registers the task)
-
+    # option errors before the model loads (the pipeline checks them again against the model's window)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    for name in ("window_seconds", "stride_seconds"):
+        if getattr(args, name) is not None:
+            check_seconds(getattr(args, name), name)
+    if (
+        args.window_seconds is not None
+        and args.stride_seconds is not None
+        and args.stride_seconds > args.window_seconds
+    ):
+        raise ValueError(
+            f"stride_seconds ({args.stride_seconds}) must not exceed window_seconds ({args.window_seconds})"
+        )
     inputs = _inputs(args)
-    pipe = pipeline("audio-visual-emotion", model=args.model, device=args.device)
-    options = {"top_k": None, "batch_size": args.batch_size}
+    pipe = load_pipeline(args.model, args.device)
+    options = {"top_k": None, "batch_size": args.batch_size, "errors": "skip"}
     for name in ("window_seconds", "stride_seconds"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
+    pipe._sanitize_parameters(**{k: v for k, v in options.items() if k != "batch_size"})  # bad options: fail early
     failures = 0
     if not args.json:
         print(f"{'input':<40} {'modalities':<16} prediction")
-    for name, item in tqdm(inputs, desc="predict", unit="file", disable=len(inputs) < 2, file=sys.stderr):
-        try:
-            result = pipe(item, **options)
-        except (ValueError, OSError) as error:
+    results = pipe((item for _, item in inputs), **options)
+    progress = tqdm(inputs, desc="predict", unit="file", disable=len(inputs) < 2, file=sys.stderr)
+    for (name, _), result in zip(progress, results):
+        if _is_error(result):
             failures += 1
             if args.json:
-                print(json.dumps({"input": name, "error": str(error)}))
+                print(json.dumps({"input": name, "error": result["error"]}))
             else:
-                print(f"{name:<40} {'-':<16} ERROR: {error}")
+                print(f"{name:<40} {'-':<16} ERROR: {result['error']}")
             continue
         if args.json:
             print(json.dumps({"input": name, "result": result}))
