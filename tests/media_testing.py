@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -88,3 +89,70 @@ def write_video(
                 container.mux(sound.encode(chunk))
             container.mux(sound.encode())
     return path
+
+
+# Integer PCM scale of each sample format (values are float / scale); float formats are written as they are.
+_INT_SCALES = {"u8": 128.0, "s16": 32768.0, "s32": 2147483648.0}
+
+
+def write_audio(
+    path: str | Path,
+    signal: np.ndarray,
+    rate: int,
+    codec: str,
+    sample_format: str,
+    layout: str,
+    container_format: str | None = None,
+    options: dict[str, str] | None = None,
+    bit_rate: int | None = None,
+) -> Path:
+    """Encode `signal` (channels, samples) float in [-1, 1] with PyAV: any codec, sample format (packed or planar,
+    int or float) and channel layout its encoders take, in the container named by the suffix (or
+    `container_format`). Integers are `round(x * scale)` clipped to the format's range."""
+    path = Path(path)
+    signal = np.asarray(signal, dtype=np.float64)
+    audio_format = av.AudioFormat(sample_format)
+    base = audio_format.packed.name
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=rate, layout=layout)
+        stream.format = sample_format
+        if options:
+            stream.options = options
+        if bit_rate:
+            stream.bit_rate = bit_rate
+        stream.codec_context.options = {"strict": "experimental"}  # FFmpeg's native vorbis/opus encoders
+        chunk = stream.codec_context.frame_size or 1024
+        for start in range(0, signal.shape[1], chunk):
+            part = signal[:, start : start + chunk]
+            if base in _INT_SCALES:
+                scale = _INT_SCALES[base]
+                info = np.iinfo({"u8": np.int16, "s16": np.int16, "s32": np.int32}[base])
+                offset = 128.0 if base == "u8" else 0.0
+                low, high = (0, 255) if base == "u8" else (info.min, info.max)
+                dtype = {"u8": np.uint8, "s16": np.int16, "s32": np.int32}[base]
+                data = np.clip(np.round(part * scale + offset), low, high).astype(dtype)
+            else:
+                data = part.astype(np.float64 if base == "dbl" else np.float32)
+            if not audio_format.is_planar:
+                data = data.T.reshape(1, -1)  # interleaved: one plane, channel after channel per sample
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=sample_format, layout=layout)
+            frame.sample_rate = rate
+            frame.pts = start
+            frame.time_base = Fraction(1, rate)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def channel_tones(seconds: float, rate: int, channels: int) -> np.ndarray:
+    """(channels, samples) float: channel c a sine at 300 + 170 c Hz (the LFE of 5.1, channel 3, at 90 Hz), peak
+    0.375 for c = 0 and 0.3 / (c + 1) after, all under a 2 Hz envelope (0.6 to 1) so that the mix is not periodic
+    within a codec's delay and cross-correlation finds the one true alignment. A wrong mix or scale shows."""
+    t = np.arange(int(round(seconds * rate))) / rate
+    envelope = 0.8 + 0.2 * np.cos(2 * np.pi * 2.0 * t)
+    rows = []
+    for c in range(channels):
+        frequency = 90.0 if (channels == 6 and c == 3) else 300.0 + 170.0 * c
+        amplitude = 0.375 if c == 0 else 0.3 / (c + 1)
+        rows.append(amplitude * envelope * np.sin(2 * np.pi * frequency * t))
+    return np.stack(rows)

@@ -135,3 +135,34 @@ def test_video_without_a_face_gets_none_and_is_reported(tmp_path, caplog):
     assert [r.getMessage().endswith(": b") for r in caplog.records] == [True]
     batch = AvEmotionCollator()(list(again.remove_columns("video")))
     assert batch["visual_features_mask"].any(-1).tolist() == present
+
+
+def test_a_file_corrupt_mid_stream_is_reported_not_fatal(tmp_path, caplog):
+    """A video that passes the scan's cheap probe (first frame and packets intact) but cannot be decoded further on
+    loses only its visual features, with a warning naming it; the other rows are cached."""
+    import av
+
+    from avemotion.data.synthetic import write_synthetic_corpus
+
+    root = write_synthetic_corpus(tmp_path / "syn", num_clips=6, num_speakers=3, seed=2)
+    bad = sorted((root / "VideoFlash").glob("*.mp4"))[0]
+    with av.open(str(bad), "w", format="mov") as container:  # PNG frames: each packet decodes on its own
+        stream = container.add_stream("png", rate=8)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "rgb24"
+        for value in range(0, 240, 20):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), value, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    data = bytearray(bad.read_bytes())
+    data[len(data) * 4 // 10 : len(data) * 6 // 10] = bytes(len(data) * 6 // 10 - len(data) * 4 // 10)
+    bad.write_bytes(bytes(data))
+    dataset, report = load_corpus("synthetic", root, cache_dir=tmp_path / "hf", return_report=True)
+    assert report.num_malformed == 0  # the probe cannot see it
+    with caplog.at_level("WARNING", logger="avemotion.data.cache"):
+        cached = cache_features(dataset, SyntheticFeatureExtractor(), cache_dir=tmp_path / "features")
+    rows = {r["id"]: r for split in cached.values() for r in split}
+    assert len(rows) == 6
+    assert rows[bad.stem]["visual_features"] is None and rows[bad.stem]["audio_features"] is not None
+    assert sum(r["visual_features"] is None for r in rows.values()) == 1
+    assert f"{bad.stem}: video '{bad}': cannot decode the video" in caplog.text

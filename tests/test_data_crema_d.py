@@ -143,3 +143,52 @@ def test_wrong_or_empty_directory_says_what_layout_was_expected(tmp_path, make):
 def test_unknown_corpus_name():
     with pytest.raises(ValueError, match="Unknown corpus 'foo'"):
         load_corpus("foo", ".")
+
+
+def test_truncated_wav_and_mp4_are_caught_by_the_scan_not_by_cache_features(tmp_path):
+    """Issue 10 item 16: cut files passed the scan and stopped `cache_features` at the first one."""
+    from media_testing import face_frames
+    from media_testing import write_video as write_mp4
+
+    from avemotion.data.cache import cache_features
+    from avemotion.data.synthetic import SyntheticFeatureExtractor, write_synthetic_corpus
+
+    root = write_synthetic_corpus(tmp_path / "syn", num_clips=12, num_speakers=4, seed=1)
+    wavs, mp4s = sorted((root / "AudioWAV").glob("*.wav")), sorted((root / "VideoFlash").glob("*.mp4"))
+    cut_wav, cut_mp4 = wavs[0], mp4s[1]
+    cut_wav.write_bytes(cut_wav.read_bytes()[: cut_wav.stat().st_size * 6 // 10])
+    frames, _ = face_frames(40, height=64, width=64, face_size=48)
+    write_mp4(cut_mp4, frames, fps=8, faststart=True)  # the index first, as cameras and web videos have it
+    cut_mp4.write_bytes(cut_mp4.read_bytes()[: cut_mp4.stat().st_size * 8 // 10])  # the first frame stays whole
+    dataset, report = load_corpus("synthetic", root, cache_dir=tmp_path / "cache", return_report=True)
+    reasons = dict(report.malformed)
+    assert reasons[str(cut_wav)].startswith("truncated: the file is truncated (its data chunk is shorter")
+    assert reasons[str(cut_mp4)].startswith("truncated: the file is truncated or corrupt (its video packets end at")
+    assert report.num_malformed == 2 and "2 malformed file(s): truncated (2)" in report.summary()
+    cached = cache_features(dataset, SyntheticFeatureExtractor(), cache_dir=tmp_path / "features")
+    assert sum(d.num_rows for d in cached.values()) == 12  # each clip keeps its other modality
+    rows = [r for d in cached.values() for r in d]
+    assert sum(r["audio_features"] is None for r in rows) == 1 and sum(r["visual_features"] is None for r in rows) == 1
+
+
+def _write_labels(path: Path, rows: list[list]) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["FileName", *LABEL_NAMES, "SpkrID", "Gender"])
+        writer.writerows(rows)
+    return path
+
+
+def test_duplicate_label_rows_are_an_error_naming_both_lines(tmp_path):
+    root = make_crema_d(tmp_path / "crema", with_video=False)
+    one_hot = [0, 1, 0, 0, 0, 0]
+    labels = _write_labels(
+        tmp_path / "labels.csv",
+        [
+            ["1001_DFA_ANG_XX.wav", *one_hot, "1001", "Male"],
+            ["1002_DFA_ANG_XX.wav", *one_hot, "1002", "Male"],
+            ["1001_DFA_ANG_XX", *one_hot[::-1], "1001", "Male"],  # the same clip, without its suffix
+        ],
+    )
+    with pytest.raises(ValueError, match=rf"labels '1001_DFA_ANG_XX' twice: {labels}:2 and {labels}:4"):
+        load_corpus("crema-d", root, labels_csv=labels, cache_dir=tmp_path / "cache")

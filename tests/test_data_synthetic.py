@@ -1,6 +1,7 @@
 """The synthetic corpus: layout, determinism, balance, unpaired clips, the documented accuracy ceilings, the CLI."""
 
 import hashlib
+import os
 import time
 
 import numpy as np
@@ -124,3 +125,21 @@ def test_cli_and_missing_corpus_error(tmp_path):
         load_corpus("synthetic", tmp_path / "empty")
     dataset = load_corpus("synthetic", tmp_path / "gen", num_clips=12, seed=0, cache_dir=tmp_path / "cache")
     assert sum(d.num_rows for d in dataset.values()) == 12
+
+
+def test_synth_into_a_file_or_an_unwritable_place_is_one_value_error(tmp_path):
+    """Issue 10 item 14: FileExistsError / NotADirectoryError / PermissionError tracebacks."""
+    existing = tmp_path / "notes.txt"
+    existing.write_text("x")
+    for target, message in [
+        (existing, "is a file, not a directory"),
+        (existing / "corpus", "cannot write the corpus"),
+    ]:
+        with pytest.raises(ValueError, match=message) as error:
+            syn.write_synthetic_corpus(target, num_clips=2)
+        assert str(target) in str(error.value)
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(ValueError, match="cannot write the corpus into .*locked"):
+            syn.write_synthetic_corpus(locked / "corpus", num_clips=2)

@@ -6,7 +6,7 @@ import soundfile
 import soxr
 from media_testing import face_frames, tone, write_video
 
-from avemotion import AvEmotionFeatureExtractor
+from avemotion import AvEmotionFeatureExtractor, AvEmotionProcessor
 from avemotion.processing import load_audio
 
 RATE = 16000
@@ -126,12 +126,58 @@ def test_bad_arrays_raise_value_errors(array, message):
         AvEmotionFeatureExtractor()(array, sampling_rate=RATE)
 
 
-def test_multichannel_array_is_an_error_not_a_batch_of_tiny_clips():
-    stereo = np.zeros((RATE, 2), dtype=np.float32)
-    with pytest.raises(ValueError, match=r"looks like \(samples, channels\)"):
-        AvEmotionFeatureExtractor()(stereo, sampling_rate=RATE)
-    batch = np.zeros((2, RATE), dtype=np.float32)  # (batch, samples) stays a batch
-    assert AvEmotionFeatureExtractor()(batch, sampling_rate=RATE, return_tensors="np")["input_values"].shape == (
-        2,
-        RATE,
-    )
+@pytest.mark.parametrize("shape", [(RATE, 2), (RATE, 9), (2, RATE), (1, RATE)])
+def test_2d_array_is_an_error_not_a_batch(shape):
+    """Issue 10 item 15: (2, N) and (N, 9) arrays became batches of 2 and 16,000 waveforms."""
+    with pytest.raises(ValueError, match=r"audio #0: got one 2-D array of shape .*list of 1-D waveforms"):
+        AvEmotionFeatureExtractor()(np.zeros(shape, dtype=np.float32), sampling_rate=RATE)
+    batch = list(np.zeros((2, RATE), dtype=np.float32))  # a batch is a list
+    out = AvEmotionFeatureExtractor()(batch, sampling_rate=RATE, return_tensors="np")
+    assert out["input_values"].shape == (2, RATE)
+
+
+@pytest.mark.parametrize("rate", [0, -5, 1, 1e9, float("nan"), 44100.5, "16k"])
+def test_bad_sampling_rate_is_a_value_error_naming_it(rate):
+    """Issue 10 items 14-15: 0 was taken as 16 kHz, 1e9 gave an empty waveform (StopIteration in the pipeline)."""
+    wave = np.zeros(RATE, dtype=np.float32)
+    extractor = AvEmotionFeatureExtractor()
+    with pytest.raises(ValueError, match=r"sampling_rate must be a (whole )?number of Hz"):
+        extractor(wave, sampling_rate=rate)
+    with pytest.raises(ValueError, match=r"audio #0: sampling_rate must be"):
+        extractor({"array": wave, "sampling_rate": rate})
+    with pytest.raises(ValueError, match=r"sampling_rate must be"):
+        AvEmotionProcessor()(audio=wave, sampling_rate=rate)
+
+
+def test_dict_without_sampling_rate_is_a_value_error():
+    with pytest.raises(ValueError, match=r"audio #1: a dict input needs 'array' and 'sampling_rate'"):
+        AvEmotionFeatureExtractor()(
+            [np.zeros(RATE, np.float32), {"array": np.zeros(RATE, np.float32)}], sampling_rate=RATE
+        )
+
+
+def test_float_audio_far_outside_unit_range_warns(caplog):
+    wave = (np.sin(np.arange(RATE) / 10) * 20000).astype(np.float32)  # int16 values stored as float
+    with caplog.at_level("WARNING", logger="avemotion.processing.media"):
+        out = AvEmotionFeatureExtractor(normalization="none")(wave, sampling_rate=RATE, return_tensors="np")
+    assert "audio #0: the samples reach 2e+04, far outside [-1, 1]" in caplog.text
+    np.testing.assert_allclose(out["input_values"][0], wave)  # used as given
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="avemotion.processing.media"):
+        AvEmotionFeatureExtractor()(wave / 20000 * 1.5, sampling_rate=RATE)  # a little clipping is normal
+    assert "far outside" not in caplog.text
+
+
+def test_audio_shorter_than_one_model_frame_is_an_error():
+    extractor = AvEmotionFeatureExtractor()
+    with pytest.raises(ValueError, match=r"audio #0: 1 sample\(s\) at 16000 Hz is too short.* at least 400 \(25 ms"):
+        extractor(np.zeros(1, np.float32), sampling_rate=RATE)
+    with pytest.raises(ValueError, match=r"audio #1: 200 sample\(s\)"):  # 100 samples at 8 kHz
+        extractor([np.zeros(RATE, np.float32), np.zeros(100, np.float32)], sampling_rate=8000)
+    assert extractor(np.zeros(400, np.float32), sampling_rate=RATE)["input_values"][0].shape == (400,)
+
+
+def test_video_frames_given_as_audio_say_so():
+    frames = np.zeros((4, 32, 32), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"audio #0: a uint8 array of shape \(4, 32, 32\) looks like video frames"):
+        AvEmotionFeatureExtractor()(frames, sampling_rate=RATE)

@@ -167,9 +167,75 @@ def test_bad_video_inputs_raise_value_errors(tmp_path, clip):
         assert bad.name in str(error.value)
     for array, message in [
         (frames.astype(np.float32), "uint8"),
-        (frames[..., 0], r"\(frames, height, width, 3\)"),
+        (frames[0], r"one image of shape \(\d+, \d+, 3\), not a video"),
+        (frames[..., :2], r"\(frames, height, width, 3\)"),
         (frames[:0], "empty"),
         (42, "expected a file path"),
     ]:
         with pytest.raises(ValueError, match=message):
             processor(array)
+
+
+def test_grayscale_and_rgba_frames_are_converted_to_rgb():
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, size=(3, 40, 48), dtype=np.uint8)
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    rgba = np.concatenate([rgb, np.full((3, 40, 48, 1), 7, np.uint8)], axis=-1)
+    processor = AvEmotionImageProcessor(face_detector=None, size={"height": 32, "width": 32})
+    expected = processor(rgb, return_tensors="np")["pixel_values_videos"]
+    for video in (gray, gray[..., None], rgba, list(gray), list(rgba)):
+        np.testing.assert_array_equal(processor(video, return_tensors="np")["pixel_values_videos"], expected)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"video_fps": -1}, "video_fps: fps must be a positive number"),
+        ({"video_fps": 0}, "video_fps: fps must be a positive number"),
+        ({"video_fps": float("nan")}, "video_fps: fps must be a positive number"),
+        ({"max_frames": 0}, r"max_frames must be a whole number >= 1"),
+        ({"max_frames": -1}, r"max_frames must be a whole number >= 1"),
+        ({"max_frames": 1.5}, r"max_frames must be a whole number >= 1"),
+        ({"size": {"height": 0, "width": 0}}, "size must give a height and a width of at least 1 pixel"),
+    ],
+)
+def test_bad_frame_settings_are_value_errors(clip, settings, message):
+    """Issue 10 item 14: fps=-1 (StopIteration in the pipeline), max_frames=0 and size 0x0 (errors from NumPy and
+    OpenCV), max_frames=-1 (silently one frame less)."""
+    path, frames, _ = clip
+    with pytest.raises(ValueError, match=message):
+        AvEmotionImageProcessor(**settings)
+    processor = AvEmotionImageProcessor(face_detector=None)
+    for video in (path, frames[:2]):
+        with pytest.raises(ValueError, match=message):
+            processor(video, **settings)
+
+
+def test_load_video_names_the_file_for_bad_arguments(clip):
+    path, _, _ = clip
+    for kwargs, message in [({"fps": -1}, "fps must be"), ({"max_frames": 0}, "max_frames must be")]:
+        with pytest.raises(ValueError, match=message) as error:
+            load_video(path, **kwargs)
+        assert str(path) in str(error.value)
+
+
+def test_avi_with_dropped_frames_is_not_called_truncated(tmp_path):
+    """AVI has no timestamps: a dropped frame is an empty index entry counted in the stream's frame count."""
+    import av
+
+    from avemotion.processing.media import probe_video
+
+    path = tmp_path / "dropped.avi"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        for index, pts in enumerate([0, 1, 4, 5, 8, 9]):  # frames 2-3 and 6-7 dropped
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 30 * index, np.uint8), format="rgb24")
+            frame.pts = pts
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    probe_video(path)
+    clip = load_video(path)
+    assert len(clip.frames) == 6
+    np.testing.assert_allclose(clip.timestamps, [0.0, 0.1, 0.4, 0.5, 0.8, 0.9], atol=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -13,12 +14,23 @@ import numpy as np
 import torch
 
 from avemotion.processing.faces import NoFaceFoundError
+from avemotion.processing.media import load_audio, resample
 
 logger = logging.getLogger(__name__)
 
 
 def _audio_array(value: Any, sampling_rate: int) -> np.ndarray:
-    """A mono float32 waveform at `sampling_rate` from a decoded `datasets` Audio value or a dict."""
+    """A mono float32 waveform at `sampling_rate` from an undecoded `datasets` Audio value (`{"path", "bytes"}`, read
+    with `load_audio`, as the corpus scan probed it), a decoded one, or a `{"array", "sampling_rate"}` dict."""
+    if isinstance(value, dict) and value.get("path") and not value.get("bytes"):
+        return load_audio(value["path"], sampling_rate)
+    if isinstance(value, dict) and value.get("bytes"):
+        import io
+
+        import soundfile
+
+        samples, rate = soundfile.read(io.BytesIO(value["bytes"]), dtype="float32", always_2d=True)
+        return resample(np.ascontiguousarray(samples.mean(axis=1)), rate, sampling_rate)
     if hasattr(value, "get_all_samples"):  # torchcodec AudioDecoder (datasets 5)
         samples = value.get_all_samples()
         waveform, rate = samples.data.mean(0).numpy(), samples.sample_rate
@@ -168,8 +180,17 @@ def cache_features(
     if cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         cache_file_name = str(Path(cache_dir) / f"features-{fingerprint}.arrow")
+    # the extractors read audio files with avemotion's own loader (`load_audio`, what the corpus scan probes), not
+    # with the `datasets` decoder, which fails on files the loader reads (very short clips, some containers) and
+    # names none: hand them the undecoded {"path", "bytes"} values, and restore the column's decoding afterwards
+    audio_feature = dataset.features.get("audio")
+    undecoded = isinstance(audio_feature, datasets.Audio) and audio_feature.decode
+    if undecoded:
+        plain = datasets.Audio(sampling_rate=audio_feature.sampling_rate, decode=False)
+        dataset = dataset.cast_column("audio", plain)
+        features["audio"] = plain
     cached = dataset.map(
-        extractor.extract_batch,
+        functools.partial(_extract_reporting_bad_files, extractor.extract_batch),
         batched=True,
         batch_size=batch_size,
         features=features,
@@ -178,10 +199,43 @@ def cache_features(
         load_from_cache_file=load_from_cache_file,
         desc="Caching backbone features",
     )
+    if undecoded:
+        cached = cached.cast_column("audio", audio_feature)
     # a model without a visual backbone leaves every video without features by design: nothing to report
     if not isinstance(extractor, _BackboneExtractor) or extractor.model.visual_backbone is not None:
         _report_videos_without_features(cached)
     return cached
+
+
+def _extract_reporting_bad_files(extract: Any, batch: dict[str, list]) -> dict[str, list]:
+    """`extract(batch)`; when a file cannot be decoded (a `ValueError` naming it: corruption that the corpus scan's cheap
+    probe cannot see), the batch is redone row by row and modality by modality, so that only the unreadable modality
+    of that row gets None, with a warning naming the file, instead of stopping the caching."""
+    try:
+        return extract(batch)
+    except ValueError:
+        pass
+    size = len(batch["id"])
+    out: dict[str, list] = {"audio_features": [None] * size, "visual_features": [None] * size}
+    for index in range(size):
+        row = {key: values[index : index + 1] for key, values in batch.items()}
+        try:
+            one = extract(row)
+            out["audio_features"][index], out["visual_features"][index] = (
+                one["audio_features"][0],
+                one["visual_features"][0],
+            )
+            continue
+        except ValueError:
+            pass
+        for keep, drop, column in (("audio", "video", "audio_features"), ("video", "audio", "visual_features")):
+            if row.get(keep, [None])[0] is None:
+                continue
+            try:
+                out[column][index] = extract({**row, drop: [None]})[column][0]
+            except ValueError as error:
+                logger.warning("%s: %s; its %s is left out (no features)", row["id"][0], error, keep)
+    return out
 
 
 def _report_videos_without_features(dataset: datasets.Dataset) -> list[str]:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import datasets
-import soundfile as sf
+
+from avemotion.processing.media import probe_audio, probe_video
 
 SAMPLING_RATE = 16000
 SPLITS = ("train", "validation", "test")
@@ -137,32 +138,31 @@ def corpus_metadata(dataset: datasets.Dataset | datasets.DatasetDict) -> dict[st
 # ---------------------------------------------------------------------------------------------------------- media
 
 
-def check_audio(path: Path) -> str | None:
-    """None if `path` is a readable, non-empty audio file, else the reason."""
+def _probe_reason(probe: Any, path: Path, kind: str) -> str | None:
+    """None if `probe` accepts the file, else the reason, prefixed by its category for the report's summary:
+    `empty file`, `truncated: ...` or `unreadable audio|video: ...` (the report lists the path itself)."""
     try:
-        if path.stat().st_size == 0:
+        probe(path, name="file")
+    except ValueError as error:
+        message = str(error).removeprefix("file: ")
+        if message == "the file is empty":
             return "empty file"
-        info = sf.info(str(path))
-    except Exception as error:  # soundfile raises several types for corrupt headers
-        return f"unreadable audio: {error}"
-    if info.frames == 0:
-        return "empty audio: no samples"
+        return f"truncated: {message}" if "truncated" in message else f"unreadable {kind}: {message}"
     return None
+
+
+def check_audio(path: Path) -> str | None:
+    """None if `path` is a readable, non-empty, complete audio file, else the reason.
+
+    Cheap (`avemotion.processing.media.probe_audio`): the header, the declared length against the file size, and
+    the last half second read; no full decode. Truncated files are caught here rather than when features are cached.
+    """
+    return _probe_reason(probe_audio, path, "audio")
 
 
 def check_video(path: Path) -> str | None:
-    """None if `path` opens as a container with a video stream, else the reason."""
-    import av
-
-    try:
-        if path.stat().st_size == 0:
-            return "empty file"
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                return "no video stream"
-    except Exception as error:  # PyAV raises InvalidDataError, OSError, ...
-        return f"unreadable video: {error}"
-    return None
+    """None if `path` has a video stream whose first frame decodes and whose packets reach the declared end."""
+    return _probe_reason(probe_video, path, "video")
 
 
 # ---------------------------------------------------------------------------------------------------- label files
@@ -184,8 +184,15 @@ def resolve_label_file(labels_csv: str | Path, partition: int) -> Path:
     raise ValueError(f"labels_csv={str(path)!r} does not exist (expected a label CSV or a folder of them)")
 
 
-def read_label_rows(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """Rows of a comma-separated label file with a header; raises if a required column is missing."""
+def read_label_rows(
+    path: Path, required: tuple[str, ...], unique: str | None = None
+) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """Rows of a comma-separated label file with a header; raises if a required column is missing.
+
+    `unique`: a file-name column that must name each file once (compared by stem, so `a.wav` and `a` are the same
+    file); a second row for a file is a `ValueError` naming both lines, since which label to keep is not ours to
+    guess.
+    """
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
@@ -195,11 +202,20 @@ def read_label_rows(path: Path, required: tuple[str, ...]) -> tuple[list[str], l
         absent = [name for name in required if name not in header]
         if absent:
             raise ValueError(f"label file {str(path)!r} has no column(s) {absent}; its header is {header}")
-        rows = []
+        rows, first_line = [], {}
         for line_number, values in enumerate(reader, start=2):
             if not values or all(not v.strip() for v in values):
                 continue
-            rows.append((line_number, dict(zip(header, [v.strip() for v in values]))))
+            row = dict(zip(header, [v.strip() for v in values]))
+            if unique is not None and row.get(unique):
+                stem = Path(row[unique]).stem
+                if stem in first_line:
+                    raise ValueError(
+                        f"label file {str(path)!r} labels {row[unique]!r} twice: {path}:{first_line[stem]} and "
+                        f"{path}:{line_number}; keep one row per file"
+                    )
+                first_line[stem] = line_number
+            rows.append((line_number, row))
     return header, rows
 
 

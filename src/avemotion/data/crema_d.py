@@ -89,7 +89,7 @@ def _read_actor_sexes(root: Path) -> dict[str, str]:
 
 
 def _read_labels(path: Path, report: CorpusReport) -> tuple[dict[str, dict[str, Any]], bool]:
-    header, rows = read_label_rows(path, ("FileName", *LABEL_NAMES))
+    header, rows = read_label_rows(path, ("FileName", *LABEL_NAMES), unique="FileName")
     attributes = attribute_columns(header)
     has_split = "Split_Set" in header
     labels = {}

@@ -77,7 +77,7 @@ def scan(
     if not sessions:
         raise ValueError(f"iemocap: no Session1..5 folder in {str(root)!r}. Expected layout: {LAYOUT}")
     report = CorpusReport(corpus="iemocap", data_dir=str(root))
-    rows = []
+    rows, evaluated_at = [], {}  # utterance -> "file:line" of its evaluation, to refuse a second one
     for session_dir in sessions:
         evaluations = sorted((session_dir / "dialog" / "EmoEvaluation").glob("*.txt"))
         if not evaluations:
@@ -93,14 +93,23 @@ def scan(
                         transcripts[match.group(1)] = match.group(2).strip()
             else:
                 report.missing.append((str(transcript_file), "no transcription file; `text` left empty"))
-            for line in _read_lines(evaluation):
+            for line_number, line in enumerate(_read_lines(evaluation), start=1):
                 if not line.startswith("["):
                     continue  # header, per-evaluator lines, blank lines
                 match = EVALUATION_LINE.match(line)
                 if not match:
-                    report.malformed.append((f"{evaluation}", f"bad evaluation line: {line.strip()[:60]!r}"))
+                    report.malformed.append(
+                        (f"{evaluation}:{line_number}", f"bad evaluation line: {line.strip()[:60]!r}")
+                    )
                     continue
                 utterance, emotion = match.group(3), match.group(4)
+                where = f"{evaluation}:{line_number}"
+                if utterance in evaluated_at:
+                    raise ValueError(
+                        f"iemocap: utterance {utterance!r} is evaluated twice: {evaluated_at[utterance]} and {where}; "
+                        "keep one evaluation line per utterance"
+                    )
+                evaluated_at[utterance] = where
                 valence, arousal, dominance = (float(match.group(i)) for i in (5, 6, 7))
                 label = FOUR_CLASS.get(emotion)
                 if label is None and four_class:

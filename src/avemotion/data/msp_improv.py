@@ -65,7 +65,7 @@ def scan(
         raise ValueError(f"msp-improv: no media found in {str(root)!r}. Expected layout: {LAYOUT}")
 
     label_file = resolve_label_file(labels_csv, partition)
-    header, label_rows = read_label_rows(label_file, ("FileName",))
+    header, label_rows = read_label_rows(label_file, ("FileName",), unique="FileName")
     attributes = attribute_columns(header)
     if set(attributes) != {"arousal", "valence", "dominance"}:
         raise ValueError(f"label file {str(label_file)!r} needs EmoAct, EmoVal and EmoDom columns; header {header}")

@@ -37,6 +37,7 @@ import numpy as np
 import soundfile as sf
 from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
 
+from ..processing.media import load_audio
 from .common import SAMPLING_RATE, CorpusIndex
 from .crema_d import LABEL_NAMES, SENTENCES, CremaDBuilder
 from .crema_d import scan as scan_crema_d
@@ -152,10 +153,18 @@ def write_synthetic_corpus(
             f"num_clips={num_clips} exceeds the {combos_per_class * 6} unique stems of {num_speakers} speakers"
         )
     root = Path(output_dir)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"output_dir {str(root)!r} is a file, not a directory; choose a new or empty directory")
     if (root / "labels.csv").exists():
         raise ValueError(f"{str(root)!r} already holds a synthetic corpus (labels.csv); choose an empty directory")
-    (root / "AudioWAV").mkdir(parents=True, exist_ok=True)
-    (root / "VideoFlash").mkdir(parents=True, exist_ok=True)
+    try:
+        (root / "AudioWAV").mkdir(parents=True, exist_ok=True)
+        (root / "VideoFlash").mkdir(parents=True, exist_ok=True)
+        probe = root / ".avemotion-write-test"
+        probe.touch()  # os.access says yes to root even on read-only mounts: try
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"cannot write the corpus into {str(root)!r}: {error.strerror or error}") from error
 
     rng = np.random.default_rng(seed)
     labels = np.arange(num_clips) % len(LABEL_NAMES)
@@ -283,15 +292,22 @@ def read_video_frames(path: str | Path, gray: bool = False) -> np.ndarray:
     (no colour conversion, several times faster)."""
     import av
 
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_count = 1  # decoder threads cost more to start than these small clips take to decode
-        frames = []
-        for frame in container.decode(stream):
-            if gray and frame.format.name in ("yuv420p", "yuvj420p", "yuv422p", "yuv444p", "gray"):
-                frames.append(frame.to_ndarray()[: frame.height])  # the Y plane comes first
-            else:
-                frames.append(frame.to_ndarray(format="gray" if gray else "rgb24"))
+    frames = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"video {str(path)!r} has no video stream")
+            stream = container.streams.video[0]
+            stream.thread_count = 1  # decoder threads cost more to start than these small clips take to decode
+            for frame in container.decode(stream):
+                if gray and frame.format.name in ("yuv420p", "yuvj420p", "yuv422p", "yuv444p", "gray"):
+                    plane = frame.planes[0]  # luma, rows padded to line_size
+                    luma = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
+                    frames.append(luma.copy())
+                else:
+                    frames.append(frame.to_ndarray(format="gray" if gray else "rgb24"))
+    except (av.error.FFmpegError, UnicodeDecodeError) as error:  # PyAV: UnicodeDecodeError for corrupt tags
+        raise ValueError(f"video {str(path)!r}: cannot decode the video ({error})") from error
     if not frames:
         raise ValueError(f"video {str(path)!r} has no frames")
     return np.stack(frames)
@@ -315,6 +331,8 @@ class SyntheticFeatureExtractor:
         for audio, video in zip(batch["audio"], batch["video"]):
             if audio is None:
                 audio_out.append(None)
+            elif isinstance(audio, dict) and audio.get("path") and not audio.get("bytes"):  # undecoded: our loader
+                audio_out.append(extract_audio_features(load_audio(audio["path"], SAMPLING_RATE)))
             else:
                 samples = audio.get_all_samples() if hasattr(audio, "get_all_samples") else None
                 if samples is not None:

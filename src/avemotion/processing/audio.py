@@ -9,7 +9,7 @@ from typing import Any, Literal
 import numpy as np
 from transformers import BatchFeature, Wav2Vec2FeatureExtractor
 
-from .media import check_waveform, describe, is_path, load_audio, resample
+from .media import MIN_AUDIO_SAMPLES, check_sampling_rate, check_waveform, describe, is_path, load_audio, resample
 
 logger = logging.getLogger(__name__)
 
@@ -70,28 +70,36 @@ class AvEmotionFeatureExtractor(Wav2Vec2FeatureExtractor):
     def __call__(self, raw_speech: Any, sampling_rate: int | None = None, **kwargs: Any) -> BatchFeature:
         """
         Args:
-            raw_speech: one input or a batch (a list of inputs, or a 2-D array (batch, samples)). An input is a mono
-                1-D float waveform, a path to an audio file (wav, flac, mp3, ...) or to a video file (its sound
-                track is read), or a dict `{"array": waveform, "sampling_rate": rate}` (a `datasets` `Audio`
-                value). Files are mixed to mono; every input is resampled to `self.sampling_rate` (soxr).
-            sampling_rate: the rate of the waveform arrays (files and dicts carry their own). Without it, arrays
-                are taken to be at `self.sampling_rate` and a warning says so.
+            raw_speech: one input or a batch (a list of inputs). An input is a mono 1-D float waveform in [-1, 1], a
+                path to an audio file (wav, flac, mp3, ...) or to a video file (its sound track is read), or a dict
+                `{"array": waveform, "sampling_rate": rate}` (a `datasets` `Audio` value). Files are mixed to mono;
+                every input is resampled to `self.sampling_rate` (soxr). A 2-D array is an error, not a batch: it
+                may as well be (channels, samples) or (samples, channels) audio; pass a batch as a list of 1-D
+                waveforms (`list(array)`) and mix channels to mono first.
+            sampling_rate: the rate of the waveform arrays (files and dicts carry their own), a whole number of Hz
+                from 1 kHz to 768 kHz. Without it, arrays are taken to be at `self.sampling_rate` and a warning says
+                so.
             kwargs: passed to `Wav2Vec2FeatureExtractor.__call__` (`padding` defaults to True).
+
+        Every input must give at least `MIN_AUDIO_SAMPLES` (400) samples at `self.sampling_rate` (25 ms at 16 kHz,
+        one wav2vec 2.0 frame). Float samples far outside [-1, 1] (peak above 2) are used as given, with a warning.
 
         Returns:
             `BatchFeature` with `input_values` (batch, samples) and `attention_mask` (batch, samples).
         """
+        if sampling_rate is not None:
+            sampling_rate = check_sampling_rate(sampling_rate, "audio")
+        shape = getattr(raw_speech, "shape", None)
+        if shape is not None and len(shape) >= 2 and not is_path(raw_speech):
+            if len(shape) >= 3 and getattr(raw_speech, "dtype", None) == np.uint8:
+                check_waveform(raw_speech, "audio #0")  # raises: it looks like video frames
+            raise ValueError(
+                f"audio #0: got one {len(shape)}-D array of shape {tuple(shape)}; an input is a mono 1-D waveform. Mix "
+                "multi-channel audio to mono first (e.g. `waveform.mean(axis=0)` for (channels, samples)), and pass "
+                "a batch as a list of 1-D waveforms (e.g. `list(batch)`)"
+            )
         batched = isinstance(raw_speech, (list, tuple)) and len(raw_speech) > 0
         batched = batched and (_is_record(raw_speech[0]) or is_path(raw_speech[0]) or not np.isscalar(raw_speech[0]))
-        if isinstance(raw_speech, np.ndarray) and raw_speech.ndim == 2:
-            if raw_speech.shape[1] <= 8 < raw_speech.shape[0]:
-                # (samples, channels) is the usual layout of multi-channel audio, not a batch of tiny waveforms
-                raise ValueError(
-                    f"audio: a 2-D array of shape {raw_speech.shape} looks like (samples, channels) multi-channel "
-                    "audio; mix it to mono first (e.g. `waveform.mean(axis=1)`), or pass a batch as a list of 1-D "
-                    "waveforms"
-                )
-            batched = True
         items = list(raw_speech) if batched else [raw_speech]
         if sampling_rate is None and any(not is_path(item) and not _is_record(item) for item in items):
             logger.warning(
@@ -120,16 +128,27 @@ class AvEmotionFeatureExtractor(Wav2Vec2FeatureExtractor):
 
     def load(self, audio: Any, sampling_rate: int | None = None, name: str = "audio") -> np.ndarray:
         """One input (path, waveform or `{"array", "sampling_rate"}` dict) -> checked mono float32 at
-        `self.sampling_rate`, not yet normalised or cut."""
+        `self.sampling_rate`, not yet normalised or cut; at least `MIN_AUDIO_SAMPLES` long."""
         if is_path(audio):
-            return load_audio(audio, self.sampling_rate, name=name)
-        if _is_record(audio):
-            try:
-                audio, sampling_rate = audio["array"], audio["sampling_rate"]
-            except KeyError as error:
-                raise ValueError(f"{name}: a dict input needs 'array' and 'sampling_rate' keys") from error
-        waveform = check_waveform(audio, name)
-        return resample(waveform, int(sampling_rate or self.sampling_rate), self.sampling_rate)
+            waveform = load_audio(audio, self.sampling_rate, name=name)
+        else:
+            if _is_record(audio):
+                try:
+                    audio, sampling_rate = audio["array"], audio["sampling_rate"]
+                except KeyError as error:
+                    raise ValueError(
+                        f"{name}: a dict input needs 'array' and 'sampling_rate' keys, missing {error}"
+                    ) from None
+                sampling_rate = check_sampling_rate(sampling_rate, name)
+            waveform = check_waveform(audio, name)
+            rate = self.sampling_rate if sampling_rate is None else check_sampling_rate(sampling_rate, name)
+            waveform = resample(waveform, rate, self.sampling_rate)
+        if len(waveform) < MIN_AUDIO_SAMPLES:
+            raise ValueError(
+                f"{name}: {len(waveform)} sample(s) at {self.sampling_rate} Hz is too short; the model needs at least "
+                f"{MIN_AUDIO_SAMPLES} ({MIN_AUDIO_SAMPLES / self.sampling_rate * 1000:g} ms, one wav2vec 2.0 frame)"
+            )
+        return waveform
 
 
 def _is_record(value: Any) -> bool:

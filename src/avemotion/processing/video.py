@@ -26,7 +26,7 @@ from .faces import (
     track_main_face,
     vavl_crop_square,
 )
-from .media import check_video_array, describe, is_path, load_video
+from .media import check_fps, check_max_frames, check_video_array, describe, is_path, load_video
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,17 @@ class AvEmotionImageProcessor(PilBackend):
         super().__init__(**kwargs)
         self.face_detector = face_detector
         self._check_settings(self.face_detector, self.face_selection, self.detect_every)
+        self._check_frame_settings(self.video_fps, self.max_frames, self.size)
+
+    @staticmethod
+    def _check_frame_settings(video_fps: Any, max_frames: Any, size: Any) -> None:
+        """`video_fps` None or > 0, `max_frames` None or >= 1, `size` with a height and width >= 1."""
+        check_fps(video_fps, "video_fps")
+        check_max_frames(max_frames, "max_frames")
+        height, width = (size.get("height"), size.get("width")) if isinstance(size, dict) else (
+            getattr(size, "height", None), getattr(size, "width", None))  # fmt: skip
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in (height, width)):
+            raise ValueError(f"size must give a height and a width of at least 1 pixel, got {dict(size)!r}")
 
     @staticmethod
     def _check_settings(face_detector: Any, face_selection: str, detect_every: int) -> None:
@@ -159,7 +170,8 @@ class AvEmotionImageProcessor(PilBackend):
         """
         Args:
             videos: one video or a list of videos. A video is a file path, a (frames, height, width, 3) uint8 RGB
-                array, or a list of (height, width, 3) uint8 frames.
+                array, or a list of (height, width, 3) uint8 frames. Grayscale frames ((frames, height, width) or
+                (..., 1)) are repeated into RGB and RGBA frames lose their alpha (see `check_video_array`).
             return_tensors: `"pt"`, `"np"` or `None` (NumPy arrays).
             kwargs: any setting of the constructor, for this call only.
         """
@@ -171,6 +183,7 @@ class AvEmotionImageProcessor(PilBackend):
         settings = self._standardize_kwargs(**settings)
         detector = self.get_face_detector(face_detector)
         self._check_settings(detector, settings["face_selection"], settings["detect_every"])
+        self._check_frame_settings(settings["video_fps"], settings["max_frames"], settings["size"])
 
         rows, masks, missing = [], [], []
         for index, video in enumerate(_as_video_list(videos)):
@@ -255,8 +268,8 @@ class AvEmotionImageProcessor(PilBackend):
 
 def _as_video_list(videos: Any) -> list:
     """One video or a batch of videos -> a list of videos (see `preprocess`)."""
-    if is_path(videos) or (isinstance(videos, np.ndarray) and videos.ndim == 4) or hasattr(videos, "detach"):
-        return [videos]
+    if is_path(videos) or (isinstance(videos, np.ndarray) and videos.ndim in (3, 4)) or hasattr(videos, "detach"):
+        return [videos]  # a 3-D array is one grayscale video (or one image, which check_video_array rejects)
     if isinstance(videos, (list, tuple)):
         if not videos:
             raise ValueError("video: expected a video or a list of videos, got an empty list")
