@@ -64,7 +64,9 @@ def fusion_inputs(config, parts: str) -> dict[str, dict[str, Any]]:
             width = config.audio_config.hidden_size
             if config.audio_layer == "weighted_sum":
                 layers = config.audio_config.num_hidden_layers + 1
-                specs["audio_features"] = _spec("float32", ["batch", layers, "audio_frames", width], [layers, 1, width])
+                specs["audio_features"] = _spec(
+                    "float32", ["batch", layers, "audio_frames", width], [layers, 1, width]
+                )
             else:
                 specs["audio_features"] = _spec("float32", ["batch", "audio_frames", width], [1, width])
             specs["audio_features_mask"] = _spec("int64", ["batch", "audio_frames"], [1])
@@ -162,7 +164,9 @@ def export_onnx(
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
     opset = DEFAULT_OPSET[exporter] if opset is None else int(opset)
     if opset < MIN_OPSET[exporter]:
-        raise ValueError(f"opset {opset} is not supported by the {exporter} exporter; use {MIN_OPSET[exporter]} or newer")
+        raise ValueError(
+            f"opset {opset} is not supported by the {exporter} exporter; use {MIN_OPSET[exporter]} or newer"
+        )
     model, loaded_from = _load_model(model)
     source = Path(source_dir) if source_dir is not None else loaded_from
     output = Path(output_dir)
@@ -178,11 +182,15 @@ def export_onnx(
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
-            axes = {name: {i: a for i, a in enumerate(spec["axes"]) if isinstance(a, str)} for name, spec in specs.items()}
+            axes = {
+                name: {i: a for i, a in enumerate(spec["axes"]) if isinstance(a, str)} for name, spec in specs.items()
+            }
             torch.onnx.export(graph, examples, str(path), input_names=list(specs), output_names=output_names,
                               dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)  # fmt: skip
         else:
-            dims = {name: {i: a for i, a in enumerate(spec["axes"]) if isinstance(a, str)} for name, spec in specs.items()}
+            dims = {
+                name: {i: a for i, a in enumerate(spec["axes"]) if isinstance(a, str)} for name, spec in specs.items()
+            }
             dynamic = tuple(dims.values())
             program = torch.onnx.export(graph, examples, input_names=list(specs), output_names=output_names,
                                         dynamic_shapes=dynamic, opset_version=opset, dynamo=True, verbose=False)  # fmt: skip
@@ -196,8 +204,10 @@ def export_onnx(
 def _write_directory(model, source, output, parts, file_name, specs, output_names, opset, exporter, seconds):
     if source is not None:
         for item in source.iterdir():
-            if item.is_file() and item.name not in ("config.json", ONNX_CONFIG_NAME) and not item.name.endswith(
-                _SKIPPED_SUFFIXES
+            if (
+                item.is_file()
+                and item.name not in ("config.json", ONNX_CONFIG_NAME)
+                and not item.name.endswith(_SKIPPED_SUFFIXES)
             ):
                 shutil.copy2(item, output / item.name)
     config = model.config.to_dict()

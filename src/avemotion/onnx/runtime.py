@@ -82,9 +82,7 @@ class OnnxRuntimeEmotionModel:
         try:
             import onnxruntime
         except ImportError as error:
-            raise ImportError(
-                "ONNX Runtime inference needs the onnx extra: pip install 'avemotion[onnx]'"
-            ) from error
+            raise ImportError("ONNX Runtime inference needs the onnx extra: pip install 'avemotion[onnx]'") from error
         import avemotion  # noqa: F401 - registers the config classes
         from transformers import AutoConfig
 
