@@ -2,6 +2,7 @@
 both VAVL presets, the legacy layout and the fusion model, batched and unbatched, each modality missing, dynamic
 lengths, through the model class and the pipeline; clear errors for what is not supported."""
 
+import os
 import subprocess
 import sys
 
@@ -260,3 +261,18 @@ def test_cli_help_imports_no_exporter_or_runtime():
             "print([m for m in ('onnxruntime', 'onnx', 'onnxscript', 'avemotion.onnx.export') if m in sys.modules])")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.skipif(
+    not os.environ.get("AVEMOTION_SLOW_TESTS"),
+    reason="the dynamo exporter (torch.export + onnxscript) takes 20-40 s on 2 cores; set AVEMOTION_SLOW_TESTS=1",
+)
+def test_dynamo_exporter_gives_the_same_graph_behaviour(tmp_path):
+    torch.manual_seed(0)
+    model = _features_model("msp-improv")
+    export_onnx(model, tmp_path, parts="heads", exporter="dynamo")
+    onnx_model = OnnxRuntimeEmotionModel.from_pretrained(tmp_path)
+    inputs = _feature_batch([23, 9, 0], [11, 0, 6])
+    out = onnx_model(**inputs)
+    for row in range(3):
+        assert _max_diff(out.logits[row], _alone(model, inputs, row).logits[0]) <= TOL

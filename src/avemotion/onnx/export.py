@@ -217,6 +217,13 @@ def _write_directory(model, source, output, parts, file_name, specs, output_name
     meta_path = output / ONNX_CONFIG_NAME
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"format": "avemotion-onnx", "graphs": {}}
     meta["model_type"] = model.config.model_type
+    # inputs the PyTorch model accepts and does not read (the pipeline gives every segment granularity)
+    meta["ignored_inputs"] = [
+        f"{g}{suffix}"
+        for g in ("phone", "syllable", "word")
+        for suffix in ("_segments", "_segments_mask")
+        if model.config.model_type == "mlfusion" and f"{g}_segments" not in specs
+    ]
     meta["graphs"][parts] = {
         "file": file_name,
         "inputs": specs,

@@ -83,8 +83,9 @@ class OnnxRuntimeEmotionModel:
             import onnxruntime
         except ImportError as error:
             raise ImportError("ONNX Runtime inference needs the onnx extra: pip install 'avemotion[onnx]'") from error
-        import avemotion  # noqa: F401 - registers the config classes
         from transformers import AutoConfig
+
+        import avemotion  # noqa: F401 - registers the config classes
 
         meta = json.loads((directory / ONNX_CONFIG_NAME).read_text())
         config = AutoConfig.from_pretrained(directory)
@@ -136,6 +137,8 @@ class OnnxRuntimeEmotionModel:
                 raise ValueError(f"`{name}` is not supported by the exported (inference-only) model")
         given = {name: value for name, value in inputs.items() if value is not None and name not in ("return_dict",
                  "labels", "output_attentions", "output_hidden_states", "token_type_ids")}  # fmt: skip
+        for name in self.meta.get("ignored_inputs", []):
+            given.pop(name, None)
         part = self._select_graph(given)
         graph = self.meta["graphs"][part]
         batch = next(iter(given.values())).shape[0]
