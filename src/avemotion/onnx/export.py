@@ -8,6 +8,7 @@ without the `auto_map` that points at PyTorch code) and the processor files of t
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 import warnings
@@ -19,6 +20,8 @@ from torch import nn
 
 from . import ONNX_CONFIG_NAME
 from .graphs import FusionGraph, VavlGraph
+
+logger = logging.getLogger(__name__)
 
 PARTS = ("heads", "full")
 EXPORTERS = ("torchscript", "dynamo")
@@ -116,6 +119,15 @@ def _load_model(model: str | Path | nn.Module) -> tuple[nn.Module, Path | None]:
     return AutoModelForEmotionRecognition.from_pretrained(directory), directory
 
 
+def _warn_group_norm(audio_config) -> None:
+    if audio_config is not None and getattr(audio_config, "feat_extract_norm", "layer") == "group":
+        logger.warning(
+            "The audio backbone normalises each waveform over time, padding included (feat_extract_norm='group'): "
+            "in the exported graph, as in a padded PyTorch batch, a padded row differs from the clip alone. Run "
+            "padded batches only with equal-length clips (the pipeline's default batch size 1 has no padding)."
+        )
+
+
 def build_graph(model: nn.Module, parts: str) -> tuple[nn.Module, dict[str, dict[str, Any]], list[str]]:
     """The export wrapper, its input specs and output names for `model` and `parts`; a clear error for what
     cannot be exported."""
@@ -134,8 +146,10 @@ def build_graph(model: nn.Module, parts: str) -> tuple[nn.Module, dict[str, dict
                 f"--parts full needs the audio and visual backbones; this model has no {' and no '.join(missing)} "
                 "backbone (it takes pre-extracted features): export --parts heads"
             )
+        _warn_group_norm(config.audio_backbone_config if parts == "full" else None)
         return VavlGraph(model, parts), vavl_inputs(config, parts), ["logits", "audio_logits", "visual_logits"]
     if config.model_type == "mlfusion":
+        _warn_group_norm(config.audio_config if parts == "full" and config.uses_audio else None)
         specs = fusion_inputs(config, parts)
         return FusionGraph(model, parts, list(specs)), specs, ["logits"]
     raise ValueError(f"ONNX export supports 'vavl' and 'mlfusion' models, got model_type {config.model_type!r}")
