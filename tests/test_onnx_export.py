@@ -254,6 +254,8 @@ def test_unsupported_options_give_clear_errors(tmp_path, capsys):
     assert "must differ from the model directory" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(["export-onnx", "--model", str(source), "--output-dir", str(tmp_path / "c"), "--parts", "encoder"])
+    with pytest.raises(ValueError, match="use --exporter torchscript"):
+        export_onnx(MultiLevelFusionForEmotionRecognition(tiny_fusion_config()), tmp_path / "d", exporter="dynamo")
 
 
 def test_cli_help_imports_no_exporter_or_runtime():

@@ -182,6 +182,11 @@ def export_onnx(
             f"opset {opset} is not supported by the {exporter} exporter; use {MIN_OPSET[exporter]} or newer"
         )
     model, loaded_from = _load_model(model)
+    if exporter == "dynamo" and model.config.model_type == "mlfusion":
+        raise ValueError(
+            "the fusion model's forward checks its segments with data-dependent conditions, which torch.export "
+            "(the dynamo exporter) cannot trace: use --exporter torchscript"
+        )
     source = Path(source_dir) if source_dir is not None else loaded_from
     output = Path(output_dir)
     if source is not None and output.resolve() == source.resolve():
