@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.avemotion-installed
-EXTRAS ?= media,face,metrics,test,dev
+EXTRAS ?= media,face,metrics,test,dev,onnx
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 

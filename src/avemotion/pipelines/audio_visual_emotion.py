@@ -882,10 +882,13 @@ def register_pipeline() -> None:
     from transformers import AutoModelForAudioClassification
     from transformers.pipelines import PIPELINE_REGISTRY
 
+    # a directory written by `avemotion export-onnx` (no PyTorch weights) loads as an ONNX Runtime model
+    from avemotion.onnx.runtime import OnnxRuntimeEmotionModel
+
     PIPELINE_REGISTRY.register_pipeline(
         TASK,
         pipeline_class=AudioVisualEmotionPipeline,
-        pt_model=AutoModelForAudioClassification,
+        pt_model=(AutoModelForAudioClassification, OnnxRuntimeEmotionModel),
         type="multimodal",
     )
 
