@@ -66,8 +66,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from avemotion import VavlConfig, VavlForEmotionRecognition
-    from avemotion.onnx.export import export_onnx
-    from avemotion.onnx.runtime import OnnxRuntimeEmotionModel
+    from avemotion.models.onnx_export import export_onnx
+    from avemotion.models.onnx_runtime import OnnxRuntimeEmotionModel
 
     torch.set_num_threads(args.threads)
     overrides = {}

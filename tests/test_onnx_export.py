@@ -25,9 +25,8 @@ from avemotion import (
     VavlForEmotionRecognition,
 )
 from avemotion.cli import main as cli_main
-from avemotion.onnx.export import export_onnx
-from avemotion.onnx.graphs import conv_output_lengths
-from avemotion.onnx.runtime import OnnxRuntimeEmotionModel
+from avemotion.models.onnx_export import conv_output_lengths, export_onnx
+from avemotion.models.onnx_runtime import OnnxRuntimeEmotionModel
 
 pytest.importorskip("onnxruntime")
 
@@ -260,7 +259,7 @@ def test_unsupported_options_give_clear_errors(tmp_path, capsys):
 
 def test_cli_help_imports_no_exporter_or_runtime():
     code = ("import sys; from avemotion.cli import build_parser; build_parser(); "
-            "print([m for m in ('onnxruntime', 'onnx', 'onnxscript', 'avemotion.onnx.export') if m in sys.modules])")  # fmt: skip
+            "print([m for m in ('onnxruntime', 'onnx', 'onnxscript', 'avemotion.models.onnx_export') if m in sys.modules])")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 

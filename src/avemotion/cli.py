@@ -22,7 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("avemotion.training.cli_train", "train a model with accelerate (VAVL's three-step schedule or joint)"),
     "evaluate": ("avemotion.training.cli_evaluate", "per-branch metrics of a checkpoint on a dataset split, as JSON"),
     "push": ("avemotion.training.cli_push", "push a trained model, its processor and a model card to the Hub"),
-    "export-onnx": ("avemotion.onnx.cli_export", "export a model to ONNX (heads or full) for ONNX Runtime"),
+    "export-onnx": ("avemotion.pipelines.cli_export_onnx", "export a model to ONNX (heads or full) for ONNX Runtime"),
     "convert-vavl": (
         "avemotion.models.vavl.convert_vavl_original_checkpoint",
         "convert a checkpoint of the original VAVL code into a transformers checkpoint",

@@ -883,7 +883,7 @@ def register_pipeline() -> None:
     from transformers.pipelines import PIPELINE_REGISTRY
 
     # a directory written by `avemotion export-onnx` (no PyTorch weights) loads as an ONNX Runtime model
-    from avemotion.onnx.runtime import OnnxRuntimeEmotionModel
+    from avemotion.models.onnx_runtime import OnnxRuntimeEmotionModel
 
     PIPELINE_REGISTRY.register_pipeline(
         TASK,

@@ -795,6 +795,17 @@ class MultiLevelFusionForEmotionRecognition(MultiLevelFusionPreTrainedModel):
             self.heads[member] = MultiLevelFusionClassifier(size, config)
         self.post_init()
 
+    def onnx_export_spec(self, parts: str, exporter: str) -> Any:
+        """How `avemotion export-onnx` exports this model (the hook `avemotion.models.onnx_export` calls): an
+        `OnnxExportSpec` with the graph's inputs and outputs and its export wrapper, for `parts` (`"heads"` or
+        `"full"`) and `exporter`. Raises a `ValueError` for what cannot be exported (the dynamo exporter). The export
+        code is imported here, not with the model; a remote copy (trust_remote_code) has no export code."""
+        try:  # (in a try block, so that a remote copy does not list avemotion among the packages it needs)
+            from avemotion.models.mlfusion.onnx_mlfusion import fusion_onnx_export_spec
+        except ImportError as error:
+            raise ValueError("ONNX export needs the avemotion package (pip install 'avemotion[onnx]')") from error
+        return fusion_onnx_export_spec(self, parts, exporter)
+
     def forward(
         self,
         input_values: torch.Tensor | None = None,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -34,6 +34,9 @@ from avemotion.models.conformer import (
 from avemotion.training.losses import concordance_loss
 
 from .configuration_vavl import VavlConfig
+
+if TYPE_CHECKING:
+    from avemotion.models.onnx_export import OnnxExportSpec
 
 
 @dataclass
@@ -627,6 +630,15 @@ class VavlForEmotionRecognition(VavlPreTrainedModel):
         self.audio_reconstruction_head = VavlHead(hidden, sizes, config.audio_feature_dim, dropout)
         self.visual_reconstruction_head = VavlHead(hidden, sizes, config.visual_feature_dim, dropout)
         self.post_init()
+
+    def onnx_export_spec(self, parts: str, exporter: str) -> OnnxExportSpec:
+        """How `avemotion export-onnx` exports this model (the hook `avemotion.models.onnx_export` calls): the graph's
+        inputs and outputs and its export wrapper, for `parts` (`"heads"` or `"full"`) and `exporter`
+        (`"torchscript"` or `"dynamo"`). Raises a `ValueError` for what cannot be exported (`legacy_batch_mixing`,
+        `"full"` without both backbones). The export code is imported here, not with the model."""
+        from avemotion.models.vavl.onnx_vavl import vavl_onnx_export_spec
+
+        return vavl_onnx_export_spec(self, parts, exporter)
 
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy (class indices, or class probabilities for soft labels) or the sum of 1 - CCC."""

@@ -1,5 +1,5 @@
 """`avemotion export-onnx`: write an ONNX model directory that `pipeline("audio-visual-emotion", model=OUT)` runs
-with ONNX Runtime. Heavy imports happen in `run`."""
+with ONNX Runtime (`avemotion.models.onnx_export`, `avemotion.models.onnx_runtime`). Heavy imports happen in `run`."""
 
 from __future__ import annotations
 
@@ -26,13 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .export import export_onnx
+    from avemotion.models.onnx_export import check_parity, export_onnx
 
     path = export_onnx(args.model, args.output_dir, parts=args.parts, opset=args.opset, exporter=args.exporter)
     print(f"wrote {path}")
     if not args.no_check:
-        from .parity import check_parity
-
         report = check_parity(args.model, args.output_dir, parts=args.parts)
         print(f"ONNX Runtime vs PyTorch on random inputs: max |logits difference| = {report['max_abs_diff']:.2e}")
         if report["max_abs_diff"] > 1e-4:

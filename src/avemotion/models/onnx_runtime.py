@@ -1,8 +1,9 @@
 """`OnnxRuntimeEmotionModel`: an exported avemotion model run with ONNX Runtime, behind the interface the pipeline
 uses on a PyTorch model (`config`, `device`, `dtype`, `eval()`, `model(**inputs).logits`).
 
-`pipeline("audio-visual-emotion", model=OUT)` loads it for a directory written by `avemotion export-onnx`. Module
-import is light: onnxruntime is imported when a model is loaded.
+`pipeline("audio-visual-emotion", model=OUT)` loads it for a directory written by `avemotion export-onnx`
+(`avemotion.models.onnx_export`). Generic: it runs whatever graphs `onnx_config.json` describes and names no model.
+Module import is light: onnxruntime is imported when a model is loaded.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import ONNX_CONFIG_NAME
-
+# written next to the graphs by the export: which graph takes which inputs, how an absent input is filled
+ONNX_CONFIG_NAME = "onnx_config.json"
 _NUMPY_DTYPES = {"float32": np.float32, "int64": np.int64}
 
 
@@ -83,9 +84,8 @@ class OnnxRuntimeEmotionModel:
             import onnxruntime
         except ImportError as error:
             raise ImportError("ONNX Runtime inference needs the onnx extra: pip install 'avemotion[onnx]'") from error
+        # the avemotion configs are registered with AutoConfig: importing this module ran `avemotion/__init__.py`
         from transformers import AutoConfig
-
-        import avemotion  # noqa: F401 - registers the config classes
 
         meta = json.loads((directory / ONNX_CONFIG_NAME).read_text())
         config = AutoConfig.from_pretrained(directory)
@@ -183,4 +183,4 @@ class OnnxRuntimeEmotionModel:
         return max(covering, key=lambda part: len(names & set(graphs[part]["inputs"])))
 
 
-__all__ = ["OnnxRuntimeEmotionModel", "OnnxRuntimeOutput"]
+__all__ = ["ONNX_CONFIG_NAME", "OnnxRuntimeEmotionModel", "OnnxRuntimeOutput"]
