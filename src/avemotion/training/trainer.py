@@ -445,6 +445,9 @@ class EmotionTrainer:
         overwrite it (then its run files are deleted first), as `transformers.Trainer` does."""
         acc, args = self.accelerator, self.args
         found = self._previous_run()
+        # every process looks before any of them writes (training_args.json) or deletes: else a later process
+        # would take the main process's new files for a previous run
+        acc.wait_for_everyone()
         if not found or args.resume_from_checkpoint:
             return
         if not args.overwrite_output_dir:
@@ -453,7 +456,6 @@ class EmotionTrainer:
                 "--overwrite_output_dir (overwrite_output_dir=True) to delete it and train anew, --resume "
                 "(resume_from_checkpoint='last') to continue it, or another --output_dir"
             )
-        acc.wait_for_everyone()  # every process has looked before anything is deleted
         if acc.is_main_process:
             for name in found:
                 path = self.output_dir / name
