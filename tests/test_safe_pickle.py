@@ -185,6 +185,57 @@ def test_numpy_pickles_written_by_numpy_2_load(tmp_path, protocol):
     )
 
 
+def _forged_dtype_array(dtype_state_edit) -> bytes:
+    """An array pickle that names only allowed globals but whose dtype's BUILD state is edited."""
+    from numpy._core.multiarray import _reconstruct
+
+    cls, args, state = np.dtype([("a", "O")]).__reduce__()
+    state = dtype_state_edit(state)
+
+    class ForgedDtype:
+        def __reduce__(self):
+            return cls, ("V8", False, True), state
+
+    class ForgedArray:
+        def __reduce__(self):
+            return _reconstruct, (np.ndarray, (0,), b"b"), (1, (1,), ForgedDtype(), False, b"A" * 8)
+
+    return pickle.dumps(ForgedArray(), protocol=2)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda state: state[:-1] + (0,),  # object field, flags of a dtype without objects: bytes read as pointers
+        lambda state: state[:-1] + (1,),
+        lambda state: state,  # fields added to a plain void dtype
+    ],
+    ids=["fields-flags-0", "fields-flags-1", "fields-real-flags"],
+)
+def test_forged_dtype_states_are_refused_before_any_array_is_built(edit):
+    """Only allowed globals, but `dtype.__setstate__` would give a void dtype object fields; the array built on it
+    would read file bytes as object pointers (a segfault seen before the BUILD check)."""
+    data = _forged_dtype_array(edit)
+    assert b"numpy" in data and b"posix" not in data and b"builtins" not in data
+    with pytest.raises(UnsafePickleError, match="refusing a dtype state that adds fields"):
+        restricted_load(data, NUMPY_GLOBALS)
+
+
+def test_dtype_states_that_change_flags_are_refused_and_byte_order_is_kept():
+    cls, args, state = np.dtype("V8").__reduce__()
+
+    class FlagEdit:
+        def __reduce__(self):
+            return cls, args, state[:-1] + (1,)
+
+    with pytest.raises(UnsafePickleError, match="changes its flags"):
+        restricted_load(pickle.dumps(FlagEdit(), protocol=2), NUMPY_GLOBALS)
+    big_endian = np.arange(4, dtype=">f8")
+    loaded = restricted_load(pickle.dumps(big_endian, protocol=2), NUMPY_GLOBALS)
+    assert loaded.dtype == pickle.loads(pickle.dumps(big_endian, protocol=2)).dtype  # numpy's own choice of order
+    np.testing.assert_array_equal(loaded, big_endian)
+
+
 def test_numpy_1_module_names_load():
     """numpy 1.x writes `numpy.core.multiarray`; those exact pairs resolve to numpy 2's objects."""
     data = pickle.dumps(np.arange(3.0), protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")

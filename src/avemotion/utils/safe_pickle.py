@@ -31,6 +31,7 @@ import inspect
 import io
 import os
 import pickle
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -159,8 +160,26 @@ def _import_global(module: str, name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """A `pickle.Unpickler` that resolves only the exact `(module, name)` pairs of `allowed`.
+def _check_dtype_state(dtype: Any, state: Any) -> str | None:
+    """Why a BUILD of a numpy dtype is unsafe, or None. `dtype.__setstate__` trusts its state: a file can give a plain
+    void dtype object fields with the flags of a dtype without objects, and the array built on it then reads file
+    bytes as object pointers (a crash, or worse). Only fieldless dtypes whose flags the state leaves unchanged pass."""
+    if getattr(dtype, "fields", None) is not None or getattr(dtype, "subdtype", None) is not None:
+        return "a structured or sub-array dtype"
+    if not isinstance(state, tuple) or len(state) < 8:
+        return "a malformed dtype state"
+    if state[2:5] != (None, None, None):
+        return "a dtype state that adds fields or a sub-array"
+    if state[7] != dtype.flags:
+        return f"a dtype state that changes its flags ({dtype.flags} -> {state[7]!r})"
+    return None
+
+
+class RestrictedUnpickler(pickle._Unpickler):
+    """An unpickler that resolves only the exact `(module, name)` pairs of `allowed`.
+
+    It is the pure-Python unpickler (slower than the C one, which is fine for statistics and checkpoints) because
+    the C one cannot check a BUILD before it runs: numpy dtype states are checked first (`_check_dtype_state`).
 
     Args:
         file: a binary file object.
@@ -210,6 +229,19 @@ class RestrictedUnpickler(pickle.Unpickler):
         if inspect.ismodule(value):
             raise self._refuse(module, name, "a module")
         return value
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def load_build(self) -> None:
+        state, instance = self.stack[-1], self.stack[-2]
+        numpy = sys.modules.get("numpy")  # a numpy object can only exist here if numpy is imported
+        if numpy is not None and isinstance(instance, numpy.dtype):
+            why = _check_dtype_state(instance, state)
+            if why is not None:
+                raise UnsafePickleError(f"{self.file_name}: refusing {why}; the file was not loaded", self.file_name)
+        pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     def persistent_load(self, pid: Any) -> Any:
         raise UnsafePickleError(
