@@ -60,11 +60,13 @@ class TrainingArguments:
         resume_from_checkpoint: `"last"` (the newest readable checkpoint in `output_dir/checkpoints`: an unreadable
             or incomplete one is skipped with a warning naming it) or a checkpoint directory.
         max_consecutive_nonfinite_batches: a training step whose loss is NaN or infinite (a NaN feature or label, a
-            diverging learning rate) is not applied: its gradients (the whole accumulated update of that step) are
-            dropped, buffers such as BatchNorm statistics are restored, and a warning is logged; the skips are
-            counted per epoch (`nonfinite_skipped_batches` in `training_log.jsonl`) and in `trainer_state.json`.
-            Training stops with a `ValueError` naming the epoch, the update and the batch's dataset rows when this
-            many batches in a row had a non-finite loss (1: stop at the first one).
+            diverging learning rate) is not applied: the gradients accumulated so far for that step are dropped (with
+            gradient accumulation, the window's later batches still make a smaller update; the learning-rate schedule
+            advances as if the update had happened), buffers such as BatchNorm statistics are restored, and a
+            warning is logged; the skips are counted per epoch (`nonfinite_skipped_batches` in
+            `training_log.jsonl`) and in `trainer_state.json`. Training stops with a `ValueError` naming the epoch,
+            the update and the batch's dataset rows when this many batches in a row had a non-finite loss (1: stop at
+            the first one).
         label_column: the label column (class index), or a list of columns (regression targets).
         report_to: an accelerate tracker name (`"tensorboard"`, `"wandb"`, `"all"`, ...) or `"none"`.
         logging_steps: log the running loss every N updates (0: only per epoch).
