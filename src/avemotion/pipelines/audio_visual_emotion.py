@@ -785,7 +785,9 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
             logits = torch.zeros(len(metas), self.model.config.num_labels)
             if kept:
                 rows = torch.tensor(kept)
-                logits[rows] = self._run_model({name: value[rows] for name, value in model_inputs.items()})
+                kept_logits = self._run_model({name: value[rows] for name, value in model_inputs.items()})
+                logits = kept_logits.new_zeros(len(metas), kept_logits.shape[-1])  # on the model's device
+                logits[rows.to(logits.device)] = kept_logits
         return {"is_last": is_last, "meta": meta, "logits": logits}
 
     def _run_model(self, model_inputs: dict[str, Any]) -> torch.Tensor:
