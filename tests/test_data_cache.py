@@ -166,3 +166,39 @@ def test_a_file_corrupt_mid_stream_is_reported_not_fatal(tmp_path, caplog):
     assert rows[bad.stem]["visual_features"] is None and rows[bad.stem]["audio_features"] is not None
     assert sum(r["visual_features"] is None for r in rows.values()) == 1
     assert f"{bad.stem}: video '{bad}': cannot decode the video" in caplog.text
+
+
+def test_audio_bytes_are_read_by_our_loader_and_a_bad_payload_is_reported_by_name(tmp_path, caplog):
+    """Undecoded `datasets` Audio values given as bytes (m4a/webm payloads too) are read like the files themselves
+    (`load_audio`: any container, mono mix); an undecodable payload loses its audio with a warning naming its path
+    instead of stopping the caching with a traceback."""
+    import datasets
+    from media_testing import channel_tones, write_audio
+
+    good = write_audio(tmp_path / "good.m4a", channel_tones(0.6, 16000, 1), 16000, "aac", "fltp", "mono")
+    stereo = write_audio(tmp_path / "stereo.webm", channel_tones(0.5, 48000, 2), 48000, "libopus", "flt", "stereo")
+    bad = tmp_path / "bad.m4a"
+    bad.write_bytes(good.read_bytes()[:200])  # the header only: no decodable audio
+    files = [good, stereo, bad]
+    rows = {"id": ["good", "stereo", "bad"], "label": [0, 1, 0]}
+    by_bytes = datasets.Dataset.from_dict(
+        {**rows, "audio": [{"bytes": p.read_bytes(), "path": p.name} for p in files]},
+        features=datasets.Features(
+            {"id": datasets.Value("string"), "label": datasets.Value("int64"), "audio": datasets.Audio(decode=False)}
+        ),
+    )
+    config = tiny_vavl_config(audio_backbone_config=tiny_wav2vec2_config())
+    model, processor = VavlModel(config).eval(), AvEmotionProcessor(feature_extractor=AvEmotionFeatureExtractor())
+    with caplog.at_level("WARNING", logger="avemotion.data.cache"):
+        cached = cache_features(by_bytes, model, processor, batch_size=3)
+    features = cached["audio_features"]
+    assert features[2] is None and features[0] is not None and features[1] is not None
+    assert "bad: audio file 'bad.m4a'" in caplog.text and "its audio is left out" in caplog.text
+    # the same features as from the files on disk (read by `load_audio`)
+    by_path = datasets.Dataset.from_dict(
+        {"id": rows["id"][:2], "audio": [{"bytes": None, "path": str(p)} for p in files[:2]]},
+        features=datasets.Features({"id": datasets.Value("string"), "audio": datasets.Audio(decode=False)}),
+    )
+    expected = cache_features(by_path, model, processor, batch_size=3)["audio_features"]
+    for got, want in zip(features[:2], expected, strict=True):
+        np.testing.assert_allclose(np.array(got), np.array(want), atol=1e-5)

@@ -177,6 +177,31 @@ def test_input_errors_are_clear():
         model(**make_batch(with_segments=False), labels=torch.zeros(2, 4))
 
 
+def test_segments_without_any_audio_input_raise_but_empty_segments_and_absent_audio_rows_do_not():
+    model = MultiLevelFusionForEmotionRecognition(tiny_config(fusion_members=["audio_word", "text"])).eval()
+    batch = make_batch()
+    text_only = {k: v for k, v in batch.items() if k not in ("input_values", "attention_mask")}
+    # real word segments but no `input_values`/`audio_features`: the audio was forgotten, not a text-only batch
+    with pytest.raises(ValueError, match=r"Segments were given \(word_segments with real entries\) without audio"):
+        model(**text_only)
+    no_mask = {k: v for k, v in text_only.items() if not k.endswith("_mask") or k == "text_attention_mask"}
+    with pytest.raises(ValueError, match="word_segments with real entries"):
+        model(**no_mask)  # no segment mask: every segment is real
+    with torch.no_grad():
+        # segments of a granularity the model does not read (phones here) are not audio-dependent inputs of it
+        unread = {k: v for k, v in text_only.items() if not k.startswith(("word_", "syllable_"))}
+        assert torch.isfinite(model(**unread).logits).all()
+        # all-zero segment masks (the pipeline's rows without an alignment): a text-only batch
+        empty = {**text_only, **{k: torch.zeros_like(v) for k, v in text_only.items() if k.endswith("_segments_mask")}}
+        reference = model(**{k: v for k, v in text_only.items() if "segments" not in k}).logits
+        torch.testing.assert_close(model(**empty).logits, reference)
+        # audio passed but absent on every row (all-zero mask): the segments of rows without audio are not read
+        absent = {**batch, "attention_mask": torch.zeros_like(batch["attention_mask"])}
+        output = model(**absent)
+        torch.testing.assert_close(output.logits, reference)
+        assert not output.head_mask["audio_word"].any()
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="fusion_members must be distinct heads of"):
         tiny_config(fusion_members=["early_phone"], granularities=["frame", "word"])

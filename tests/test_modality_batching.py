@@ -416,9 +416,12 @@ def test_mlfusion_ignores_segments_of_rows_without_audio():
     """Segments locate speech frames: a text-only row's alignment must not make its audio heads look present."""
     model = _mlf_model()
     rows = [_mlf_row("AT", 0), {**_mlf_row("AT", 1), "input_values": None}]  # row 1: text and segments, no audio
+    # alone, the row comes with an absent audio row (all-zero mask), as in the batch; with no audio input at all its
+    # real segments are a forgotten-audio error (tests/test_mlfusion_modeling.py)
+    no_audio = {"input_values": torch.zeros(1, 400), "attention_mask": torch.zeros(1, 400, dtype=torch.long)}
     with torch.no_grad():
         batched = model(**_model_inputs(_collate(rows)))
-        alone = model(**_model_inputs(_collate([rows[1]])))
+        alone = model(**_model_inputs(_collate([rows[1]])), **no_audio)
     for head in ("audio_word", "early_word", "audio_frame"):
         assert batched.head_mask[head].tolist() == [True, False]
     torch.testing.assert_close(batched.logits[1], alone.logits[0], atol=ATOL, rtol=0)

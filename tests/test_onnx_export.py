@@ -304,9 +304,8 @@ def test_fusion_pipeline_through_onnx_runtime(tmp_path):
          "segments": {"word": [[0.0, 0.2], [0.2, 0.45]], "phone": [[0.0, 0.1]]}},
         {"audio": waveform[:6000], "sampling_rate": 16000},
         {"audio": waveform[:7000], "sampling_rate": 16000, "text": "this is sad"},
+        "this is a transcript alone",
     ]  # fmt: skip
-    # (a transcript alone is left out: the PyTorch pipeline passes the all-zero segment rows without audio, which
-    # the PyTorch model refuses)
     expected = torch_pipe(inputs, batch_size=1)
     for batch_size in (1, 3):
         for want, got in zip(expected, onnx_pipe(inputs, batch_size=batch_size), strict=True):

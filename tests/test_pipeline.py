@@ -234,6 +234,30 @@ def test_audio_text_model_uses_the_transcript(tmp_path, media):
     assert _scores(both) != pytest.approx(_scores(audio_only), abs=1e-4)
 
 
+def test_segment_reading_model_takes_a_transcript_alone(tmp_path, media):
+    # the pipeline sends all-zero segment rows (and no audio) for a transcript: a text-only batch, not a
+    # forgotten-audio error of the model
+    trainer = BertWordPieceTokenizer(lowercase=True)
+    trainer.train_from_iterator(["i am so happy today", "this is sad and angry"], vocab_size=60)
+    trainer.save_model(str(tmp_path))
+    tokenizer = BertTokenizerFast(vocab=str(tmp_path / "vocab.txt"))
+    config = tiny_mlfusion_config(fusion_members=["audio_word", "early_word", "text"])
+    model = MultiLevelFusionForEmotionRecognition(config).eval()
+    mlfusion = pipeline("audio-visual-emotion", model=_save(model, tmp_path / "mlf", tokenizer))
+    text_only = mlfusion("i am so happy")
+    assert text_only[0]["modalities"] == ["text"]
+    assert _scores(mlfusion({"text": "i am so happy"})) == pytest.approx(_scores(text_only), abs=1e-6)
+    with_segments = {"audio": media["wav"], "text": "i am so happy", "segments": {"word": [[0.0, 0.3], [0.3, 0.7]]}}
+    both = mlfusion([with_segments, "i am so happy"], batch_size=2)
+    assert both[0][0]["modalities"] == ["audio", "text"]
+    assert _scores(both[1]) == pytest.approx(_scores(text_only), abs=1e-5)
+    # segments without audio: the same error alone and batched with an item that has audio
+    orphan = {"text": "i am so happy", "segments": {"word": [[0.0, 0.3]]}}
+    for call in (lambda: mlfusion(orphan), lambda: mlfusion([with_segments, orphan], batch_size=2)):
+        with pytest.raises(ValueError, match="'segments' are times in the audio, but the input has no audio"):
+            call()
+
+
 def test_trust_remote_code_pipeline_without_import(vavl_dir, media, tmp_path):
     config = json.loads(open(f"{vavl_dir}/config.json").read())
     assert (

@@ -81,6 +81,43 @@ def test_cli_refuses_an_existing_output_dir(tmp_path, capsys):
     assert "already holds a training run (training_log.jsonl)" in capsys.readouterr().err
 
 
+def test_staging_leftovers_of_an_interrupted_run_are_a_previous_run_and_deleted_on_overwrite(tmp_path):
+    out, train = tmp_path / "out", toy_dataset(8, 0)
+    leftovers = [".saving.tmp", ".best_model.tmp", ".best_model.old"]  # save_model's and best_model's staging
+    for name in leftovers:
+        (out / name).mkdir(parents=True)
+        (out / name / "model.safetensors").write_bytes(b"partial")
+    with pytest.raises(ValueError, match=r"already holds a training run \(\.saving\.tmp, \.best_model\.tmp, "):
+        EmotionTrainer(_model(), _args(out), train).train()
+
+    class StopsAfterClaim(EmotionTrainer):
+        def _claim_output_dir(self):
+            super()._claim_output_dir()
+            raise Killed  # look before the run's own saves, which reuse these names
+
+    with pytest.raises(Killed):
+        StopsAfterClaim(_model(), _args(out, overwrite_output_dir=True), train).train()
+    assert sorted(path.name for path in out.iterdir()) == []
+
+
+def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from avemotion.training import trainer as trainer_module
+
+    target = tmp_path / "eval_results.json"
+    target.write_text("old\n")
+    with pytest.raises(UnicodeEncodeError):
+        trainer_module.atomic_write_text(target, "not encodable: \udcff")
+
+    def disk_full(descriptor):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trainer_module.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        trainer_module.atomic_write_text(target, "new\n")
+    assert [path.name for path in tmp_path.iterdir()] == ["eval_results.json"]  # no .eval_results.json.tmp-<pid>
+    assert target.read_text() == "old\n"
+
+
 # ---------------------------------------------------------------------------------------------- item 9: NaN losses
 
 

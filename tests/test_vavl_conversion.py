@@ -323,6 +323,24 @@ def test_normalisation_pickles_of_every_protocol_load(tmp_path, protocol):
     np.testing.assert_allclose(stats["vid_std"], vid_mean + 2, rtol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "stats, message",
+    [
+        ((["a"], 1.0, {}, 2), r"wav_mean must be a number, got list of shape \(1,\) and dtype <U1"),
+        (("0.5", 1.0, [0.0] * 1408, [1.0] * 1408), r"wav_mean must be a number, got str"),
+        ((0.0, [1.0, 2.0], [0.0] * 1408, [1.0] * 1408), r"wav_std must be a number, got list of shape \(2,\)"),
+        ((0.0, 1.0, {}, [1.0] * 1408), r"vid_mean must be 1408 numbers, got dict"),
+        ((0.0, 1.0, [0.0] * 1408, [[1.0], [1.0, 2.0]]), r"vid_std must be 1408 numbers, got list"),
+    ],
+)
+def test_normalisation_pickle_of_the_wrong_content_names_the_file(tmp_path, stats, message):
+    # builtins only (protocol 4): the restricted unpickler loads it, the content check must refuse it cleanly
+    with open(tmp_path / "train_norm_stat.pkl", "wb") as handle:
+        pickle.dump(stats, handle, protocol=4)
+    with pytest.raises(ConversionError, match=rf"^train_norm_stat.pkl: {message}"):
+        load_normalization_stats(tmp_path / "train_norm_stat.pkl")
+
+
 def test_cli_reports_errors_without_traceback(tmp_path, capsys):
     assert (
         cli_main(

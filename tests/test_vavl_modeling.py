@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForAudioClassification,
 from vavl_testing import AUDIO_DIM, VISUAL_DIM, tiny_efficientnet_config, tiny_vavl_config, tiny_wav2vec2_config
 
 from avemotion import AutoModelForEmotionRecognition, VavlConfig, VavlForEmotionRecognition, VavlModel
+from avemotion.models.conformer import ConformerConvolutionModule
 from avemotion.training.losses import concordance_correlation_coefficient
 
 
@@ -217,6 +218,44 @@ def test_gradients_reach_shared_layers_from_each_modality():
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in shared if p.requires_grad)
         assert own.projection.weight.grad.abs().sum() > 0
         assert other.projection.weight.grad is None
+
+
+def test_training_on_a_single_one_frame_clip_works():
+    """BatchNorm over real frames in training: one real frame in the batch (a short clip alone, or the only row with
+    that modality) has no variance; it is normalised with the running statistics instead of raising."""
+    torch.manual_seed(0)
+    model = make_model(conformer_dropout=0.0, head_dropout=0.0).train()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    before = [(m.running_mean.clone(), m.running_var.clone(), int(m.num_batches_tracked)) for m in norms]
+    cases = [
+        ({"audio_features": torch.randn(1, 1, AUDIO_DIM)}, [1]),  # one row, one frame, no mask
+        ({"visual_features": torch.randn(1, 1, VISUAL_DIM), "visual_features_mask": torch.ones(1, 1)}, [2]),
+    ]
+    # padded: row 0 has one audio frame, row 1 no audio (the audio encoder sees one real position)
+    audio, audio_mask = padded_batch([1, 0], AUDIO_DIM)
+    video, video_mask = padded_batch([0, 3], VISUAL_DIM, seed=1)
+    cases.append(({"audio_features": audio, "audio_features_mask": audio_mask, "visual_features": video,
+                   "visual_features_mask": video_mask}, [0, 1]))  # fmt: skip
+    for index, (inputs, labels) in enumerate(cases):
+        model.zero_grad(set_to_none=True)
+        output = model(**inputs, labels=torch.tensor(labels))
+        output.loss.backward()
+        assert torch.isfinite(output.loss)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+        if index == 1:  # one frame everywhere so far: the running statistics were used, not updated
+            for norm, (mean, var, count) in zip(norms, before, strict=True):
+                assert torch.equal(norm.running_mean, mean) and torch.equal(norm.running_var, var)
+                assert int(norm.num_batches_tracked) == count
+    # the one-frame clip does not depend on the padding of the batch around it (padded steps come out as zeros)
+    conv = ConformerConvolutionModule(8, kernel_size=3, dropout=0.0).train()
+    conv.batch_norm.running_mean.uniform_(-1, 1)
+    clip = torch.randn(1, 1, 8)
+    padded = torch.cat([clip, torch.randn(1, 2, 8)], dim=1)
+    alone = conv(clip)
+    with_padding = conv(padded, torch.tensor([[True, False, False]]))
+    torch.testing.assert_close(with_padding[:, :1], alone)
+    assert bool(torch.isfinite(alone).all()) and not bool((alone == alone[..., :1]).all())  # not a constant
 
 
 def test_regression_head_and_ccc_loss():

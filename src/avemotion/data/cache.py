@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from avemotion.processing.faces import NoFaceFoundError
-from avemotion.processing.media import load_audio, resample
+from avemotion.processing.media import load_audio
 
 logger = logging.getLogger(__name__)
 
@@ -25,12 +25,7 @@ def _audio_array(value: Any, sampling_rate: int) -> np.ndarray:
     if isinstance(value, dict) and value.get("path") and not value.get("bytes"):
         return load_audio(value["path"], sampling_rate)
     if isinstance(value, dict) and value.get("bytes"):
-        import io
-
-        import soundfile
-
-        samples, rate = soundfile.read(io.BytesIO(value["bytes"]), dtype="float32", always_2d=True)
-        return resample(np.ascontiguousarray(samples.mean(axis=1)), rate, sampling_rate)
+        return _load_audio_bytes(value["bytes"], value.get("path"), sampling_rate)
     if hasattr(value, "get_all_samples"):  # torchcodec AudioDecoder (datasets 5)
         samples = value.get_all_samples()
         waveform, rate = samples.data.mean(0).numpy(), samples.sample_rate
@@ -41,6 +36,21 @@ def _audio_array(value: Any, sampling_rate: int) -> np.ndarray:
 
         waveform = soxr.resample(waveform, rate, sampling_rate)
     return np.asarray(waveform, dtype=np.float32)
+
+
+def _load_audio_bytes(data: bytes, path: str | None, sampling_rate: int) -> np.ndarray:
+    """Audio bytes of an undecoded `datasets` Audio value, read by `load_audio` like a file on disk (any container
+    it reads, mono mixing, truncation checks): written to a temporary file with the original suffix, errors are
+    `ValueError`s naming the original `path` (which `_extract_reporting_bad_files` reports per row)."""
+    import tempfile
+
+    name = f"audio file {path!r}" if path else "audio bytes"
+    with tempfile.TemporaryDirectory(prefix="avemotion-audio-") as directory:
+        # the original file name: its suffix picks the reader, and decoder messages quoting the file stay readable
+        base = Path(path).name if path else ""
+        temporary = Path(directory) / (base if base not in ("", ".", "..") else "audio")
+        temporary.write_bytes(data)
+        return load_audio(temporary, sampling_rate, name=name)
 
 
 def _hash_json(value: Any) -> str:

@@ -206,12 +206,35 @@ class ConformerConvolutionModule(nn.Module):
         padded (and on rows of other lengths). Padded steps come out as zeros. Evaluation with running statistics
         is per position and needs no mask."""
         batch_stats = self.batch_norm.training or not self.batch_norm.track_running_stats
-        if padding_mask is None or not batch_stats or bool(padding_mask.all()):
+        if not batch_stats:
+            return self.batch_norm(hidden_states)
+        real = int(padding_mask.sum()) if padding_mask is not None else hidden_states.shape[0] * hidden_states.shape[2]
+        if real >= 2 and (padding_mask is None or bool(padding_mask.all())):
             return self.batch_norm(hidden_states)
         channels_last = hidden_states.transpose(1, 2)  # (B, L, C)
-        normalized = self.batch_norm(channels_last[padding_mask])  # (N_real, C): statistics over real steps
+        if padding_mask is None:
+            padding_mask = torch.ones(channels_last.shape[:2], dtype=torch.bool, device=channels_last.device)
+        values = channels_last[padding_mask]  # (N_real, C)
+        # statistics over real steps; fewer than 2 (one short clip alone, e.g. a video with a face in one frame) give
+        # no variance, and torch refuses them in training
+        normalized = self.batch_norm(values) if real >= 2 else self._normalize_few(values)
         output = channels_last.new_zeros(channels_last.shape).masked_scatter(padding_mask.unsqueeze(-1), normalized)
         return output.transpose(1, 2)
+
+    def _normalize_few(self, values: torch.Tensor) -> torch.Tensor:
+        """BatchNorm of fewer than 2 real steps (N, C) in training. One value has no variance: its own "batch
+        statistics" (mean = the value, variance 0) would turn every such clip into the constant bias, unlike the
+        same clip in a batch, which is normalised with statistics near the population's. The running statistics
+        are the best estimate of those: they normalise it here (as in evaluation), and they are not updated (one
+        value carries no variance to update them with). Without running statistics the batch formula is kept
+        (centred value 0: the bias). The padded layout never enters, so the clip does not depend on padding."""
+        norm = self.batch_norm
+        if norm.running_mean is not None:
+            return nn.functional.batch_norm(
+                values, norm.running_mean, norm.running_var, norm.weight, norm.bias, training=False, eps=norm.eps
+            )
+        output = values - values.mean(dim=0, keepdim=True) if values.shape[0] else values  # zeros, graph kept
+        return output * norm.weight + norm.bias if norm.affine else output
 
 
 class ConformerBlock(GradientCheckpointingLayer):

@@ -219,6 +219,9 @@ def _normalize_dict(inputs: Any, index: int, sampling_rate: int | None) -> Emoti
     unknown = set(item.segments) - set(_GRANULARITIES)
     if unknown:
         raise ValueError(f"{item.name}: unknown segment granularities {sorted(unknown)}; expected {_GRANULARITIES}")
+    if any(item.segments.values()) and item.audio is None and item.video is None and item.audio_features is None:
+        # the same error whether the item is alone or batched with items that have audio
+        raise ValueError(f"{item.name}: 'segments' are times in the audio, but the input has no audio")
     if item.audio is None and item.video is None and item.text is None and not item.has_features:
         raise ValueError(f"{item.name}: the dict holds none of 'audio', 'video' or 'text'")
     return item

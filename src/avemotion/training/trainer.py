@@ -42,9 +42,13 @@ BEST_DIR = "best_model"
 CHECKPOINTS_DIR = "checkpoints"
 ARGS_FILE = "training_args.json"
 TEST_RESULTS_FILE = "test_results.json"
+SAVING_DIR = ".saving.tmp"  # save_model's staging folder inside the directory it saves to
+# the staging folders of an interrupted save: save_model's, and best_model's (written aside, then swapped in by
+# replace_directory, which renames the previous one to .best_model.old meanwhile)
+STAGING_DIRS = (SAVING_DIR, f".{BEST_DIR}.tmp", f".{BEST_DIR}.old")
 # what a previous run leaves in output_dir (refused without overwrite_output_dir; deleted with it)
 RUN_ARTIFACTS = (CHECKPOINTS_DIR, BEST_DIR, LOG_FILE, RESULTS_FILE, TEST_RESULTS_FILE, ARGS_FILE, "config.json",
-                 "model.safetensors", "model.safetensors.index.json")  # fmt: skip
+                 "model.safetensors", "model.safetensors.index.json", *STAGING_DIRS)  # fmt: skip
 WEIGHT_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin")
 
 
@@ -56,11 +60,16 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Write `path` through a temporary file in the same directory and `os.replace` (never a truncated file)."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:  # a failed write (disk full, unencodable text, interrupt) leaves no temporary file
+        with contextlib.suppress(OSError):  # the write's own error is the one to report
+            temporary.unlink()
+        raise
 
 
 def replace_directory(source: Path, target: Path) -> None:
@@ -585,8 +594,8 @@ class EmotionTrainer:
         return losses
 
     def _skip_step(self, step: TrainingStep, rows: torch.Tensor | None, running: list[torch.Tensor]) -> None:
-        """A non-finite loss: drop the step's gradients (its whole accumulated update) and restore the running
-        statistics its forward changed; `_count_nonfinite` counts the batch and stops when it keeps happening."""
+        """A non-finite loss: drop the step's gradients accumulated so far (later batches of an accumulation window
+        still add theirs; the schedule advances) and restore the running statistics its forward changed; `_count_nonfinite` counts the batch and stops when it keeps happening."""
         for _, parameter in self._named:
             parameter.grad = None
         for buffer, saved in zip(self._running_buffers, running):
@@ -794,7 +803,7 @@ class EmotionTrainer:
         if acc.is_main_process:
             directory = Path(directory)
             directory.mkdir(parents=True, exist_ok=True)
-            staging = directory / ".saving.tmp"
+            staging = directory / SAVING_DIR
             shutil.rmtree(staging, ignore_errors=True)
             self._write_model_dir(staging, state_dict, metrics)
             written = {path.name for path in staging.iterdir()}

@@ -320,6 +320,15 @@ def _select_layer(
     return hidden_states[layer]
 
 
+def _has_real_segments(segments: torch.Tensor | None, segments_mask: torch.Tensor | None) -> bool:
+    """Whether segment inputs hold any real segment (a missing mask means every segment is real)."""
+    if segments is None:
+        return False
+    if segments_mask is None:
+        return segments.dim() >= 2 and segments.shape[0] * segments.shape[1] > 0
+    return bool(segments_mask.bool().any())
+
+
 def _run_present_rows(
     encode, inputs: torch.Tensor, mask: torch.Tensor, per_row: bool, length: int | None, pass_index: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -606,7 +615,8 @@ class MultiLevelFusionModel(MultiLevelFusionPreTrainedModel):
                 seconds of each segment, from the start of the audio. Not given = no alignment for any row.
             {phone,syllable,word}_segments_mask (`torch.Tensor` of shape `(batch_size, segments)`): 1 on real segments;
                 an all-zero row = no alignment for that utterance (documented fall-back). The segments of a row
-                without audio are not read (they locate speech frames; its audio heads are absent anyway).
+                without audio are not read (they locate speech frames; its audio heads are absent anyway); real
+                segments with no audio input at all (neither `input_values` nor `audio_features`) raise.
             audio_features (`torch.FloatTensor`): cached speech-encoder output instead of `input_values`:
                 `(batch_size, frames, audio_hidden_size)` of the configured layer, or
                 `(batch_size, layers + 1, frames, audio_hidden_size)` (all hidden states) for `"weighted_sum"`.
@@ -624,6 +634,27 @@ class MultiLevelFusionModel(MultiLevelFusionPreTrainedModel):
             raise ValueError("Pass either `input_values` or `audio_features`, not both.")
         if input_ids is not None and text_features is not None:
             raise ValueError("Pass either `input_ids` or `text_features`, not both.")
+        if input_values is None and audio_features is None:
+            # Segments locate speech frames. Real segments with no audio input at all are a caller's mistake (the
+            # audio was forgotten), not a text-only batch: fail instead of silently predicting from text alone.
+            # Silent: all-zero segment masks (what the pipeline and the collator send for rows without an
+            # alignment), and audio that was passed with all-zero masks (rows without audio; their segments are
+            # not read, see below).
+            segment_inputs = {
+                "phone": (phone_segments, phone_segments_mask),
+                "syllable": (syllable_segments, syllable_segments_mask),
+                "word": (word_segments, word_segments_mask),
+            }
+            with_segments = [
+                f"{granularity}_segments"
+                for granularity, (segments, segments_mask) in segment_inputs.items()
+                if granularity in config.member_granularities and _has_real_segments(segments, segments_mask)
+            ]
+            if with_segments:
+                raise ValueError(
+                    f"Segments were given ({', '.join(with_segments)} with real entries) without audio: pass "
+                    "`input_values` or `audio_features` with them, or all-zero segment masks for rows without audio."
+                )
 
         # Speech frames
         # a modality that no row has (all-zero masks) is absent for the batch: its encoder does not run

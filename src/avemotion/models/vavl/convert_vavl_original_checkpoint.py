@@ -228,9 +228,28 @@ def load_normalization_stats(path: str | Path, visual_feature_dim: int = 1408) -
         raise ConversionError(str(error)) from error
     if not isinstance(stats, (tuple, list)) or len(stats) != 4:
         raise ConversionError(f"{path.name}: expected a tuple (wav_mean, wav_std, vid_mean, vid_std)")
-    wav_mean, wav_std = float(np.asarray(stats[0])), float(np.asarray(stats[1]))
-    vid_mean = np.asarray(stats[2], dtype=np.float32).reshape(-1)
-    vid_std = np.asarray(stats[3], dtype=np.float32).reshape(-1)
+
+    def numeric(value: Any, what: str, expected: str) -> np.ndarray:
+        # a list of strings, a dict, a ragged list: ConversionErrors naming the file and the expected content,
+        # not the TypeError/ValueError of float() or np.asarray
+        try:
+            array = np.asarray(value)
+        except (TypeError, ValueError) as error:
+            raise ConversionError(
+                f"{path.name}: {what} must be {expected}, got {type(value).__name__} ({error})"
+            ) from error
+        if array.dtype.kind not in "iuf" or (expected == "a number" and array.size != 1):
+            raise ConversionError(
+                f"{path.name}: {what} must be {expected}, got {type(value).__name__} of shape {array.shape} and "
+                f"dtype {array.dtype}"
+            )
+        return array
+
+    vector = f"{visual_feature_dim} numbers"
+    wav_mean = float(numeric(stats[0], "wav_mean", "a number").reshape(()))
+    wav_std = float(numeric(stats[1], "wav_std", "a number").reshape(()))
+    vid_mean = numeric(stats[2], "vid_mean", vector).astype(np.float32).reshape(-1)
+    vid_std = numeric(stats[3], "vid_std", vector).astype(np.float32).reshape(-1)
     if vid_mean.shape != (visual_feature_dim,) or vid_std.shape != (visual_feature_dim,):
         raise ConversionError(
             f"{path.name}: vid_mean/vid_std must have {visual_feature_dim} values, got {vid_mean.shape}, {vid_std.shape}"
