@@ -14,15 +14,13 @@ from media_testing import face_frames, tone, write_video
 from mlfusion_testing import tiny_bert_config
 from mlfusion_testing import tiny_config as tiny_mlfusion_config
 from mlfusion_testing import tiny_wav2vec2_config as tiny_mlfusion_wav2vec2_config
+from test_pipeline import _save
 from tokenizers import BertWordPieceTokenizer
 from torch import nn
 from transformers import BertTokenizerFast, pipeline
 from vavl_testing import AUDIO_DIM, VISUAL_DIM, tiny_efficientnet_config, tiny_vavl_config, tiny_wav2vec2_config
 
 from avemotion import (
-    AvEmotionFeatureExtractor,
-    AvEmotionImageProcessor,
-    AvEmotionProcessor,
     MultiLevelFusionForEmotionRecognition,
     VavlForEmotionRecognition,
 )
@@ -337,17 +335,6 @@ def test_mlfusion_joint_loss_gradients_equal_the_covered_rows_own():
 # ------------------------------------------------------------------------------------------------------ pipeline
 
 RATE, FPS = 16000, 10
-
-
-def _save(model, directory, tokenizer=None) -> str:
-    processor = AvEmotionProcessor(
-        AvEmotionFeatureExtractor(sampling_rate=RATE, normalization="utterance"),
-        AvEmotionImageProcessor(size={"height": 48, "width": 48}),
-        tokenizer,
-    )
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return str(directory)
 
 
 @pytest.fixture(scope="module")
