@@ -5,7 +5,7 @@ import json
 import datasets
 import pytest
 import torch
-from training_testing import toy_dataset
+from training_testing import Killed, KilledTrainer, toy_dataset
 from vavl_testing import tiny_vavl_config
 
 from avemotion import VavlForEmotionRecognition
@@ -97,15 +97,6 @@ def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path):
     reference_model = VavlForEmotionRecognition(tiny_vavl_config())
     reference = EmotionTrainer(reference_model, _args(tmp_path / "a", **options), train, evaluation)
     reference_report = reference.train()
-
-    class Killed(RuntimeError):
-        pass
-
-    class KilledTrainer(EmotionTrainer):
-        def _training_batch(self, batch, boundary):
-            if self.state["global_step"] == 5:
-                raise Killed
-            return super()._training_batch(batch, boundary)
 
     torch.manual_seed(1)
     killed = KilledTrainer(VavlForEmotionRecognition(tiny_vavl_config()), _args(tmp_path / "b", **options), train,

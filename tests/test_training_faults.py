@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from training_testing import toy_dataset
+from training_testing import Killed, KilledTrainer, toy_dataset
 from vavl_testing import tiny_efficientnet_config, tiny_vavl_config, tiny_wav2vec2_config
 
 from avemotion import AvEmotionFeatureExtractor, AvEmotionImageProcessor, AvEmotionProcessor, VavlForEmotionRecognition
@@ -174,17 +174,6 @@ def test_a_diverging_learning_rate_stops_training(tmp_path):
 # ---------------------------------------------------------------------------------------------- item 10: checkpoints
 
 RESUME_OPTIONS = dict(save_strategy="steps", save_steps=2, save_total_limit=None, per_device_train_batch_size=2)
-
-
-class Killed(RuntimeError):
-    pass
-
-
-class KilledTrainer(EmotionTrainer):
-    def _training_batch(self, batch, boundary):
-        if self.state["global_step"] == 5:
-            raise Killed
-        return super()._training_batch(batch, boundary)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,8 @@ import datasets
 import numpy as np
 from vavl_testing import AUDIO_DIM, VISUAL_DIM
 
+from avemotion.training import EmotionTrainer
+
 
 def toy_dataset(n: int, seed: int, unpaired: float = 0.0, strength: float = 2.0) -> datasets.Dataset:
     """Rows of `audio_features` (T, AUDIO_DIM) and `visual_features` (T, VISUAL_DIM) whose dimension `label` is
@@ -28,3 +30,16 @@ def toy_dataset(n: int, seed: int, unpaired: float = 0.0, strength: float = 2.0)
         }
     )
     return datasets.Dataset.from_dict(rows, features=features)
+
+
+class Killed(RuntimeError):
+    """Raised by `KilledTrainer` to simulate a run killed mid-epoch."""
+
+
+class KilledTrainer(EmotionTrainer):
+    """Stops after update 5, like a process killed mid-epoch (for resume tests)."""
+
+    def _training_batch(self, batch, boundary):
+        if self.state["global_step"] == 5:
+            raise Killed
+        return super()._training_batch(batch, boundary)
