@@ -153,6 +153,52 @@ def load_audio(source: PathLike, sampling_rate: int = 16000, name: str | None = 
     return check_waveform(np.concatenate(list(iter_audio_blocks(source, sampling_rate, name=name))), name, False)
 
 
+
+def decode_audio_value(value: Any, sampling_rate: int, name: str = "audio") -> np.ndarray:
+    """One audio value as the package meets it -> a checked mono float32 waveform at `sampling_rate`.
+
+    Accepted: a path; an undecoded `datasets` Audio value `{"path", "bytes"}` (read by `load_audio`, as the corpus
+    scan probed it); a decoded one (a torchcodec `AudioDecoder`, channels averaged); a `{"array", "sampling_rate"}`
+    dict (array: a mono `(samples,)` list, NumPy array or tensor, see `check_waveform`). The one place
+    that does this conversion: the processor, collators, the feature cache, the synthetic corpus and the pipeline
+    call it.
+    """
+    if is_path(value):
+        return load_audio(value, sampling_rate, name=name)
+    if isinstance(value, dict) and value.get("bytes"):
+        return _load_audio_bytes(value["bytes"], value.get("path"), sampling_rate)
+    if isinstance(value, dict) and value.get("path") and value.get("array") is None:
+        return load_audio(value["path"], sampling_rate, name=name)
+    if hasattr(value, "get_all_samples"):  # torchcodec AudioDecoder (datasets >= 4)
+        samples = value.get_all_samples()
+        waveform, rate = samples.data.float().mean(0).numpy(), samples.sample_rate
+    else:
+        try:
+            waveform, rate = value["array"], value["sampling_rate"]
+        except (KeyError, TypeError, IndexError):
+            keys = sorted(value) if isinstance(value, dict) else type(value).__name__
+            raise ValueError(
+                f"{name}: expected a path, a datasets Audio value or an {{'array', 'sampling_rate'}} dict, got {keys}"
+            ) from None
+    waveform = check_waveform(waveform, name)
+    return resample(waveform, check_sampling_rate(rate, name), sampling_rate)
+
+
+def _load_audio_bytes(data: bytes, path: str | None, sampling_rate: int) -> np.ndarray:
+    """Audio bytes of an undecoded `datasets` Audio value, read by `load_audio` like a file on disk (any container
+    it reads, mono mixing, truncation checks): written to a temporary file with the original suffix; errors are
+    `ValueError`s naming the original `path`."""
+    import tempfile
+
+    name = f"audio file {path!r}" if path else "audio bytes"
+    with tempfile.TemporaryDirectory(prefix="avemotion-audio-") as directory:
+        # the original file name: its suffix picks the reader, and decoder messages quoting the file stay readable
+        base = Path(path).name if path else ""
+        temporary = Path(directory) / (base if base not in ("", ".", "..") else "audio")
+        temporary.write_bytes(data)
+        return load_audio(temporary, sampling_rate, name=name)
+
+
 @dataclass
 class VideoClip:
     """Decoded RGB frames.
