@@ -239,3 +239,19 @@ def test_avi_with_dropped_frames_is_not_called_truncated(tmp_path):
     clip = load_video(path)
     assert len(clip.frames) == 6
     np.testing.assert_allclose(clip.timestamps, [0.0, 0.1, 0.4, 0.5, 0.8, 0.9], atol=1e-6)
+
+
+def test_haar_on_an_opencv_without_cascades_is_a_clear_error(monkeypatch):
+    """OpenCV 5 has no `cv2.CascadeClassifier`: the Haar detector names the version and the alternatives instead of
+    failing with an AttributeError."""
+    import cv2
+
+    monkeypatch.delattr(cv2, "CascadeClassifier")
+    monkeypatch.setattr(cv2, "__version__", "5.0.0")
+    with pytest.raises(ValueError, match=r"OpenCV 5\.0\.0 does not have.*opencv-python-headless<5.*FaceDetector"):
+        HaarCascadeFaceDetector()
+
+
+def test_haar_with_a_missing_cascade_file_names_it(tmp_path):
+    with pytest.raises(ValueError, match=r"Cannot load the Haar cascade .*nothing\.xml"):
+        HaarCascadeFaceDetector(cascade=str(tmp_path / "nothing.xml"))

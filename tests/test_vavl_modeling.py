@@ -1,18 +1,16 @@
-"""VAVL model behaviour on tiny configs: shapes, modality routing, masks, losses, saving, Auto classes, errors."""
-
-import subprocess
-import sys
-import textwrap
+"""VAVL model behaviour on tiny configs: shapes, modality routing, masks, losses, the declaration (input spec,
+training steps, fusion step loss), errors. Saving, the Auto classes and remote code: tests/test_model_common.py."""
 
 import numpy as np
 import pytest
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForAudioClassification, EfficientNetModel, Wav2Vec2Model
+from transformers import EfficientNetModel, Wav2Vec2Model
 from vavl_testing import AUDIO_DIM, VISUAL_DIM, tiny_efficientnet_config, tiny_vavl_config, tiny_wav2vec2_config
 
-from avemotion import AutoModelForEmotionRecognition, VavlConfig, VavlForEmotionRecognition, VavlModel
-from avemotion.models.conformer import ConformerConvolutionModule
-from avemotion.training.losses import concordance_correlation_coefficient
+from avemotion import VavlConfig, VavlForEmotionRecognition, VavlModel
+from avemotion.models.vavl.conformer import ConformerConvolutionModule
+from avemotion.models.vavl.modeling_vavl import feature_frames_mask
+from avemotion.utils.losses import concordance_correlation_coefficient
 
 
 def make_model(**overrides) -> VavlForEmotionRecognition:
@@ -292,48 +290,6 @@ def test_concordance_correlation_coefficient_values():
     assert concordance_correlation_coefficient(torch.ones(4), x).item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_save_load_round_trip_and_auto_classes(tmp_path):
-    model = make_model()
-    model.save_pretrained(tmp_path)
-    assert (tmp_path / "model.safetensors").is_file()
-    audio, video = torch.randn(2, 5, AUDIO_DIM), torch.randn(2, 4, VISUAL_DIM)
-    with torch.no_grad():
-        expected = model(audio_features=audio, visual_features=video)
-        for loader in (VavlForEmotionRecognition, AutoModelForEmotionRecognition, AutoModelForAudioClassification):
-            loaded = loader.from_pretrained(tmp_path).eval()
-            assert type(loaded) is VavlForEmotionRecognition
-            out = loaded(audio_features=audio, visual_features=video)
-            torch.testing.assert_close(out.logits, expected.logits, atol=0, rtol=0)
-        base = AutoModel.from_pretrained(tmp_path).eval()
-        assert type(base) is VavlModel
-        torch.testing.assert_close(base(audio_features=audio).audio_pooled_output, expected.audio_pooled_output)
-    config = AutoConfig.from_pretrained(tmp_path)
-    assert isinstance(config, VavlConfig) and config.label2id == {"angry": 0, "happy": 1, "neutral": 2}
-    assert config.auto_map["AutoModel"].endswith("VavlModel")
-
-
-def test_trust_remote_code_loading_without_import(tmp_path):
-    model = make_model()
-    model.save_pretrained(tmp_path)
-    audio = torch.randn(1, 5, AUDIO_DIM)
-    with torch.no_grad():
-        expected = model(audio_features=audio).logits
-    torch.save(audio, tmp_path / "audio.pt")
-    script = textwrap.dedent(f"""
-        import sys, torch
-        from transformers import AutoModelForAudioClassification
-        model = AutoModelForAudioClassification.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()
-        assert "avemotion" not in type(model).__module__.split(".")[0], type(model).__module__
-        with torch.no_grad():
-            logits = model(audio_features=torch.load({str(tmp_path / "audio.pt")!r})).logits
-        print(" ".join(f"{{v:.6f}}" for v in logits[0].tolist()))
-    """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    values = [float(v) for v in result.stdout.split()]
-    np.testing.assert_allclose(values, expected[0].numpy(), atol=1e-5)
-
-
 def test_audio_backbone_from_waveforms_is_batch_independent():
     model = make_model(audio_backbone_config=tiny_wav2vec2_config())
     waves = torch.randn(2, 1600)
@@ -445,3 +401,148 @@ def test_model_card_template_documents_real_config_fields():
     assert {"legacy_batch_axis_attention", "position_encoding"} <= set(documented)
     config = tiny_vavl_config()
     assert all(hasattr(config, field) for field in documented)
+
+
+# The parameter names each step of VAVL's schedule updated when the trainer listed them as prefixes (before the
+# model declared its steps as modules): the modules must cover exactly these.
+PREFIX_STEPS = {
+    "visual": (
+        "vavl.visual_backbone.", "vavl.visual_encoder.", "vavl.shared_encoder.", "visual_head.",
+        "visual_reconstruction_head.",
+    ),
+    "acoustic": (
+        "vavl.audio_backbone.", "vavl.audio_encoder.", "vavl.shared_encoder.", "audio_head.",
+        "audio_reconstruction_head.",
+    ),
+    "fusion": ("fusion_head.",),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("backbones", [False, True])
+def test_training_steps_own_the_parameters_the_prefix_schedule_owned(backbones):
+    extra = {}
+    if backbones:
+        extra = dict(
+            audio_backbone_config=tiny_wav2vec2_config(),
+            visual_backbone_config=tiny_efficientnet_config(),
+            visual_feature_dim=128,
+        )
+    model = make_model(**extra)
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    steps = model.training_steps()
+    assert [step["name"] for step in steps] == ["visual", "acoustic", "fusion"]
+    assert [step["rows"] for step in steps] == [("video",), ("audio",), ("audio", "video")]
+    assert steps[0]["loss"] == "visual_loss" and steps[1]["loss"] == "audio_loss"
+    assert steps[2]["loss"] == model.fusion_step_loss
+    for step in steps:
+        assert all(isinstance(m, torch.nn.Module) for m in step["modules"] if m is not None)
+        owned = {names[id(p)] for module in step["modules"] if module is not None for p in module.parameters()}
+        expected = {name for name in names.values() if name.startswith(PREFIX_STEPS[step["name"]])}
+        assert owned == expected, step["name"]
+    # without backbones their entries are None (skipped), with them they are the backbone modules
+    backbone_entries = (steps[0]["modules"][0], steps[1]["modules"][0])
+    if backbones:
+        assert backbone_entries == (model.vavl.visual_backbone, model.vavl.audio_backbone)
+    else:
+        assert backbone_entries == (None, None)
+
+
+def _old_fusion_loss(model, labels, **inputs):
+    """The trainer's fusion step as it was (training/trainer.py::_fusion_loss, without accelerate)."""
+    model.vavl.eval()
+    with torch.no_grad():
+        encoded = model.vavl(**inputs)
+    model.vavl.train()
+    pooled = torch.cat([encoded.audio_pooled_output, encoded.visual_pooled_output], dim=-1).detach()
+    return model.task_loss(model.fusion_head(pooled), labels)
+
+
+@pytest.mark.parametrize("problem", ["classification", "regression"])
+def test_fusion_step_loss_equals_the_trainer_fusion_step(problem):
+    extra = {"problem_type": "regression", "label_scale": [1.0, 5.0]} if problem == "regression" else {}
+    model = make_model(audio_backbone_config=tiny_wav2vec2_config(), **extra).train()
+    waves = torch.randn(3, 1600)
+    attention_mask = torch.ones(3, 1600, dtype=torch.long)
+    attention_mask[1, 1200:] = 0
+    video, video_mask = padded_batch([4, 2, 3], VISUAL_DIM, seed=1)
+    inputs = dict(
+        input_values=waves, attention_mask=attention_mask, visual_features=video, visual_features_mask=video_mask
+    )
+    labels = torch.rand(3, 3) if problem == "regression" else torch.tensor([0, 2, 1])
+
+    torch.manual_seed(7)  # the fusion head runs in train mode (dropout): the same random state for both
+    expected = _old_fusion_loss(model, labels, **inputs)
+    expected.backward()
+    expected_grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+
+    torch.manual_seed(7)
+    loss = model.fusion_step_loss(labels=labels, **inputs)
+    loss.backward()
+    torch.testing.assert_close(loss, expected, rtol=0, atol=0)
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert set(grads) == set(expected_grads) and all(name.startswith("fusion_head.") for name in grads)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[name], rtol=0, atol=0)
+    # the encoders are back in train mode (a frozen backbone stays in eval mode); an eval-mode model stays in eval mode
+    assert model.vavl.training and model.vavl.shared_encoder.training and not model.vavl.audio_backbone.training
+    model.eval()
+    model.fusion_step_loss(labels=labels, **inputs)
+    assert not any(module.training for module in model.modules())
+
+
+def test_fusion_step_loss_edge_cases():
+    model = make_model().train()
+    empty = model.fusion_step_loss(
+        labels=torch.zeros(0, dtype=torch.long), audio_features=torch.zeros(0, 2, AUDIO_DIM)
+    )
+    empty.backward()
+    assert empty.item() == 0.0
+    assert all(p.grad is not None and not p.grad.any() for p in model.fusion_head.parameters())
+    with pytest.raises(ValueError, match="needs audio and video"):
+        model.fusion_step_loss(labels=torch.tensor([0]), audio_features=torch.randn(1, 3, AUDIO_DIM))
+
+
+def test_input_spec_follows_the_config():
+    spec = make_model(sampling_rate=8000, window_seconds=6.0).input_spec()
+    assert spec["modalities"]["audio"] == {
+        "inputs": ("input_values", "attention_mask"),
+        "features": ("audio_features", "audio_features_mask"),
+        "feature_dim": AUDIO_DIM,
+        "sampling_rate": 8000,
+    }
+    assert spec["modalities"]["video"] == {
+        "inputs": ("pixel_values_videos", "visual_features_mask"),
+        "features": ("visual_features", "visual_features_mask"),
+        "feature_dim": VISUAL_DIM,
+    }
+    assert spec["segments"] == {} and spec["window_seconds"] == 6.0
+    paper = VavlForEmotionRecognition(
+        VavlConfig.from_preset("crema-d", audio_backbone_config=None, visual_backbone_config=None)
+    )
+    dims = {name: entry["feature_dim"] for name, entry in paper.input_spec()["modalities"].items()}
+    assert dims == {"audio": 1024, "video": 1408}
+    assert make_model().evaluation_branches() == ["logits", "fusion_logits", "audio_logits", "visual_logits"]
+
+
+@pytest.mark.parametrize("adapter", [False, True])
+def test_audio_frame_masks_match_the_frames_the_backbone_makes(adapter):
+    """The frame mask of a padded batch (computed from the backbone config's convolution geometry, no private API)
+    marks as many frames as each waveform gives alone."""
+    extra = (
+        dict(add_adapter=True, num_adapter_layers=2, adapter_stride=2, output_hidden_size=AUDIO_DIM) if adapter else {}
+    )
+    backbone = Wav2Vec2Model(tiny_wav2vec2_config(**extra)).eval()
+    lengths = [1600, 1599, 1000, 421, 46, 45, 44, 20]  # receptive field: 10 + 7 * 5 = 45
+    mask = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for row, length in enumerate(lengths):
+        mask[row, :length] = 1
+    with torch.no_grad():
+        frames = backbone(torch.randn(1, max(lengths)), attention_mask=mask[:1]).last_hidden_state.shape[1]
+        alone = [backbone(torch.randn(1, n)).last_hidden_state.shape[1] if n >= 45 else 0 for n in lengths]
+    computed = feature_frames_mask(backbone.config, frames, mask)
+    assert computed.shape == (len(lengths), frames) and computed.dtype == torch.bool
+    assert computed.sum(dim=1).tolist() == alone
+    assert all(bool(row[: int(row.sum())].all()) for row in computed)  # real frames first, then padding
+    # a row with fewer samples than one frame has no frame (wav2vec2's own formula would mark nearly all)
+    assert not feature_frames_mask(backbone.config, frames, torch.ones(1, 5)).any()

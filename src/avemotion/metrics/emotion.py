@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from avemotion.training.losses import concordance_correlation_coefficient
+from avemotion.utils.losses import concordance_correlation_coefficient
 
 # Output branches of the models and the names used in metric reports.
 BRANCH_NAMES = {

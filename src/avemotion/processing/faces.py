@@ -54,12 +54,21 @@ class HaarCascadeFaceDetector:
         min_face_fraction: float = 0.08,
         cascade: str = "haarcascade_frontalface_default.xml",
     ):
+        if not hasattr(cv2, "CascadeClassifier"):  # OpenCV 5 moved the cascades out of the main package
+            raise ValueError(
+                f"face_detector='haar' needs cv2.CascadeClassifier, which OpenCV {cv2.__version__} does not have "
+                "(OpenCV 5 moved the cascades out of opencv-python-headless). Install opencv-python-headless<5, or "
+                "pass another detector: any object with `detect(frame_rgb) -> (N, 4) boxes` (see FaceDetector), or "
+                "face_detector=None for videos that are already face crops"
+            )
         data_dir = getattr(getattr(cv2, "data", None), "haarcascades", None)
         path = cascade if data_dir is None or "/" in cascade else data_dir + cascade
         self.classifier = cv2.CascadeClassifier(path)
         if self.classifier.empty():
             raise ValueError(
-                f"Cannot load the Haar cascade {path!r}: opencv-python-headless < 5 ships it; OpenCV 5 wheels do not"
+                f"Cannot load the Haar cascade {path!r} with OpenCV {cv2.__version__}: opencv-python-headless < 5 "
+                "ships it in cv2.data.haarcascades; OpenCV 5 wheels do not. Pass a path to a cascade XML file, "
+                "or another detector (see FaceDetector)"
             )
         self.max_side = max_side
         self.scale_factor = scale_factor

@@ -36,11 +36,11 @@ import numpy as np
 import torch
 from transformers import Wav2Vec2Config
 
-from avemotion.models.conformer import sinusoidal_embeddings
 from avemotion.processing.audio import AvEmotionFeatureExtractor
 from avemotion.utils.safe_pickle import NUMPY_GLOBALS, PickleReadError, restricted_load
 
 from .configuration_vavl import VavlConfig, wav2vec2_large_robust_config
+from .conformer import sinusoidal_embeddings
 from .modeling_vavl import VavlForEmotionRecognition
 
 logger = logging.getLogger(__name__)

@@ -8,6 +8,13 @@ reconstruction heads that predict the time-average of the input features (an aux
 Either modality may be missing, for the whole batch (pass nothing for it) or for some rows (an all-zero mask row).
 Each modality's backbone and encoders run only on the rows that have it (scattered back into the batch), so a row's
 outputs and gradients are those of the rows that share its modalities, whatever else is in the batch.
+
+The task model also declares what generic code needs (`input_spec`, `training_steps`, `evaluation_branches`).
+
+Remote code: this file imports only torch, transformers and its folder (`configuration_vavl`, `conformer`), so a
+saved checkpoint loads with `trust_remote_code=True` where avemotion is not installed. Helpers shared with the rest
+of the package are `# Copied from` copies (kept equal by `tests/test_copies.py`); avemotion-only extras are imported
+in `try` blocks.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,20 +30,25 @@ from transformers import EfficientNetModel, PreTrainedModel, Wav2Vec2Model
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from avemotion.models.auto import EmotionModelHubMixin
-from avemotion.models.conformer import (
+try:  # save-time extras of the package (auto_map for both Auto classes, the pipeline); a remote copy
+    # (trust_remote_code) runs without avemotion and does not need them
+    if not __name__.startswith("avemotion."):
+        raise ImportError
+    from avemotion.models.auto import EmotionModelHubMixin
+except ImportError:
+
+    class EmotionModelHubMixin:  # noqa: D101
+        pass
+
+
+from .configuration_vavl import VavlConfig
+from .conformer import (
     ConformerEncoder,
     ConformerFeedForward,
     ConformerRelativeSelfAttention,
     SinusoidalPositionalEmbedding,
     sinusoidal_embeddings,
 )
-from avemotion.training.losses import concordance_loss
-
-from .configuration_vavl import VavlConfig
-
-if TYPE_CHECKING:
-    from avemotion.models.onnx_export import OnnxExportSpec
 
 
 @dataclass
@@ -116,12 +128,65 @@ class VavlEmotionRecognitionOutput(ModelOutput):
     visual_pooled_output: torch.FloatTensor | None = None
 
 
+# Copied from avemotion.utils.masking.masked_mean
 def masked_mean(hidden_states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean over axis 1 of (B, T, D) using the (B, T) bool mask; rows with no real frame give zeros."""
+    """Mean over axis 1 of `(B, T, D)` using the `(B, T)` bool mask; rows with no real position give zeros."""
     if mask is None:
         return hidden_states.mean(dim=1)
     weights = mask.unsqueeze(-1).to(hidden_states.dtype)
     return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+# Copied from avemotion.utils.masking.feature_frames_mask
+def feature_frames_mask(audio_config: Any, num_frames: int, attention_mask: torch.Tensor) -> torch.Tensor:
+    """`(B, num_frames)` bool: the frames of a wav2vec2-style backbone that cover real samples of the right-padded
+    `(B, N)` `attention_mask`.
+
+    The frame count of each row follows from its sample count through the convolutional feature encoder
+    (`audio_config.conv_kernel`, `audio_config.conv_stride`) and, when `audio_config.add_adapter`, the adapter's
+    strided layers (wav2vec2's own length formula). A row with fewer samples than one frame gets no frame.
+    """
+    lengths = attention_mask.long().sum(dim=-1)
+    for kernel, stride in zip(audio_config.conv_kernel, audio_config.conv_stride):
+        lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+    if getattr(audio_config, "add_adapter", False):
+        for _ in range(audio_config.num_adapter_layers):
+            lengths = torch.div(lengths - 1, audio_config.adapter_stride, rounding_mode="floor") + 1
+    steps = torch.arange(num_frames, device=attention_mask.device)
+    return steps.unsqueeze(0) < lengths.unsqueeze(-1)
+
+
+# Copied from avemotion.utils.losses.concordance_correlation_coefficient
+def concordance_correlation_coefficient(
+    predictions: torch.Tensor, targets: torch.Tensor, eps: float = 1e-8
+) -> torch.Tensor:
+    """Lin's concordance correlation coefficient per column, with population (biased) variances.
+
+    ``CCC = 2 cov(p, y) / (var(p) + var(y) + (mean(p) - mean(y))^2)``, as in VAVL's training code.
+
+    Args:
+        predictions: (N,) or (N, K).
+        targets: same shape as ``predictions``.
+        eps: added to the denominator so that constant inputs give 0 instead of NaN.
+
+    Returns:
+        (K,) tensor (a scalar tensor for 1-D inputs).
+    """
+    if predictions.shape != targets.shape:
+        raise ValueError(f"predictions {tuple(predictions.shape)} and targets {tuple(targets.shape)} differ in shape")
+    predictions = predictions.float()
+    targets = targets.float()
+    mean_p, mean_y = predictions.mean(0), targets.mean(0)
+    var_p = predictions.var(0, unbiased=False)
+    var_y = targets.var(0, unbiased=False)
+    covariance = ((predictions - mean_p) * (targets - mean_y)).mean(0)
+    return 2 * covariance / (var_p + var_y + (mean_p - mean_y) ** 2 + eps)
+
+
+# Copied from avemotion.utils.losses.concordance_loss
+def concordance_loss(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sum over attributes of ``1 - CCC`` (VAVL's dimensional loss). predictions, targets: (N, K)."""
+    return (1.0 - concordance_correlation_coefficient(predictions, targets)).sum()
 
 
 class VavlModalityEncoder(nn.Module):
@@ -574,7 +639,8 @@ def run_audio_backbone(
     """`last_hidden_state` and frame mask of a wav2vec2-style backbone, run on the rows that have audio only.
 
     Rows with an all-zero `attention_mask` get zero features and an all-False mask (wav2vec2's frame-mask
-    computation would turn a length-0 row into a mostly-true mask). The present rows run as one batch cut to their
+    computation would turn a length-0 row into a mostly-true mask). Frame masks come from the backbone config's
+    convolution geometry (`feature_frames_mask`). The present rows run as one batch cut to their
     longest waveform; with a group-norm feature encoder (wav2vec2-base), which normalises each waveform over time
     padding included, each waveform runs alone at its own length."""
     if attention_mask is None:
@@ -595,7 +661,7 @@ def run_audio_backbone(
         if index.numel() == input_values.shape[0] and length == input_values.shape[1]:
             values, sub_mask = input_values, attention_mask  # every row, no padding to cut: no copy
         sub_features = backbone(values, attention_mask=sub_mask).last_hidden_state
-        sub_frames = backbone._get_feature_vector_attention_mask(sub_features.shape[1], sub_mask).bool()
+        sub_frames = feature_frames_mask(backbone.config, sub_features.shape[1], sub_mask)
         results.append((index, sub_features, sub_frames))
     if len(results) == 1 and rows.numel() == input_values.shape[0]:
         return results[0][1], results[0][2]
@@ -631,14 +697,119 @@ class VavlForEmotionRecognition(VavlPreTrainedModel):
         self.visual_reconstruction_head = VavlHead(hidden, sizes, config.visual_feature_dim, dropout)
         self.post_init()
 
-    def onnx_export_spec(self, parts: str, exporter: str) -> OnnxExportSpec:
-        """How `avemotion export-onnx` exports this model (the hook `avemotion.models.onnx_export` calls): the graph's
-        inputs and outputs and its export wrapper, for `parts` (`"heads"` or `"full"`) and `exporter`
-        (`"torchscript"` or `"dynamo"`). Raises a `ValueError` for what cannot be exported (`legacy_batch_mixing`,
-        `"full"` without both backbones). The export code is imported here, not with the model."""
-        from avemotion.models.vavl.onnx_vavl import vavl_onnx_export_spec
-
+    def onnx_export_spec(self, parts: str, exporter: str) -> Any:
+        """How `avemotion export-onnx` exports this model (the hook `avemotion.models.onnx_export` calls): an
+        `OnnxExportSpec` with the graph's inputs and outputs and its export wrapper, for `parts` (`"heads"` or
+        `"full"`) and `exporter` (`"torchscript"` or `"dynamo"`). Raises a `ValueError` for what cannot be exported
+        (`legacy_batch_mixing`, `"full"` without both backbones). The export code is imported here, not with the
+        model; a remote copy (trust_remote_code) has no export code."""
+        try:  # (in a try block, so that a remote copy does not list avemotion among the packages it needs)
+            from avemotion.models.vavl.onnx_vavl import vavl_onnx_export_spec
+        except ImportError as error:
+            raise ValueError("ONNX export needs the avemotion package (pip install 'avemotion[onnx]')") from error
         return vavl_onnx_export_spec(self, parts, exporter)
+
+    def input_spec(self) -> dict[str, Any]:
+        """What the model takes, for the collator, the trainer and the pipeline (plain data).
+
+        Returns:
+            `{"modalities": {"audio": {...}, "video": {...}}, "segments": {}, "window_seconds": float}`. Each modality
+            names its raw-input key and mask key (`"inputs"`), its pre-extracted feature key and mask key
+            (`"features"`) and the feature width (`"feature_dim"`); audio also its `"sampling_rate"`.
+        """
+        config = self.config
+        return {
+            "modalities": {
+                "audio": {
+                    "inputs": ("input_values", "attention_mask"),
+                    "features": ("audio_features", "audio_features_mask"),
+                    "feature_dim": config.audio_feature_dim,
+                    "sampling_rate": config.sampling_rate,
+                },
+                "video": {
+                    "inputs": ("pixel_values_videos", "visual_features_mask"),
+                    "features": ("visual_features", "visual_features_mask"),
+                    "feature_dim": config.visual_feature_dim,
+                },
+            },
+            "segments": {},
+            "window_seconds": config.window_seconds,
+        }
+
+    def training_steps(self) -> tuple[dict[str, Any], ...]:
+        """VAVL's three optimisation steps per batch (reference/vavl.md §4.2).
+
+        A visual step (visual task loss + weighted reconstruction, on the rows with video), an acoustic step (the same
+        for audio, on the rows with audio) and a fusion step (`fusion_step_loss`, on the rows with both). Each step
+        updates the parameters of its `"modules"` only: the shared encoder is updated by both unimodal steps, the
+        fusion step updates the fusion head only. A backbone that the model does not have is None (skipped).
+        """
+        base = self.vavl
+        return (
+            {
+                "name": "visual",
+                "modules": (
+                    base.visual_backbone,
+                    base.visual_encoder,
+                    base.shared_encoder,
+                    self.visual_head,
+                    self.visual_reconstruction_head,
+                ),
+                "loss": "visual_loss",
+                "rows": ("video",),
+            },
+            {
+                "name": "acoustic",
+                "modules": (
+                    base.audio_backbone,
+                    base.audio_encoder,
+                    base.shared_encoder,
+                    self.audio_head,
+                    self.audio_reconstruction_head,
+                ),
+                "loss": "audio_loss",
+                "rows": ("audio",),
+            },
+            {
+                "name": "fusion",
+                "modules": (self.fusion_head,),
+                "loss": self.fusion_step_loss,
+                "rows": ("audio", "video"),
+            },
+        )
+
+    def fusion_step_loss(self, labels: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        """VAVL's fusion step: the fusion head's task loss on the concatenated pooled representations.
+
+        As in the original (run after the two unimodal updates), the encoders run in eval mode without gradients
+        (their train mode is restored after) and the representations are detached; the fusion head runs in the
+        model's current mode (train mode during training). The caller applies autocast.
+
+        Args:
+            labels: `(batch_size,)` class indices, `(batch_size, num_labels)` class probabilities or regression
+                targets, as in `forward`.
+            inputs: the audio and video inputs of [`VavlModel.forward`] (rows with both modalities).
+
+        Returns:
+            The scalar loss. An empty batch gives a zero loss that still reaches every fusion head parameter.
+        """
+        if labels.shape[0] == 0:
+            return sum(parameter.sum() for parameter in self.fusion_head.parameters()) * 0.0
+        encoder, was_training = self.vavl, self.vavl.training
+        encoder.eval()
+        try:
+            with torch.no_grad():
+                encoded = encoder(**inputs, return_dict=True)
+        finally:
+            encoder.train(was_training)
+        if encoded.audio_pooled_output is None or encoded.visual_pooled_output is None:
+            raise ValueError("fusion_step_loss needs audio and video inputs (rows with both modalities)")
+        pooled = torch.cat([encoded.audio_pooled_output, encoded.visual_pooled_output], dim=-1).detach()
+        return self.task_loss(self.fusion_head(pooled), labels)
+
+    def evaluation_branches(self) -> list[str]:
+        """The output fields evaluation reports: the routed `logits` and each head's (NaN on rows it did not score)."""
+        return ["logits", "fusion_logits", "audio_logits", "visual_logits"]
 
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy (class indices, or class probabilities for soft labels) or the sum of 1 - CCC."""
@@ -684,74 +855,99 @@ class VavlForEmotionRecognition(VavlPreTrainedModel):
             visual_features_mask=visual_features_mask,
             return_dict=True,
         )
+        audio_present, visual_present = self._present_rows(encoded)
+        head_logits = self._head_logits(encoded, audio_present, visual_present)
+        losses = {}
+        if labels is not None:
+            losses = self._losses(encoded, head_logits, audio_present, visual_present, labels)
+        output = VavlEmotionRecognitionOutput(
+            **head_logits,
+            **losses,
+            audio_present=audio_present,
+            visual_present=visual_present,
+            audio_pooled_output=encoded.audio_pooled_output,
+            visual_pooled_output=encoded.visual_pooled_output,
+        )
+        return output if return_dict else output.to_tuple()
+
+    @staticmethod
+    def _present_rows(encoded: VavlModelOutput) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(audio_present, visual_present)`: (B,) bool, which rows have each modality. Raises a `ValueError` for
+        rows with neither."""
         audio_pooled, visual_pooled = encoded.audio_pooled_output, encoded.visual_pooled_output
         reference = audio_pooled if audio_pooled is not None else visual_pooled
         batch_size, device = reference.shape[0], reference.device
-        has_audio = audio_pooled is not None
-        has_video = visual_pooled is not None
+        absent = torch.zeros(batch_size, dtype=torch.bool, device=device)
         audio_present = (
-            _rows_present(encoded.audio_features_mask, batch_size, device)
-            if has_audio
-            else torch.zeros(batch_size, dtype=torch.bool, device=device)
+            _rows_present(encoded.audio_features_mask, batch_size, device) if audio_pooled is not None else absent
         )
         visual_present = (
-            _rows_present(encoded.visual_features_mask, batch_size, device)
-            if has_video
-            else torch.zeros(batch_size, dtype=torch.bool, device=device)
+            _rows_present(encoded.visual_features_mask, batch_size, device) if visual_pooled is not None else absent
         )
         if not bool((audio_present | visual_present).all()):
             empty = (~(audio_present | visual_present)).nonzero().flatten().tolist()
             raise ValueError(f"Rows {empty} have neither audio nor video frames (all-zero masks).")
+        return audio_present, visual_present
 
-        # each head runs on the rows it covers only; its logits are NaN on the other rows
+    def _head_logits(
+        self, encoded: VavlModelOutput, audio_present: torch.Tensor, visual_present: torch.Tensor
+    ) -> dict[str, torch.Tensor | None]:
+        """`logits`, `audio_logits`, `visual_logits`, `fusion_logits`, each (B, num_labels) or None. Each head runs on
+        the rows it covers only (NaN on the other rows); `logits` takes per row the fusion head when the row has both
+        modalities, else the head of the one it has."""
+        audio_pooled, visual_pooled = encoded.audio_pooled_output, encoded.visual_pooled_output
+        has_audio, has_video = audio_pooled is not None, visual_pooled is not None
         audio_logits = _head_on_rows(self.audio_head, audio_pooled, audio_present) if has_audio else None
         visual_logits = _head_on_rows(self.visual_head, visual_pooled, visual_present) if has_video else None
         fusion_logits = None
+        logits = audio_logits if has_audio else visual_logits
         if has_audio and has_video:
             fusion_inputs = torch.cat([audio_pooled, visual_pooled], dim=-1)
             fusion_logits = _head_on_rows(self.fusion_head, fusion_inputs, audio_present & visual_present)
-        logits = audio_logits if has_audio else visual_logits
-        if has_audio and has_video:
             both = (audio_present & visual_present).unsqueeze(-1)
             logits = torch.where(
                 both, fusion_logits, torch.where(audio_present.unsqueeze(-1), audio_logits, visual_logits)
             )
+        return {
+            "logits": logits,
+            "audio_logits": audio_logits,
+            "visual_logits": visual_logits,
+            "fusion_logits": fusion_logits,
+        }
 
-        loss = audio_loss = visual_loss = fusion_loss = audio_rec = visual_rec = None
-        if labels is not None:
-            labels = labels.to(device)
-            if has_audio and audio_present.any():
-                audio_loss, audio_rec = self._unimodal_loss(
-                    audio_logits, audio_pooled, encoded.audio_features, encoded.audio_features_mask,
-                    audio_present, labels, self.audio_reconstruction_head,
-                )  # fmt: skip
-            if has_video and visual_present.any():
-                visual_loss, visual_rec = self._unimodal_loss(
-                    visual_logits, visual_pooled, encoded.visual_features, encoded.visual_features_mask,
-                    visual_present, labels, self.visual_reconstruction_head,
-                )  # fmt: skip
-            if fusion_logits is not None and (audio_present & visual_present).any():
-                rows = audio_present & visual_present
-                fusion_loss = self.task_loss(fusion_logits[rows], labels[rows])
-            loss = sum(term for term in (audio_loss, visual_loss, fusion_loss) if term is not None)
-
-        output = VavlEmotionRecognitionOutput(
-            loss=loss,
-            logits=logits,
-            audio_logits=audio_logits,
-            visual_logits=visual_logits,
-            fusion_logits=fusion_logits,
-            audio_loss=audio_loss,
-            visual_loss=visual_loss,
-            fusion_loss=fusion_loss,
-            audio_reconstruction_loss=audio_rec,
-            visual_reconstruction_loss=visual_rec,
-            audio_present=audio_present,
-            visual_present=visual_present,
-            audio_pooled_output=audio_pooled,
-            visual_pooled_output=visual_pooled,
-        )
-        return output if return_dict else output.to_tuple()
+    def _losses(
+        self,
+        encoded: VavlModelOutput,
+        head_logits: dict[str, torch.Tensor | None],
+        audio_present: torch.Tensor,
+        visual_present: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> dict[str, torch.Tensor | None]:
+        """The loss fields of the output: each step's loss over the rows it covers and their sum (`loss`)."""
+        labels = labels.to(audio_present.device)
+        audio_loss = visual_loss = fusion_loss = audio_rec = visual_rec = None
+        if encoded.audio_pooled_output is not None and audio_present.any():
+            audio_loss, audio_rec = self._unimodal_loss(
+                head_logits["audio_logits"], encoded.audio_pooled_output, encoded.audio_features,
+                encoded.audio_features_mask, audio_present, labels, self.audio_reconstruction_head,
+            )  # fmt: skip
+        if encoded.visual_pooled_output is not None and visual_present.any():
+            visual_loss, visual_rec = self._unimodal_loss(
+                head_logits["visual_logits"], encoded.visual_pooled_output, encoded.visual_features,
+                encoded.visual_features_mask, visual_present, labels, self.visual_reconstruction_head,
+            )  # fmt: skip
+        fusion_logits = head_logits["fusion_logits"]
+        if fusion_logits is not None and (audio_present & visual_present).any():
+            rows = audio_present & visual_present
+            fusion_loss = self.task_loss(fusion_logits[rows], labels[rows])
+        return {
+            "loss": sum(term for term in (audio_loss, visual_loss, fusion_loss) if term is not None),
+            "audio_loss": audio_loss,
+            "visual_loss": visual_loss,
+            "fusion_loss": fusion_loss,
+            "audio_reconstruction_loss": audio_rec,
+            "visual_reconstruction_loss": visual_rec,
+        }
 
     def _unimodal_loss(
         self,

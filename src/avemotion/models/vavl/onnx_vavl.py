@@ -27,8 +27,7 @@ from avemotion.models.onnx_export import (
     input_spec,
     warn_group_norm,
 )
-
-from .modeling_vavl import masked_mean
+from avemotion.utils.masking import masked_mean
 
 NAN = float("nan")
 OUTPUTS = ["logits", "audio_logits", "visual_logits"]
