@@ -14,4 +14,4 @@ import sys
 from avemotion.training.cli_train import main
 
 if __name__ == "__main__":
-    main(sys.argv[1:], model_type="vavl", schedule="vavl")
+    main(sys.argv[1:], model_type="vavl", schedule="auto")

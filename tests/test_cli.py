@@ -98,8 +98,8 @@ def test_user_errors_of_any_subcommand_are_one_line_and_bugs_keep_their_tracebac
     ("option", "message"),
     [
         (["--window-seconds", "1e-9"], "window_seconds must be a finite number of seconds >= 0.025"),
-        (["--window-seconds", "1", "--stride-seconds", "2"], "must not exceed window_seconds"),
-        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--window_seconds", "1", "--stride-seconds", "2"], "must not exceed window_seconds"),  # either spelling
+        (["--batch-size", "0"], "--batch_size must be at least 1"),
     ],
 )
 def test_predict_bad_options_are_one_line(vavl_dir, wav, capsys, option, message):

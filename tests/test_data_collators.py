@@ -126,3 +126,41 @@ def test_absent_modalities_never_look_present():
         AvEmotionCollator()([rows[0], {"input_ids": [], "label": 1}])
     with pytest.raises(ValueError, match="rows mix `input_values` and `audio_features`"):
         AvEmotionCollator()([rows[0], {"audio_features": np.ones((2, 3)), "label": 1}])
+
+
+def test_audio_values_are_decoded_and_resampled_to_the_collators_rate(tmp_path):
+    from types import SimpleNamespace
+
+    import soundfile
+
+    def tone(rate, seconds=1.0):
+        return (0.5 * np.sin(2 * np.pi * 440 * np.arange(int(rate * seconds)) / rate)).astype(np.float32)
+
+    path = tmp_path / "tone.wav"
+    soundfile.write(path, tone(8000), 8000, subtype="FLOAT")
+    stereo_8k = torch.from_numpy(np.stack([tone(8000), tone(8000)]))
+    decoder = SimpleNamespace(get_all_samples=lambda: SimpleNamespace(data=stereo_8k, sample_rate=8000))
+    rows = [
+        {"audio": {"array": tone(8000), "sampling_rate": 8000}, "label": 0},  # a decoded `datasets` dict at 8 kHz
+        {"input_values": {"array": tone(16000), "sampling_rate": 16000}, "label": 1},
+        {"audio": decoder, "label": 2},  # a torchcodec AudioDecoder (datasets >= 4)
+        {"audio": {"path": str(path), "bytes": None}, "label": 0},  # undecoded, on disk
+        {"audio": {"path": "tone.wav", "bytes": path.read_bytes()}, "label": 1},  # undecoded, in the dataset
+        {"audio": {"array": tone(16000, 0.25), "sampling_rate": 16000}, "label": 2},
+    ]
+    batch = AvEmotionCollator()(rows)
+    assert batch["input_values"].shape == (6, 16000)
+    assert batch["attention_mask"].sum(-1).tolist() == [16000] * 5 + [4000]
+    # every 8 kHz value is resampled to 16 kHz: the 16 kHz tone, away from the resampler's edges
+    for row in (0, 2, 3, 4):
+        np.testing.assert_allclose(batch["input_values"][row, 500:15500], tone(16000)[500:15500], atol=2e-3)
+    torch.testing.assert_close(batch["input_values"][1], torch.from_numpy(tone(16000)))
+    # another model rate: the 16 kHz values are resampled down
+    batch = AvEmotionCollator(sampling_rate=8000)(rows[:2])
+    assert batch["attention_mask"].sum(-1).tolist() == [8000, 8000]
+    torch.testing.assert_close(batch["input_values"][0], torch.from_numpy(tone(8000)))
+    # bare arrays are samples at the collator's rate, as they are (e.g. normalised processor outputs)
+    bare = AvEmotionCollator(sampling_rate=8000)([{"input_values": np.full(10, 3.0), "label": 0}])
+    assert bare["input_values"].tolist() == [[3.0] * 10]
+    with pytest.raises(ValueError, match="row 0: audio: expected a path, a datasets Audio value"):
+        AvEmotionCollator()([{"audio": {"array": tone(8000)}, "label": 0}])

@@ -1,21 +1,26 @@
-"""Segment pooling and the IEMOCAP forced-alignment reader of the multi-level fusion model."""
+"""Segment pooling of the multi-level fusion model, and the IEMOCAP forced-alignment reader and segment padding of
+`avemotion.processing.segments`."""
 
 import logging
 
 import pytest
 import torch
 
+from avemotion.models.mlfusion import segments as model_segments
 from avemotion.models.mlfusion.segments import (
     check_segments,
     frame_centers,
     frame_geometry,
+    pool_segments,
+    segment_frame_bounds,
+    segment_pooling_matrix,
+)
+from avemotion.processing import segments as data_segments
+from avemotion.processing.segments import (
     load_iemocap_segments,
     pad_segments,
     parse_iemocap_alignment,
-    pool_segments,
     read_iemocap_alignment,
-    segment_frame_bounds,
-    segment_pooling_matrix,
 )
 
 BASE_KERNELS, BASE_STRIDES = (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)
@@ -167,3 +172,10 @@ def test_load_iemocap_segments_from_files_with_fallback(tmp_path, caplog):
     assert segments.shape == (3, 3, 2) and mask.tolist() == [[True] * 3, [False] * 3, [True, True, False]]
     torch.testing.assert_close(segments[2, 1], torch.tensor([0.31, 0.42]))
     assert pad_segments([None])[0].shape == (1, 1, 2)
+
+
+def test_granularity_names_are_one_set():
+    # the model's remote code keeps a `# Copied from` copy of the data side's names
+    assert model_segments.GRANULARITIES == data_segments.GRANULARITIES == ("frame", "phone", "syllable", "word")
+    assert model_segments.SEGMENT_GRANULARITIES == data_segments.SEGMENT_GRANULARITIES == ("phone", "syllable", "word")
+    assert set(data_segments.IEMOCAP_ALIGNMENT_EXTENSIONS) == set(data_segments.SEGMENT_GRANULARITIES)

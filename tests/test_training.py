@@ -1,4 +1,5 @@
-"""The accelerate trainer: VAVL's schedule, learning, resumption, options, evaluation JSON."""
+"""The accelerate trainer: the steps a model declares (VAVL's schedule), learning, resumption, options, evaluation
+JSON."""
 
 import json
 
@@ -6,13 +7,13 @@ import datasets
 import pytest
 import torch
 from training_testing import Killed, KilledTrainer, toy_dataset
-from vavl_testing import tiny_vavl_config
+from vavl_testing import tiny_efficientnet_config, tiny_vavl_config, tiny_wav2vec2_config
 
 from avemotion import VavlForEmotionRecognition
 from avemotion.cli import main as cli_main
 from avemotion.data import load_corpus
 from avemotion.training import EmotionTrainer, TrainingArguments, train_and_evaluate
-from avemotion.training.schedules import VAVL_STEPS
+from avemotion.training.schedules import resolve_schedule
 
 
 def _args(tmp_path, **overrides):
@@ -75,7 +76,7 @@ def test_unpaired_rows_join_only_their_modality_step(tmp_path):
 def test_fusion_step_updates_only_the_fusion_head(tmp_path):
     model = VavlForEmotionRecognition(tiny_vavl_config())
     trainer = EmotionTrainer(model, _args(tmp_path, num_train_epochs=1), toy_dataset(8, 0))
-    trainer.steps = (VAVL_STEPS[2],)
+    trainer.steps = tuple(step for step in trainer.steps if step.name == "fusion")
     before = _snapshot(model)
     trainer.train()
     changed = _changed(before, model)
@@ -85,6 +86,75 @@ def test_fusion_step_updates_only_the_fusion_head(tmp_path):
     for name, value in model.named_buffers():
         if "running_mean" in name:
             assert torch.equal(value, buffers[name]), name
+
+
+# The parameters each step of VAVL's schedule updated when the trainer named them by prefix (before the model declared
+# its steps as modules): the trainer's steps, read from the declaration, must own exactly these.
+PREFIX_STEPS = {
+    "visual": ("vavl.visual_backbone.", "vavl.visual_encoder.", "vavl.shared_encoder.", "visual_head.",
+               "visual_reconstruction_head."),
+    "acoustic": ("vavl.audio_backbone.", "vavl.audio_encoder.", "vavl.shared_encoder.", "audio_head.",
+                 "audio_reconstruction_head."),
+    "fusion": ("fusion_head.",),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("backbones", [False, True])
+def test_declared_steps_own_what_the_prefix_schedule_owned(backbones):
+    extra = {}
+    if backbones:  # frozen backbones (the default): owned by their step, not trained
+        extra = dict(audio_backbone_config=tiny_wav2vec2_config(), visual_backbone_config=tiny_efficientnet_config(),
+                     visual_feature_dim=128)  # fmt: skip
+    model = VavlForEmotionRecognition(tiny_vavl_config(**extra))
+    names = [name for name, _ in model.named_parameters()]
+    steps = resolve_schedule("auto", model)
+    assert [(step.name, step.rows, step.outside_ddp) for step in steps] == [
+        ("visual", ("video",), False), ("acoustic", ("audio",), False), ("fusion", ("audio", "video"), True)
+    ]  # fmt: skip
+    for step in steps:
+        assert step.parameter_names == {name for name in names if name.startswith(PREFIX_STEPS[step.name])}
+        assert {name for name in names if step.owns(name)} == step.parameter_names
+    assert any(name.startswith("vavl.audio_backbone.") for name in steps[1].parameter_names) == backbones
+    (joint,) = resolve_schedule("joint", model)
+    assert joint.name == "joint" and joint.loss == "loss" and joint.rows == () and all(map(joint.owns, names))
+
+
+def test_a_declaration_the_model_does_not_satisfy_is_refused_at_construction(tmp_path):
+    """Each step of `training_steps()` must own parameters of the model (by identity), some of them trainable, and
+    take rows of modalities its `input_spec()` declares; otherwise the trainer refuses it before training."""
+    model = VavlForEmotionRecognition(tiny_vavl_config())
+    frozen = VavlForEmotionRecognition(tiny_vavl_config()).requires_grad_(False)
+    step = {"name": "audio", "modules": (model.audio_head,), "loss": "audio_loss", "rows": ("audio",)}
+    cases = [
+        (
+            {"modules": (torch.nn.Linear(2, 2),)},
+            model,
+            r"module Linear owns no parameter of VavlForEmotionRecognition",
+        ),
+        ({"modules": (None,)}, model, "owns nothing"),
+        (
+            {"modules": (frozen.audio_head,)},
+            frozen,
+            "'audio' of VavlForEmotionRecognition owns no trainable parameter",
+        ),
+        ({"rows": ("text",)}, model, r"rows \['text'\] are not modalities of its input_spec\(\)"),
+        ({"loss": 3}, model, "loss must be an output field name or a callable"),
+        ({"name": ""}, model, "a step has no name"),
+    ]
+    for change, target, message in cases:
+        target.training_steps = lambda change=change, target=target: ({**step, **change},)
+        with pytest.raises(ValueError, match=message):
+            EmotionTrainer(target, _args(tmp_path))
+    model.training_steps = lambda: (step,)
+    assert [s.name for s in EmotionTrainer(model, _args(tmp_path)).steps] == ["audio"]
+
+
+def test_schedule_vavl_is_a_deprecated_alias_of_auto(tmp_path):
+    with pytest.warns(FutureWarning, match=r"schedule='vavl' is deprecated.*use 'auto'"):
+        args = _args(tmp_path, schedule="vavl")
+    assert args.schedule == "auto"
+    trainer = EmotionTrainer(VavlForEmotionRecognition(tiny_vavl_config()), args)
+    assert [step.name for step in trainer.steps] == ["visual", "acoustic", "fusion"]
 
 
 def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path):
@@ -171,6 +241,22 @@ def test_regression_targets_use_label_scale(tmp_path):
     assert trainer.metric_name == "combined/ccc_mean"
     batch = trainer._prepare_labels({"labels": torch.tensor([[1.0, 5.0], [3.0, 4.0]])})
     torch.testing.assert_close(batch["labels"], torch.tensor([[0.0, 1.0], [0.5, 0.75]]))
+
+
+def test_freeze_backbones_sets_every_backbone_flag_of_the_config(tmp_path):
+    config = tiny_vavl_config(audio_backbone_config=tiny_wav2vec2_config(),
+                              visual_backbone_config=tiny_efficientnet_config(), visual_feature_dim=128)  # fmt: skip
+    model = VavlForEmotionRecognition(config)
+    backbones = (model.vavl.audio_backbone, model.vavl.visual_backbone)
+    assert not any(p.requires_grad for backbone in backbones for p in backbone.parameters())
+    EmotionTrainer(model, _args(tmp_path, freeze_backbones=False))
+    flags = (config.freeze_audio_backbone, config.freeze_visual_backbone, config.freeze_audio_feature_encoder)
+    assert flags == (False, False, True)  # the CNN feature-encoder flag refines the audio backbone's: left alone
+    assert all(p.requires_grad for p in model.vavl.visual_backbone.parameters())
+    audio = dict(model.vavl.audio_backbone.named_parameters())
+    assert all(p.requires_grad != name.startswith("feature_extractor.") for name, p in audio.items())
+    EmotionTrainer(model, _args(tmp_path, freeze_backbones=True))
+    assert not any(p.requires_grad for backbone in backbones for p in backbone.parameters())
 
 
 def test_bad_options_raise():

@@ -101,19 +101,19 @@ def test_staging_leftovers_of_an_interrupted_run_are_a_previous_run_and_deleted_
 
 
 def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path, monkeypatch):
-    from avemotion.training import trainer as trainer_module
+    from avemotion.training import files as files_module
 
     target = tmp_path / "eval_results.json"
     target.write_text("old\n")
     with pytest.raises(UnicodeEncodeError):
-        trainer_module.atomic_write_text(target, "not encodable: \udcff")
+        files_module.atomic_write_text(target, "not encodable: \udcff")
 
     def disk_full(descriptor):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(trainer_module.os, "fsync", disk_full)
+    monkeypatch.setattr(files_module.os, "fsync", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        trainer_module.atomic_write_text(target, "new\n")
+        files_module.atomic_write_text(target, "new\n")
     assert [path.name for path in tmp_path.iterdir()] == ["eval_results.json"]  # no .eval_results.json.tmp-<pid>
     assert target.read_text() == "old\n"
 

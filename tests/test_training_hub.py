@@ -1,7 +1,11 @@
-"""`push_to_hub` of a trained model + processor + generated model card, against a loopback stand-in for the Hub."""
+"""`push_to_hub` of a trained model + processor + generated model card, against a loopback stand-in for the Hub; the
+card templates as package data."""
 
 import base64
+import configparser
+import importlib.resources
 import json
+import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -12,7 +16,10 @@ from vavl_testing import tiny_vavl_config
 
 from avemotion import AvEmotionFeatureExtractor, VavlForEmotionRecognition
 from avemotion.cli import main as cli_main
-from avemotion.training.hub import build_model_card, metrics_table
+from avemotion.training import hub as hub_module
+from avemotion.training.hub import build_model_card, card_template, metrics_table
+
+ROOT = Path(__file__).resolve().parents[1]
 
 REPORT = {
     "combined": {"accuracy": 0.75, "unweighted_accuracy": 0.7, "macro_f1": 0.69, "micro_f1": 0.75, "num_samples": 12},
@@ -186,6 +193,41 @@ def test_model_card_has_metrics_per_branch_and_hyperparameters():
     assert card.data.license == "apache-2.0" and "vavl" in card.data.tags
     assert {r.metric_type for r in card.data.eval_results} >= {"accuracy", "macro_f1"}
     assert metrics_table({"loss": 1.0}) == ""
+
+
+def test_card_templates_are_package_data(monkeypatch, caplog):
+    """The templates of the top-level hub_cards/ folder are the package `avemotion.hub_cards`, found through
+    `importlib.resources` (as in an installed wheel), not through a path relative to the source tree."""
+    templates = importlib.resources.files("avemotion.hub_cards")
+    names = {entry.name for entry in templates.iterdir() if entry.name.endswith(".md")}
+    assert names == {path.name for path in (ROOT / "hub_cards").glob("*.md")} >= {"vavl.md", "mlfusion.md"}
+    assert card_template("vavl").read_text() == (ROOT / "hub_cards" / "vavl.md").read_text()
+    assert card_template("no-such-model") is None
+    assert "goncalves2023vavl" in str(build_model_card("vavl", "org/m"))
+
+    def not_installed(package):
+        raise ModuleNotFoundError(f"No module named {package!r}")
+
+    # an install without the package (an editable install made before it existed): huggingface_hub's default card
+    monkeypatch.setattr(hub_module.importlib.resources, "files", not_installed)
+    with caplog.at_level(logging.WARNING, logger="avemotion.training.hub"):
+        card = build_model_card("vavl", "org/m", REPORT)
+    assert "goncalves2023vavl" not in str(card) and "accuracy" in {r.metric_type for r in card.data.eval_results}
+    assert any("avemotion.hub_cards is not installed" in record.getMessage() for record in caplog.records)
+
+
+def test_setup_cfg_ships_every_package_and_the_card_templates():
+    """setup.cfg lists its packages (`find:` searches src/ only): every package under src/avemotion, and
+    avemotion.hub_cards mapped to hub_cards/ with its templates as package data."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    listed = set(config["options"]["packages"].split())
+    found = {".".join(path.parent.relative_to(ROOT / "src").parts) for path in (ROOT / "src").rglob("__init__.py")}
+    assert listed == found | {"avemotion.hub_cards"}
+    mapping = dict(line.replace(" ", "").split("=") for line in config["options"]["package_dir"].splitlines() if line)
+    assert mapping == {"": "src", "avemotion.hub_cards": "hub_cards"}
+    assert config["options.package_data"]["avemotion.hub_cards"] == "*.md"
+    assert (ROOT / "hub_cards" / "__init__.py").is_file()
 
 
 def test_push_model_processor_and_card(tmp_path, hub):

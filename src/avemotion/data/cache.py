@@ -10,47 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
 import torch
 
 from avemotion.processing.faces import NoFaceFoundError
-from avemotion.processing.media import load_audio
+from avemotion.processing.media import decode_audio_value
+
+from .common import audio_value_name
 
 logger = logging.getLogger(__name__)
-
-
-def _audio_array(value: Any, sampling_rate: int) -> np.ndarray:
-    """A mono float32 waveform at `sampling_rate` from an undecoded `datasets` Audio value (`{"path", "bytes"}`, read
-    with `load_audio`, as the corpus scan probed it), a decoded one, or a `{"array", "sampling_rate"}` dict."""
-    if isinstance(value, dict) and value.get("path") and not value.get("bytes"):
-        return load_audio(value["path"], sampling_rate)
-    if isinstance(value, dict) and value.get("bytes"):
-        return _load_audio_bytes(value["bytes"], value.get("path"), sampling_rate)
-    if hasattr(value, "get_all_samples"):  # torchcodec AudioDecoder (datasets 5)
-        samples = value.get_all_samples()
-        waveform, rate = samples.data.mean(0).numpy(), samples.sample_rate
-    else:
-        waveform, rate = np.asarray(value["array"], dtype=np.float32), value["sampling_rate"]
-    if rate != sampling_rate:
-        import soxr
-
-        waveform = soxr.resample(waveform, rate, sampling_rate)
-    return np.asarray(waveform, dtype=np.float32)
-
-
-def _load_audio_bytes(data: bytes, path: str | None, sampling_rate: int) -> np.ndarray:
-    """Audio bytes of an undecoded `datasets` Audio value, read by `load_audio` like a file on disk (any container
-    it reads, mono mixing, truncation checks): written to a temporary file with the original suffix, errors are
-    `ValueError`s naming the original `path` (which `_extract_reporting_bad_files` reports per row)."""
-    import tempfile
-
-    name = f"audio file {path!r}" if path else "audio bytes"
-    with tempfile.TemporaryDirectory(prefix="avemotion-audio-") as directory:
-        # the original file name: its suffix picks the reader, and decoder messages quoting the file stay readable
-        base = Path(path).name if path else ""
-        temporary = Path(directory) / (base if base not in ("", ".", "..") else "audio")
-        temporary.write_bytes(data)
-        return load_audio(temporary, sampling_rate, name=name)
 
 
 def _hash_json(value: Any) -> str:
@@ -113,7 +80,9 @@ class _BackboneExtractor:
         with_audio = [i for i, value in enumerate(batch.get("audio", [None] * size)) if value is not None]
         if with_audio and self.model.audio_backbone is not None:
             rate = self.processor.feature_extractor.sampling_rate
-            waveforms = [_audio_array(batch["audio"][i], rate) for i in with_audio]
+            waveforms = [
+                decode_audio_value(batch["audio"][i], rate, audio_value_name(batch["audio"][i])) for i in with_audio
+            ]
             inputs = self.processor.feature_extractor(waveforms, sampling_rate=rate, return_tensors="pt")
             features, mask = self.model.get_audio_features(inputs["input_values"], inputs.get("attention_mask"))
             for row, index in enumerate(with_audio):

@@ -1,4 +1,5 @@
-"""Batch collation with padding and masks for every modality; rows may lack a modality."""
+"""Batch collation (`AvEmotionCollator`): padding and masks for every modality (rows may lack one), token ids,
+speech segments and labels."""
 
 from __future__ import annotations
 
@@ -8,26 +9,33 @@ from typing import Any
 import numpy as np
 import torch
 
-# row key -> mask key in the batch (the names VAVL's forward takes)
+from avemotion.processing.media import decode_audio_value, is_path
+from avemotion.processing.segments import SEGMENT_GRANULARITIES, pad_segments
+
+from .iemocap import SEGMENT_COLUMNS as IEMOCAP_SEGMENT_COLUMNS
+
+# row key -> mask key in the batch (the names the models' forward takes)
 SEQUENCE_KEYS = {
     "input_values": "attention_mask",
     "audio_features": "audio_features_mask",
     "pixel_values_videos": "visual_features_mask",
     "visual_features": "visual_features_mask",
 }
-# model granularity -> the row columns that may hold its segments (the model's name first, then the IEMOCAP builder's)
-SEGMENT_COLUMNS = {
-    "phone": ("phone_segments", "phones"),
-    "syllable": ("syllable_segments", "syllables"),
-    "word": ("word_segments", "words"),
-}
+# granularity -> the row columns that may hold its segments (the model input's name first, then the IEMOCAP builder's)
+SEGMENT_COLUMNS = {g: (f"{g}_segments", IEMOCAP_SEGMENT_COLUMNS[g]) for g in SEGMENT_GRANULARITIES}
 
 
-def _as_tensor(value: Any) -> torch.Tensor:
-    if hasattr(value, "get_all_samples"):  # a datasets/torchcodec AudioDecoder
-        return value.get_all_samples().data.mean(0).float()
-    if isinstance(value, dict) and "array" in value:
-        value = value["array"]
+def _is_audio_value(value: Any) -> bool:
+    """A path, a `datasets` Audio value (decoded decoder or undecoded dict) or an `{"array", "sampling_rate"}` dict:
+    what `decode_audio_value` reads (a bare array is taken as samples at the collator's rate)."""
+    return is_path(value) or isinstance(value, dict) or hasattr(value, "get_all_samples")
+
+
+def _as_tensor(key: str, value: Any, sampling_rate: int, index: int) -> torch.Tensor:
+    """A row's value of `key` as a float tensor; an audio value becomes its mono waveform at `sampling_rate`
+    (resampled from the value's own rate)."""
+    if key == "input_values" and _is_audio_value(value):
+        return torch.from_numpy(decode_audio_value(value, sampling_rate, name=f"row {index}: audio"))
     return torch.as_tensor(np.asarray(value), dtype=torch.float32)
 
 
@@ -63,7 +71,10 @@ class AvEmotionCollator:
     modality absent from every row is left out of the batch. An empty value (0 samples, frames or tokens) is an
     error, not a silent "absent"; rows may not mix `input_values` with `audio_features` (or `pixel_values_videos`
     with `visual_features`).
-    `audio` (a decoded `datasets` Audio value) is used as `input_values` when a row has no `input_values`.
+    `audio` (a path, a decoded or undecoded `datasets` Audio value, or an `{"array", "sampling_rate"}` dict) is used
+    as `input_values` when a row has no `input_values`; such audio values (in either column) are decoded to mono and
+    resampled to `sampling_rate` (`avemotion.processing.media.decode_audio_value`). Bare arrays are taken as they
+    are (samples at `sampling_rate`, or already normalised model inputs).
 
     Labels: `label_column` (default `"label"`, class indices -> (B,) long) or a list of columns (e.g. the attributes,
     -> (B, len) float); a row without a label raises, since a silently dropped label would bias training.
@@ -91,6 +102,7 @@ class AvEmotionCollator:
     tokenizer: Any = None
     text_column: str = "text"
     max_text_length: int | None = 512
+    sampling_rate: int = 16000
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         if not rows:
@@ -104,7 +116,10 @@ class AvEmotionCollator:
                 raise ValueError(f"rows mix `{raw}` and `{features}`; use one input per modality and batch")
         batch: dict[str, Any] = {}
         for key, mask_key in SEQUENCE_KEYS.items():
-            values = [None if row.get(key) is None else _as_tensor(row[key]) for row in rows]
+            values = [
+                None if row.get(key) is None else _as_tensor(key, row[key], self.sampling_rate, index)
+                for index, row in enumerate(rows)
+            ]
             if all(v is None for v in values):
                 continue
             batch[key], batch[mask_key] = self._pad(key, values)
@@ -192,8 +207,6 @@ class AvEmotionCollator:
 
     def _segments(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """`{g}_segments` (B, N, 2) seconds and `{g}_segments_mask` (B, N) bool for each granularity any row has."""
-        from avemotion.models.mlfusion.segments import pad_segments
-
         out = {}
         for granularity, columns in SEGMENT_COLUMNS.items():
             if not any(row.get(c) is not None for row in rows for c in columns):

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import datasets
 
-from avemotion.processing.media import probe_audio, probe_video
+from avemotion.processing.media import describe, is_path, probe_audio, probe_video
 
 SAMPLING_RATE = 16000
 SPLITS = ("train", "validation", "test")
@@ -97,6 +97,13 @@ class CorpusIndex:
     def fingerprint(self) -> str:
         payload = json.dumps([self.rows, self.metadata], sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def audio_value_name(value: Any) -> str:
+    """How error messages name an audio value (a path, a `datasets` Audio value, an `{"array", ...}` dict): its file
+    when it has one (`audio file '...'`), else `audio`."""
+    path = value.get("path") if isinstance(value, dict) else value if is_path(value) else None
+    return describe(path, kind="audio") if path else "audio"
 
 
 def empty_row(**values: Any) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 Layout: `DATA_DIR/Session{1..5}/sentences/wav/<dialog>/<utterance>.wav`,
 `.../dialog/EmoEvaluation/<dialog>.txt` (`[start - end]<TAB>utterance<TAB>emotion<TAB>[V, A, D]`),
 `.../dialog/transcriptions/<dialog>.txt` (`utterance [start-end]: text`) and
-`.../sentences/ForcedAlignment/<dialog>/<utterance>.{wdseg,syseg,phseg}` (read with the multi-level fusion model's
-parser, `avemotion.models.mlfusion.segments.read_iemocap_alignment`: 10 ms frames, silences dropped).
+`.../sentences/ForcedAlignment/<dialog>/<utterance>.{wdseg,syseg,phseg}` (read with
+`avemotion.processing.segments.read_iemocap_alignment`: 10 ms frames, silences dropped) into the `words`,
+`syllables` and `phones` columns.
 
 Protocol (`four_class=True`, the default): neutral, happy (excited merged in), angry, sad: 5,531 utterances; other
 emotions are excluded and counted. With `four_class=False` every evaluated utterance is kept and `label` is None
@@ -18,10 +19,13 @@ Splits: five leave-one-session-out folds. Fold k tests on all of Session k; the 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import datasets
+
+from avemotion.processing.segments import IEMOCAP_ALIGNMENT_EXTENSIONS, read_iemocap_alignment
 
 from .common import CorpusBuilder, CorpusIndex, CorpusReport, check_audio, empty_row, group_rows, require_directory
 
@@ -32,7 +36,10 @@ EVALUATION_LINE = re.compile(
 )
 TRANSCRIPT_LINE = re.compile(r"^(Ses\S+)\s+\[[^\]]*\]:\s*(.*)$")
 SPEAKER = re.compile(r"^Ses(\d{2})[FM]_.*_([FM])\d+$")
-SEGMENT_KINDS = {"words": ".wdseg", "syllables": ".syseg", "phones": ".phseg"}
+# granularity -> the column of its segments, in column order
+SEGMENT_COLUMNS = {"word": "words", "syllable": "syllables", "phone": "phones"}
+# column -> alignment file suffix
+SEGMENT_KINDS = {column: IEMOCAP_ALIGNMENT_EXTENSIONS[granularity] for granularity, column in SEGMENT_COLUMNS.items()}
 LAYOUT = (
     "Session1..5/sentences/wav/<dialog>/<utterance>.wav, Session*/dialog/EmoEvaluation/<dialog>.txt, "
     "Session*/dialog/transcriptions/<dialog>.txt, Session*/sentences/ForcedAlignment/<dialog>/<utterance>.wdseg|..."
@@ -44,8 +51,6 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def _segments(alignment_dir: Path, utterance: str, report: CorpusReport) -> dict[str, list[dict] | None]:
-    from avemotion.models.mlfusion.segments import read_iemocap_alignment
-
     out: dict[str, list[dict] | None] = {}
     for kind, suffix in SEGMENT_KINDS.items():
         path = alignment_dir / f"{utterance}{suffix}"
@@ -67,6 +72,89 @@ def leave_one_session_out(session: int, gender: str, fold: int) -> str:
     return "validation" if session == fold % 5 + 1 and gender == "Female" else "train"
 
 
+def _transcripts(transcript_file: Path, report: CorpusReport) -> dict[str, str]:
+    """utterance -> transcript of one dialog's transcription file (empty, and reported, when it is missing)."""
+    transcripts = {}
+    if not transcript_file.is_file():
+        report.missing.append((str(transcript_file), "no transcription file; `text` left empty"))
+        return transcripts
+    for line in _read_lines(transcript_file):
+        match = TRANSCRIPT_LINE.match(line.strip())
+        if match:
+            transcripts[match.group(1)] = match.group(2).strip()
+    return transcripts
+
+
+def _evaluations(evaluation: Path, report: CorpusReport, evaluated_at: dict[str, str]) -> Iterator[re.Match]:
+    """The utterance evaluation lines of one dialog's evaluation file; malformed lines are reported, an utterance
+    evaluated a second time (`evaluated_at`: utterance -> "file:line", across files) raises."""
+    for line_number, line in enumerate(_read_lines(evaluation), start=1):
+        if not line.startswith("["):
+            continue  # header, per-evaluator lines, blank lines
+        match = EVALUATION_LINE.match(line)
+        if not match:
+            report.malformed.append((f"{evaluation}:{line_number}", f"bad evaluation line: {line.strip()[:60]!r}"))
+            continue
+        utterance, where = match.group(3), f"{evaluation}:{line_number}"
+        if utterance in evaluated_at:
+            raise ValueError(
+                f"iemocap: utterance {utterance!r} is evaluated twice: {evaluated_at[utterance]} and {where}; "
+                "keep one evaluation line per utterance"
+            )
+        evaluated_at[utterance] = where
+        yield match
+
+
+def _utterance_row(
+    match: re.Match,
+    session_dir: Path,
+    dialog: str,
+    transcripts: dict[str, str],
+    transcript_file: Path,
+    report: CorpusReport,
+    fold: int,
+    four_class: bool,
+    check_media: bool,
+) -> dict[str, Any] | None:
+    """The row of one evaluated utterance, without its segments; None (counted or reported) when it is left out."""
+    utterance, emotion = match.group(3), match.group(4)
+    valence, arousal, dominance = (float(match.group(i)) for i in (5, 6, 7))
+    label = FOUR_CLASS.get(emotion)
+    if label is None and four_class:
+        report.excluded[f"emotion {emotion!r} outside the 4-class protocol"] += 1
+        return None
+    wav = session_dir / "sentences" / "wav" / dialog / f"{utterance}.wav"
+    if not wav.is_file():
+        report.missing.append((str(wav), "evaluated utterance without a wav"))
+        return None
+    reason = check_audio(wav) if check_media else None
+    if reason:
+        report.malformed.append((str(wav), reason))
+        return None
+    speaker_match = SPEAKER.match(utterance)
+    if not speaker_match:
+        report.malformed.append((str(wav), "utterance name not SesNN[FM]_..._[FM]NNN"))
+        return None
+    session, sex = int(speaker_match.group(1)), speaker_match.group(2)
+    gender = "Female" if sex == "F" else "Male"
+    if utterance not in transcripts and transcript_file.is_file():
+        report.missing.append((utterance, f"no transcript line in {transcript_file.name}"))
+    return empty_row(
+        id=utterance,
+        audio=str(wav),
+        text=transcripts.get(utterance),
+        label=label,
+        arousal=arousal,
+        valence=valence,
+        dominance=dominance,
+        speaker=f"Ses{session:02d}{sex}",
+        gender=gender,
+        emotion=emotion,
+        _split=leave_one_session_out(session, gender, fold),
+        _video_expected=False,
+    )
+
+
 def scan(
     data_dir: str | Path, fold: int = 1, four_class: bool = True, segments: bool = True, check_media: bool = True
 ) -> CorpusIndex:
@@ -84,69 +172,17 @@ def scan(
             report.missing.append((str(session_dir / "dialog" / "EmoEvaluation"), "no evaluation files"))
         for evaluation in evaluations:
             dialog = evaluation.stem
-            transcripts = {}
             transcript_file = session_dir / "dialog" / "transcriptions" / f"{dialog}.txt"
-            if transcript_file.is_file():
-                for line in _read_lines(transcript_file):
-                    match = TRANSCRIPT_LINE.match(line.strip())
-                    if match:
-                        transcripts[match.group(1)] = match.group(2).strip()
-            else:
-                report.missing.append((str(transcript_file), "no transcription file; `text` left empty"))
-            for line_number, line in enumerate(_read_lines(evaluation), start=1):
-                if not line.startswith("["):
-                    continue  # header, per-evaluator lines, blank lines
-                match = EVALUATION_LINE.match(line)
-                if not match:
-                    report.malformed.append(
-                        (f"{evaluation}:{line_number}", f"bad evaluation line: {line.strip()[:60]!r}")
-                    )
-                    continue
-                utterance, emotion = match.group(3), match.group(4)
-                where = f"{evaluation}:{line_number}"
-                if utterance in evaluated_at:
-                    raise ValueError(
-                        f"iemocap: utterance {utterance!r} is evaluated twice: {evaluated_at[utterance]} and {where}; "
-                        "keep one evaluation line per utterance"
-                    )
-                evaluated_at[utterance] = where
-                valence, arousal, dominance = (float(match.group(i)) for i in (5, 6, 7))
-                label = FOUR_CLASS.get(emotion)
-                if label is None and four_class:
-                    report.excluded[f"emotion {emotion!r} outside the 4-class protocol"] += 1
-                    continue
-                wav = session_dir / "sentences" / "wav" / dialog / f"{utterance}.wav"
-                if not wav.is_file():
-                    report.missing.append((str(wav), "evaluated utterance without a wav"))
-                    continue
-                reason = check_audio(wav) if check_media else None
-                if reason:
-                    report.malformed.append((str(wav), reason))
-                    continue
-                speaker_match = SPEAKER.match(utterance)
-                if not speaker_match:
-                    report.malformed.append((str(wav), "utterance name not SesNN[FM]_..._[FM]NNN"))
-                    continue
-                session, sex = int(speaker_match.group(1)), speaker_match.group(2)
-                gender = "Female" if sex == "F" else "Male"
-                if utterance not in transcripts and transcript_file.is_file():
-                    report.missing.append((utterance, f"no transcript line in {transcript_file.name}"))
-                row = empty_row(
-                    id=utterance,
-                    audio=str(wav),
-                    text=transcripts.get(utterance),
-                    label=label,
-                    arousal=arousal,
-                    valence=valence,
-                    dominance=dominance,
-                    speaker=f"Ses{session:02d}{sex}",
-                    gender=gender,
-                    emotion=emotion,
-                    _split=leave_one_session_out(session, gender, fold),
-                    _video_expected=False,
+            transcripts = _transcripts(transcript_file, report)
+            for match in _evaluations(evaluation, report, evaluated_at):
+                row = _utterance_row(
+                    match, session_dir, dialog, transcripts, transcript_file, report, fold, four_class, check_media
                 )
+                if row is None:
+                    continue
                 if segments:
-                    row.update(_segments(session_dir / "sentences" / "ForcedAlignment" / dialog, utterance, report))
+                    alignment_dir = session_dir / "sentences" / "ForcedAlignment" / dialog
+                    row.update(_segments(alignment_dir, match.group(3), report))
                 else:
                     row.update({kind: None for kind in SEGMENT_KINDS})
                 rows.append(row)

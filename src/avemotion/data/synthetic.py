@@ -37,8 +37,9 @@ import numpy as np
 import soundfile as sf
 from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
 
-from ..processing.media import load_audio
-from .common import SAMPLING_RATE, CorpusIndex
+from avemotion.processing.media import decode_audio_value
+
+from .common import SAMPLING_RATE, CorpusIndex, audio_value_name
 from .crema_d import LABEL_NAMES, SENTENCES, CremaDBuilder
 from .crema_d import scan as scan_crema_d
 
@@ -129,6 +130,78 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
 # ---------------------------------------------------------------------------------------------------------- corpus
 
 
+def _prepare_output_dir(output_dir: str | Path) -> Path:
+    """The corpus folder with its `AudioWAV/` and `VideoFlash/` sub-folders, checked to be new (or empty of a corpus)
+    and writable."""
+    root = Path(output_dir)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"output_dir {str(root)!r} is a file, not a directory; choose a new or empty directory")
+    if (root / "labels.csv").exists():
+        raise ValueError(f"{str(root)!r} already holds a synthetic corpus (labels.csv); choose an empty directory")
+    try:
+        (root / "AudioWAV").mkdir(parents=True, exist_ok=True)
+        (root / "VideoFlash").mkdir(parents=True, exist_ok=True)
+        probe = root / ".avemotion-write-test"
+        probe.touch()  # os.access says yes to root even on read-only mounts: try
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"cannot write the corpus into {str(root)!r}: {error.strerror or error}") from error
+    return root
+
+
+def _plan_clips(
+    num_clips: int, seed: int, num_speakers: int, unpaired_fraction: float
+) -> tuple[list[tuple[int, str, str, str]], set[int], set[int]]:
+    """`([(label, speaker, sentence, level) per clip], audio-only clip indices, video-only clip indices)`: balanced
+    labels in random order, each clip a distinct stem; deterministic by `seed`."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(num_clips) % len(LABEL_NAMES)
+    rng.shuffle(labels)
+    speakers = [str(1001 + s) for s in range(num_speakers)]
+    sentences = sorted(SENTENCES)
+    unused = {c: [(s, t, lv) for s in speakers for t in sentences for lv in LEVELS] for c in range(len(LABEL_NAMES))}
+    for c in unused:
+        order = rng.permutation(len(unused[c]))
+        unused[c] = [unused[c][i] for i in order]
+    num_unpaired = int(round(unpaired_fraction * num_clips))
+    unpaired = rng.permutation(num_clips)[:num_unpaired]
+    audio_only, video_only = (
+        set(unpaired[: (num_unpaired + 1) // 2].tolist()),
+        set(unpaired[(num_unpaired + 1) // 2 :].tolist()),
+    )
+    clips = [(label, *unused[label].pop()) for label in labels.tolist()]
+    return clips, audio_only, video_only
+
+
+def _write_clip(
+    root: Path,
+    clip: tuple[int, str, str, str],
+    clip_rng: np.random.Generator,
+    with_audio: bool,
+    with_video: bool,
+    fps: int,
+    image_size: int,
+    duration_range: tuple[float, float],
+) -> list:
+    """Write one clip's wav and/or mp4 and return its `labels.csv` row."""
+    label, speaker, sentence, level = clip
+    stem = f"{speaker}_{sentence}_{EMOTION_CODES[label]}_{level}"
+    duration = clip_rng.uniform(*duration_range)
+    waveform, envelope = synth_audio(label, duration, clip_rng)
+    if with_audio:
+        sf.write(root / "AudioWAV" / f"{stem}.wav", waveform, SAMPLING_RATE, subtype="PCM_16")
+    if with_video:
+        times = np.arange(int(duration * fps)) / fps
+        write_mp4(root / "VideoFlash" / f"{stem}.mp4", draw_face(label, envelope(times), image_size, clip_rng), fps)
+    noise = clip_rng.uniform(-0.25, 0.25, size=3)
+    arousal = 1.5 + 1.5 * audio_group(label) + noise[0]
+    valence = 2.0 + 2.0 * visual_group(label) + noise[1]
+    dominance = 3.0 + 0.5 * (audio_group(label) - 1) + noise[2]
+    gender = "Female" if int(speaker) % 2 else "Male"
+    one_hot = [1.0 if c == label else 0.0 for c in range(len(LABEL_NAMES))]
+    return [f"{stem}.wav", *one_hot, speaker, gender, *(round(v, 4) for v in (arousal, valence, dominance))]
+
+
 def write_synthetic_corpus(
     output_dir: str | Path,
     num_clips: int = 200,
@@ -152,58 +225,21 @@ def write_synthetic_corpus(
         raise ValueError(
             f"num_clips={num_clips} exceeds the {combos_per_class * 6} unique stems of {num_speakers} speakers"
         )
-    root = Path(output_dir)
-    if root.exists() and not root.is_dir():
-        raise ValueError(f"output_dir {str(root)!r} is a file, not a directory; choose a new or empty directory")
-    if (root / "labels.csv").exists():
-        raise ValueError(f"{str(root)!r} already holds a synthetic corpus (labels.csv); choose an empty directory")
-    try:
-        (root / "AudioWAV").mkdir(parents=True, exist_ok=True)
-        (root / "VideoFlash").mkdir(parents=True, exist_ok=True)
-        probe = root / ".avemotion-write-test"
-        probe.touch()  # os.access says yes to root even on read-only mounts: try
-        probe.unlink()
-    except OSError as error:
-        raise ValueError(f"cannot write the corpus into {str(root)!r}: {error.strerror or error}") from error
-
-    rng = np.random.default_rng(seed)
-    labels = np.arange(num_clips) % len(LABEL_NAMES)
-    rng.shuffle(labels)
-    speakers = [str(1001 + s) for s in range(num_speakers)]
-    sentences = sorted(SENTENCES)
-    unused = {c: [(s, t, lv) for s in speakers for t in sentences for lv in LEVELS] for c in range(len(LABEL_NAMES))}
-    for c in unused:
-        order = rng.permutation(len(unused[c]))
-        unused[c] = [unused[c][i] for i in order]
-    num_unpaired = int(round(unpaired_fraction * num_clips))
-    unpaired = rng.permutation(num_clips)[:num_unpaired]
-    audio_only, video_only = (
-        set(unpaired[: (num_unpaired + 1) // 2].tolist()),
-        set(unpaired[(num_unpaired + 1) // 2 :].tolist()),
-    )
-
-    rows = []
-    for index, label in enumerate(labels.tolist()):
-        speaker, sentence, level = unused[label].pop()
-        stem = f"{speaker}_{sentence}_{EMOTION_CODES[label]}_{level}"
-        clip_rng = np.random.default_rng([seed, index])
-        duration = clip_rng.uniform(min_duration, max_duration)
-        waveform, envelope = synth_audio(label, duration, clip_rng)
-        if index not in video_only:
-            sf.write(root / "AudioWAV" / f"{stem}.wav", waveform, SAMPLING_RATE, subtype="PCM_16")
-        if index not in audio_only:
-            times = np.arange(int(duration * fps)) / fps
-            write_mp4(
-                root / "VideoFlash" / f"{stem}.mp4", draw_face(label, envelope(times), image_size, clip_rng), fps
-            )
-        noise = clip_rng.uniform(-0.25, 0.25, size=3)
-        arousal = 1.5 + 1.5 * audio_group(label) + noise[0]
-        valence = 2.0 + 2.0 * visual_group(label) + noise[1]
-        dominance = 3.0 + 0.5 * (audio_group(label) - 1) + noise[2]
-        gender = "Female" if int(speaker) % 2 else "Male"
-        one_hot = [1.0 if c == label else 0.0 for c in range(len(LABEL_NAMES))]
-        rows.append([f"{stem}.wav", *one_hot, speaker, gender, *(round(v, 4) for v in (arousal, valence, dominance))])
-
+    root = _prepare_output_dir(output_dir)
+    clips, audio_only, video_only = _plan_clips(num_clips, seed, num_speakers, unpaired_fraction)
+    rows = [
+        _write_clip(
+            root,
+            clip,
+            np.random.default_rng([seed, index]),
+            with_audio=index not in video_only,
+            with_video=index not in audio_only,
+            fps=fps,
+            image_size=image_size,
+            duration_range=(min_duration, max_duration),
+        )
+        for index, clip in enumerate(clips)
+    ]
     with open(root / "labels.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["FileName", *LABEL_NAMES, "SpkrID", "Gender", "arousal", "valence", "dominance"])
@@ -331,15 +367,9 @@ class SyntheticFeatureExtractor:
         for audio, video in zip(batch["audio"], batch["video"]):
             if audio is None:
                 audio_out.append(None)
-            elif isinstance(audio, dict) and audio.get("path") and not audio.get("bytes"):  # undecoded: our loader
-                audio_out.append(extract_audio_features(load_audio(audio["path"], SAMPLING_RATE)))
             else:
-                samples = audio.get_all_samples() if hasattr(audio, "get_all_samples") else None
-                if samples is not None:
-                    waveform, rate = samples.data.mean(0).numpy(), samples.sample_rate
-                else:
-                    waveform, rate = np.asarray(audio["array"]), audio["sampling_rate"]
-                audio_out.append(extract_audio_features(waveform, rate))
+                waveform = decode_audio_value(audio, SAMPLING_RATE, audio_value_name(audio))
+                audio_out.append(extract_audio_features(waveform))
             visual_out.append(None if video is None else extract_visual_features(read_video_frames(video, gray=True)))
         return {"audio_features": audio_out, "visual_features": visual_out}
 

@@ -1,23 +1,22 @@
-"""`AutoModelForEmotionRecognition`: an Auto class mapping each avemotion config to its task model."""
+"""`AutoModelForEmotionRecognition` (an Auto class mapping each avemotion config to its task model) and
+`EmotionModelHubMixin`, the save-time extras of the avemotion models (`auto_map`, the pipeline's code)."""
 
 from __future__ import annotations
 
 import shutil
-from collections import OrderedDict
 from pathlib import Path
 
-from transformers.models.auto.auto_factory import _BaseAutoModelClass, _LazyAutoMapping
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+from avemotion.utils.transformers_compat import auto_model_class, auto_model_mapping
 
-# Filled by `AutoModelForEmotionRecognition.register(...)` when `avemotion` is imported.
-MODEL_FOR_EMOTION_RECOGNITION_MAPPING = _LazyAutoMapping(CONFIG_MAPPING_NAMES, OrderedDict())
-
-
-class AutoModelForEmotionRecognition(_BaseAutoModelClass):
+# Filled by `AutoModelForEmotionRecognition.register(...)` when `avemotion` is imported (transformers has no public
+# factory for Auto classes: the private base class is isolated in `avemotion.utils.transformers_compat`).
+AutoModelForEmotionRecognition = auto_model_class(
+    "AutoModelForEmotionRecognition",
+    __name__,
     """Instantiates the emotion-recognition task model of a config (`"vavl"` -> `VavlForEmotionRecognition`,
-    `"mlfusion"` -> `MultiLevelFusionForEmotionRecognition`), with `from_pretrained` / `from_config`."""
-
-    _model_mapping = MODEL_FOR_EMOTION_RECOGNITION_MAPPING
+    `"mlfusion"` -> `MultiLevelFusionForEmotionRecognition`), with `from_pretrained` / `from_config`.""",
+)
+MODEL_FOR_EMOTION_RECOGNITION_MAPPING = auto_model_mapping(AutoModelForEmotionRecognition)
 
 
 # The pipeline's code is copied next to every saved checkpoint, so that `pipeline(model=dir, trust_remote_code=True)`

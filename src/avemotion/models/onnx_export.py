@@ -248,6 +248,7 @@ def _write_directory(model, source, output, parts, file_name, spec: OnnxExportSp
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"format": "avemotion-onnx", "graphs": {}}
     meta["model_type"] = model.config.model_type
     meta["ignored_inputs"] = list(spec.ignored_inputs)
+    meta["input_spec"] = model.input_spec()  # what the pipeline reads from the ONNX model (tuples become lists)
     meta["graphs"][parts] = {
         "file": file_name,
         "inputs": spec.inputs,

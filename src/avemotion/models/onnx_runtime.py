@@ -123,6 +123,16 @@ class OnnxRuntimeEmotionModel:
     def can_generate(self) -> bool:
         return False
 
+    def input_spec(self) -> dict[str, Any]:
+        """The exported model's input declaration (see the PyTorch model's `input_spec`), as recorded at export; a
+        directory exported before it was recorded gets it from its config (the model built on the meta device)."""
+        if "input_spec" not in self.meta:
+            from avemotion.models.auto import AutoModelForEmotionRecognition
+
+            with torch.device("meta"):
+                self.meta["input_spec"] = AutoModelForEmotionRecognition.from_config(self.config).input_spec()
+        return self.meta["input_spec"]
+
     def __call__(self, **inputs: Any) -> OnnxRuntimeOutput:
         return self.forward(**inputs)
 

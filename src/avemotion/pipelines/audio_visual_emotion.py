@@ -1,7 +1,8 @@
 """`pipeline("audio-visual-emotion")`: emotion predictions from a video, an audio file or array, and/or a transcript.
 
-The model decides which modalities it uses (VAVL: audio and video; the multi-level fusion model: audio and text);
-every result names the modalities that were used. Media longer than the model's window (`config.window_seconds`)
+The pipeline is generic: the model declares what it takes in its `input_spec()` (which modalities, the input and mask
+names of each, pre-extracted features it accepts, text length, aligned segment inputs, its analysis window), and the
+pipeline builds exactly those inputs; it never names a model. Every result names the modalities that were used. Media longer than the model's window (`config.window_seconds`)
 are cut into windows while they are decoded, so memory stays bounded whatever the length; audio and video are
 paired by time (presentation timestamps), not by position. Such inputs give one result per window with
 `start`/`end` seconds and an aggregate over the whole input.
@@ -27,6 +28,7 @@ from transformers.pipelines.base import ChunkPipeline
 
 from avemotion.processing.faces import NoFaceFoundError
 from avemotion.processing.media import (
+    MEDIA_SUFFIXES,
     MIN_AUDIO_SAMPLES,
     check_fps,
     check_sampling_rate,
@@ -37,25 +39,23 @@ from avemotion.processing.media import (
     media_streams,
     resample,
 )
+from avemotion.processing.segments import SEGMENT_GRANULARITIES, pad_segments
 
 logger = logging.getLogger(__name__)
 
 TASK = "audio-visual-emotion"
-# The modalities each model type can use.
-MODEL_MODALITIES = {"vavl": ("audio", "video"), "mlfusion": ("audio", "text")}
-_MEDIA_SUFFIXES = {
-    ".wav", ".flac", ".mp3", ".ogg", ".aiff", ".aif", ".m4a", ".aac", ".opus",
-    ".mp4", ".avi", ".flv", ".mkv", ".mov", ".webm", ".mpg", ".mpeg",
-}  # fmt: skip
+MODALITIES = ("audio", "video", "text")
+# the input-dict keys of pre-extracted features, per modality (the model's `input_spec` says which it accepts)
+FEATURE_FIELDS = {"audio": "audio_features", "video": "visual_features"}
+DEFAULT_WINDOW_SECONDS = 12.0
 # Strings with one of these suffixes are file names even with spaces in them (a missing one is an error, not text).
-_FILE_SUFFIXES = _MEDIA_SUFFIXES | {".txt", ".json", ".jsonl", ".csv", ".tsv", ".srt", ".vtt", ".lab", ".npy", ".npz"}
+_FILE_SUFFIXES = MEDIA_SUFFIXES | {".txt", ".json", ".jsonl", ".csv", ".tsv", ".srt", ".vtt", ".lab", ".npy", ".npz"}
 # A file-like suffix: "speech.wa", "notes.txt" (not "e.g." or "3.5").
 _SUFFIX_PATTERN = re.compile(r"[^.\s]\.[A-Za-z][A-Za-z0-9]{0,4}$")
 _MIN_AUDIO_SAMPLES = MIN_AUDIO_SAMPLES  # one wav2vec2 frame (25 ms at 16 kHz)
 # Shortest window and stride: one model frame; shorter ones only multiply windows (1e-6 s ran out of memory).
 MIN_WINDOW_SECONDS = 0.025
 ERRORS_MODES = ("raise", "skip")
-_GRANULARITIES = ("phone", "syllable", "word")
 _EPS = 1e-6  # seconds; tolerance when comparing timestamps
 
 
@@ -157,7 +157,7 @@ def normalize_input(inputs: Any, index: int = 0, sampling_rate: int | None = Non
         if Path(path).is_dir():
             raise ValueError(f"{path!r}: is a directory, expected a media file")
         if not Path(path).is_file():
-            hint = "" if Path(path).suffix.lower() in _MEDIA_SUFFIXES else "; pass a transcript as {'text': ...}"
+            hint = "" if Path(path).suffix.lower() in MEDIA_SUFFIXES else "; pass a transcript as {'text': ...}"
             raise ValueError(f"{path!r}: no such file{hint}")
         has_audio, has_video = media_streams(path)
         return EmotionInput(name=path, audio=path if has_audio else None, video=path if has_video else None)
@@ -206,7 +206,7 @@ def _normalize_dict(inputs: Any, index: int, sampling_rate: int | None) -> Emoti
         if not isinstance(text, str):
             raise ValueError(f"{item.name}: 'text' must be a string, got {type(text).__name__}")
         item.text = text
-    for name in ("audio_features", "visual_features"):
+    for name in FEATURE_FIELDS.values():
         value = inputs.get(name)
         if value is not None:
             value = np.asarray(value.detach().cpu() if torch.is_tensor(value) else value, dtype=np.float32)
@@ -216,9 +216,11 @@ def _normalize_dict(inputs: Any, index: int, sampling_rate: int | None) -> Emoti
                 )
             setattr(item, name, value)
     item.segments = dict(inputs.get("segments") or {})
-    unknown = set(item.segments) - set(_GRANULARITIES)
+    unknown = set(item.segments) - set(SEGMENT_GRANULARITIES)
     if unknown:
-        raise ValueError(f"{item.name}: unknown segment granularities {sorted(unknown)}; expected {_GRANULARITIES}")
+        raise ValueError(
+            f"{item.name}: unknown segment granularities {sorted(unknown)}; expected {SEGMENT_GRANULARITIES}"
+        )
     if any(item.segments.values()) and item.audio is None and item.video is None and item.audio_features is None:
         # the same error whether the item is alone or batched with items that have audio
         raise ValueError(f"{item.name}: 'segments' are times in the audio, but the input has no audio")
@@ -451,12 +453,20 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        model_type = self.model.config.model_type
-        if model_type not in MODEL_MODALITIES:
-            raise ValueError(f"{TASK} supports {sorted(MODEL_MODALITIES)} models, got model_type {model_type!r}")
-        self.model_modalities = MODEL_MODALITIES[model_type]
         if self.processor is None:
             raise ValueError(f"{TASK} needs the model's AvEmotionProcessor (save it next to the model)")
+
+    @property
+    def model_spec(self) -> dict[str, Any]:
+        """The model's `input_spec()` (read once)."""
+        if "_model_spec" not in self.__dict__:
+            self._model_spec = model_input_spec(self.model)
+        return self._model_spec
+
+    @property
+    def model_modalities(self) -> tuple[str, ...]:
+        """The modalities the model takes, in its order."""
+        return tuple(self.model_spec["modalities"])
 
     def _sanitize_parameters(
         self,
@@ -493,7 +503,8 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
     def _window_and_stride(self, window_seconds: float | None, stride_seconds: float | None) -> tuple[float, float]:
         """The window and stride in effect (defaults: `config.window_seconds` and the window), validated."""
         if window_seconds is None:
-            window = check_seconds(getattr(self.model.config, "window_seconds", None) or 12.0, "config.window_seconds")
+            default = self.model_spec.get("window_seconds") or DEFAULT_WINDOW_SECONDS
+            window = check_seconds(default, "config.window_seconds")
         else:
             window = check_seconds(window_seconds, "window_seconds")
         stride = window if stride_seconds is None else check_seconds(stride_seconds, "stride_seconds")
@@ -597,34 +608,55 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
         if where:
             message = f"{' '.join(where)}: {message}"
         name = file if file is not None else f"input #{index or 0}"
-        rate = self.processor.feature_extractor.sampling_rate
-        if self.model.config.model_type == "vavl":
-            encoded = self._vavl_inputs(None, None, rate)
-        else:
-            encoded = self._mlfusion_inputs(EmotionInput(name=name), None, rate)
+        encoded = self._model_inputs(EmotionInput(name=name), None, None)
         return {**encoded, "is_last": True, "meta": {"error": message, "name": name}}
 
     def _features_item(self, item: EmotionInput) -> dict[str, Any]:
-        """Pre-extracted features go to the model as they are, in one window (VAVL only)."""
-        if self.model.config.model_type != "vavl":
-            raise ValueError(f"{item.name}: pre-extracted features are supported for VAVL models only")
+        """Pre-extracted features go to the model as they are, in one window: every modality whose `input_spec` entry
+        has `"features"` takes them (absent: one zero frame, masked), except a transcript given as text, which keeps
+        its token inputs; modalities without a `"features"` entry get their usual (possibly empty) inputs."""
         if item.audio is not None or item.video is not None:
             raise ValueError(f"{item.name}: give either media or pre-extracted features, not both")
-        config, encoded, used = self.model.config, {}, []
-        for modality, name, dim in (("audio", "audio_features", config.audio_feature_dim),
-                                    ("video", "visual_features", config.visual_feature_dim)):  # fmt: skip
-            value = getattr(item, name)
-            if value is not None and value.shape[1] != dim:
-                raise ValueError(f"{item.name}: {name!r} must have {dim} values per frame, got {value.shape[1]}")
-            present = value is not None
-            value = value if present else np.zeros((1, dim), np.float32)
-            encoded[name] = torch.from_numpy(value)[None]
-            encoded[f"{name}_mask"] = torch.full((1, len(value)), int(present), dtype=torch.long)
-            used += [modality] if present else []
+        modalities = self.model_spec["modalities"]
+        for modality, field_name in FEATURE_FIELDS.items():
+            if getattr(item, field_name) is not None and "features" not in modalities.get(modality, {}):
+                raise ValueError(
+                    f"{item.name}: this model does not take pre-extracted {modality} features ({field_name!r}); it "
+                    f"takes {' and '.join(self.model_modalities)} as media"
+                )
+        encoded, used = self._model_inputs(item, None, None), []
+        for modality, spec in modalities.items():
+            if "features" in spec and not (modality == "text" and item.text is not None):
+                self._drop_inputs(encoded, spec)
+                value = getattr(item, FEATURE_FIELDS.get(modality, ""), None)
+                encoded.update(self._feature_inputs(item.name, spec, value))
+                used += [modality] if value is not None else []
+            elif modality == "text" and item.text is not None:
+                used.append(modality)
         frames = item.audio_features if item.audio_features is not None else item.visual_features
         rate = 50.0 if item.audio_features is not None else (item.fps or 30.0)
         meta = {"start": 0.0, "end": len(frames) / rate, "modalities": used, "notes": [], "name": item.name}
         return {**encoded, "is_last": True, "meta": meta}
+
+    @staticmethod
+    def _drop_inputs(encoded: dict[str, Any], spec: dict[str, Any]) -> None:
+        """Remove a modality's raw inputs (replaced by its features)."""
+        for name in (*spec["inputs"], *spec.get("extra_inputs", ())):
+            encoded.pop(name, None)
+
+    @staticmethod
+    def _feature_inputs(name: str, spec: dict[str, Any], value: np.ndarray | None) -> dict[str, torch.Tensor]:
+        """`{features key: (1, frames, dim), mask key: (1, frames)}`; an absent value is one zero frame, masked."""
+        key, mask_key = spec["features"]
+        dim = spec["feature_dim"]
+        if value is not None and value.shape[1] != dim:
+            raise ValueError(f"{name}: {key!r} must have {dim} values per frame, got {value.shape[1]}")
+        present = value is not None
+        value = value if present else np.zeros((1, dim), np.float32)
+        encoded = {key: torch.from_numpy(value)[None]}
+        if mask_key is not None:
+            encoded[mask_key] = torch.full((1, len(value)), int(present), dtype=torch.long)
+        return encoded
 
     def _windows(
         self, item: EmotionInput, usable: list[str], window: float, stride: float, notes: list[str]
@@ -710,71 +742,67 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
     def _encode_window(
         self, item: EmotionInput, audio: np.ndarray | None, video: np.ndarray | None, notes: list[str]
     ) -> dict[str, Any]:
-        processor, rate = self.processor, self.processor.feature_extractor.sampling_rate
-        encoded: dict[str, Any] = {}
-        pixels = None
-        if video is not None:
-            try:
-                pixels = processor(video=video, return_tensors="pt")
-            except NoFaceFoundError as error:
-                if audio is None:
-                    raise
-                note = f"no face found ({error}); used audio only"
-                if note not in notes:
-                    notes.append(note)
-        if self.model.config.model_type == "vavl":
-            encoded.update(self._vavl_inputs(audio, pixels, rate))
-        else:
-            encoded.update(self._mlfusion_inputs(item, audio, rate))
+        """The model inputs of one window (see `_model_inputs`) and which modalities it used (`_{modality}_used`)."""
+        pixels = self._face_crops(video, audio is not None, notes) if video is not None else None
+        encoded = self._model_inputs(item, audio, pixels)
         encoded["_audio_used"] = audio is not None
         encoded["_video_used"] = pixels is not None
         encoded["_text_used"] = item.text is not None and "text" in self.model_modalities
         return encoded
 
-    def _vavl_inputs(self, audio: np.ndarray | None, pixels: Any, rate: int) -> dict[str, torch.Tensor]:
-        # Every item has the same keys (absent modality: an all-zero mask row) so that items can be batched.
-        if audio is not None:
-            features = self.processor(audio=audio, sampling_rate=rate, return_tensors="pt")
-            values, mask = features["input_values"], features["audio_attention_mask"]
-        else:
-            values = torch.zeros(1, _MIN_AUDIO_SAMPLES)
-            mask = torch.zeros(1, _MIN_AUDIO_SAMPLES, dtype=torch.long)
-        if pixels is not None:
-            frames, frames_mask = pixels["pixel_values_videos"], pixels["visual_features_mask"]
-        else:
+    def _face_crops(self, video: np.ndarray, has_audio: bool, notes: list[str]) -> Any:
+        """The processor's face crops of a window's frames; None (noted) when no frame shows a face and the window has
+        audio to fall back on."""
+        try:
+            return self.processor(video=video, return_tensors="pt")
+        except NoFaceFoundError as error:
+            if not has_audio:
+                raise
+            _note(notes, f"no face found ({error}); used audio only")
+            return None
+
+    def _model_inputs(self, item: EmotionInput, audio: np.ndarray | None, pixels: Any) -> dict[str, torch.Tensor]:
+        """The inputs of every modality the model takes (`input_spec`), under the model's names, and its segment
+        inputs. Every item has the same keys, so that items can be batched: an absent modality is an empty
+        placeholder with an all-zero mask."""
+        encoded: dict[str, torch.Tensor] = {}
+        builders = {"audio": self._audio_inputs, "video": self._video_inputs, "text": self._text_inputs}
+        for modality, spec in self.model_spec["modalities"].items():
+            if modality not in builders:
+                raise ValueError(f"{TASK} takes {MODALITIES}; the model's input_spec names {modality!r}")
+            values, mask, extra = builders[modality](item, audio, pixels, spec)
+            values_key, mask_key = spec["inputs"]
+            encoded[values_key], encoded[mask_key] = values, mask
+            encoded.update({name: extra[name] for name in spec.get("extra_inputs", ()) if name in extra})
+        for granularity, (segments_key, mask_key) in self.model_spec.get("segments", {}).items():
+            segments, mask = pad_segments([item.segments.get(granularity)])
+            encoded[segments_key], encoded[mask_key] = segments, mask.long()
+        return encoded
+
+    def _audio_inputs(self, item: EmotionInput, audio: np.ndarray | None, pixels: Any, spec: dict[str, Any]):
+        """`(input_values (1, samples), mask (1, samples), {})`; no audio: one model frame of zeros, masked."""
+        if audio is None:
+            return torch.zeros(1, _MIN_AUDIO_SAMPLES), torch.zeros(1, _MIN_AUDIO_SAMPLES, dtype=torch.long), {}
+        rate = self.processor.feature_extractor.sampling_rate
+        features = self.processor(audio=audio, sampling_rate=rate, return_tensors="pt")
+        return features["input_values"], features["audio_attention_mask"], {}
+
+    def _video_inputs(self, item: EmotionInput, audio: np.ndarray | None, pixels: Any, spec: dict[str, Any]):
+        """`(face crops (1, frames, 3, H, W), mask (1, frames), {})`; no face crops: one zero frame, masked."""
+        if pixels is None:
             size = self.processor.image_processor.size
             frames = torch.zeros(1, 1, 3, size["height"], size["width"])
-            frames_mask = torch.zeros(1, 1, dtype=torch.long)
-        return {
-            "input_values": values,
-            "attention_mask": mask,
-            "pixel_values_videos": frames,
-            "visual_features_mask": frames_mask,
-        }
+            return frames, torch.zeros(1, 1, dtype=torch.long), {}
+        return pixels["pixel_values_videos"], pixels["visual_features_mask"], {}
 
-    def _mlfusion_inputs(self, item: EmotionInput, audio: np.ndarray | None, rate: int) -> dict[str, torch.Tensor]:
-        from avemotion.models.mlfusion.segments import pad_segments
-
-        encoded: dict[str, torch.Tensor] = {}
-        if audio is not None:
-            features = self.processor(audio=audio, sampling_rate=rate, return_tensors="pt")
-            encoded["input_values"], encoded["attention_mask"] = (
-                features["input_values"],
-                features["audio_attention_mask"],
-            )
-        else:
-            encoded["input_values"] = torch.zeros(1, _MIN_AUDIO_SAMPLES)
-            encoded["attention_mask"] = torch.zeros(1, _MIN_AUDIO_SAMPLES, dtype=torch.long)
-        max_length = getattr(self.model.config, "max_text_length", 128)
+    def _text_inputs(self, item: EmotionInput, audio: np.ndarray | None, pixels: Any, spec: dict[str, Any]):
+        """`(input_ids (1, tokens), mask (1, tokens), other tokenizer outputs)`, cut to the spec's `max_length`; no
+        transcript: the tokens of an empty string, masked."""
+        max_length = spec.get("max_length") or 128
         tokens = self.processor(
             text=item.text or "", return_tensors="pt", text_kwargs={"truncation": True, "max_length": max_length}
         )
-        encoded["input_ids"] = tokens["input_ids"]
-        encoded["text_attention_mask"] = tokens["attention_mask"] * int(item.text is not None)
-        for granularity in _GRANULARITIES:
-            segments, mask = pad_segments([item.segments.get(granularity)])
-            encoded[f"{granularity}_segments"], encoded[f"{granularity}_segments_mask"] = segments, mask.long()
-        return encoded
+        return tokens["input_ids"], tokens["attention_mask"] * int(item.text is not None), dict(tokens)
 
     # -- forward and postprocessing -----------------------------------------------------------------------------------
 
@@ -794,39 +822,32 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
         return {"is_last": is_last, "meta": meta, "logits": logits}
 
     def _run_model(self, model_inputs: dict[str, Any]) -> torch.Tensor:
-        pairs = [("input_values", "attention_mask"), ("pixel_values_videos", "visual_features_mask"),
-                 ("input_ids", "text_attention_mask"), ("audio_features", "audio_features_mask"),
-                 ("visual_features", "visual_features_mask")]  # fmt: skip
-        for values, mask in pairs:
-            # a modality that no row of the batch has is not passed at all
-            if values in model_inputs and mask in model_inputs and not model_inputs[mask].any():
-                model_inputs.pop(values)
-                model_inputs.pop(mask)
-                if values == "input_ids":
-                    model_inputs.pop("token_type_ids", None)
+        """The model's logits (float32) for a batch: a modality that no row of the batch has is not passed at all,
+        segment masks are booleans and other float inputs take the model's dtype."""
+        for spec in self.model_spec["modalities"].values():
+            groups = [(spec["inputs"], spec.get("extra_inputs", ()))]
+            if "features" in spec:
+                groups.append((spec["features"], ()))
+            for (values, mask), extra in groups:
+                if values in model_inputs and mask in model_inputs and not model_inputs[mask].any():
+                    for name in (values, mask, *extra):
+                        model_inputs.pop(name, None)
+        segment_keys = {key for keys in self.model_spec.get("segments", {}).values() for key in keys}
+        segment_masks = {mask for _, mask in self.model_spec.get("segments", {}).values()}
         for name, value in model_inputs.items():
-            if name.endswith("_segments_mask"):
+            if name in segment_masks:
                 model_inputs[name] = value.bool()
-            elif value.is_floating_point() and not name.endswith("_segments"):
+            elif value.is_floating_point() and name not in segment_keys:
                 model_inputs[name] = value.to(self.model.dtype)  # the pipeline's dtype
         return self.model(**model_inputs).logits.float()
 
     def postprocess(self, model_outputs: list[dict[str, Any]], top_k: int | None = None, errors: str = "raise") -> Any:
-        for output in model_outputs:
-            meta = output["meta"][0] if isinstance(output["meta"], list) else output["meta"]
-            if "error" in meta:
-                if errors == "skip":
-                    return {"error": meta["error"], "input": meta["name"]}
-                raise ValueError(meta["error"])
-        config = self.model.config
-        regression = config.problem_type == "regression"
-        windows = []
-        for output in model_outputs:
-            meta = output["meta"]
-            meta = meta[0] if isinstance(meta, list) else meta
-            logits = output["logits"].reshape(-1)
-            values = self._to_label_scale(logits) if regression else torch.softmax(logits, dim=-1)
-            windows.append((meta, values))
+        """One input's result from its windows' logits (see the class docstring), or its error (`errors`)."""
+        error = self._error_result(model_outputs, errors)
+        if error is not None:
+            return error
+        regression = self.model.config.problem_type == "regression"
+        windows = self._window_values(model_outputs, regression)
         modalities = [m for m in self.model_modalities if any(m in meta["modalities"] for meta, _ in windows)]
         notes = windows[-1][0]["notes"]
         if len(windows) == 1:
@@ -849,6 +870,26 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
         if notes:
             result["notes"] = notes
         return result
+
+    @staticmethod
+    def _error_result(model_outputs: list[dict[str, Any]], errors: str) -> dict[str, str] | None:
+        """An error item's `{"error", "input"}` result (`errors="skip"`); raises it with `errors="raise"`."""
+        for output in model_outputs:
+            meta = output["meta"][0] if isinstance(output["meta"], list) else output["meta"]
+            if "error" in meta:
+                if errors == "skip":
+                    return {"error": meta["error"], "input": meta["name"]}
+                raise ValueError(meta["error"])
+        return None
+
+    def _window_values(self, model_outputs: list[dict[str, Any]], regression: bool) -> list[tuple[dict, torch.Tensor]]:
+        """`(meta, values)` per window: label-scale values (regression) or probabilities."""
+        windows = []
+        for output in model_outputs:
+            meta = output["meta"][0] if isinstance(output["meta"], list) else output["meta"]
+            logits = output["logits"].reshape(-1)
+            windows.append((meta, self._to_label_scale(logits) if regression else torch.softmax(logits, dim=-1)))
+        return windows
 
     def _to_label_scale(self, raw: torch.Tensor) -> torch.Tensor:
         scale = getattr(self.model.config, "label_scale", None)
@@ -882,6 +923,20 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
         return predictions
 
 
+def model_input_spec(model: Any) -> dict[str, Any]:
+    """The model's `input_spec()` (see the model classes), checked: every modality names its `"inputs"` pair."""
+    declare = getattr(model, "input_spec", None)
+    if not callable(declare):
+        raise ValueError(
+            f"{TASK} needs a model that declares its inputs with `input_spec()`, got {type(model).__name__}"
+        )
+    spec = declare()
+    modalities = spec.get("modalities") or {}
+    if not modalities or any(len(entry.get("inputs", ())) != 2 for entry in modalities.values()):
+        raise ValueError(f"{type(model).__name__}.input_spec(): each modality needs an (inputs, mask) pair")
+    return spec
+
+
 def register_pipeline() -> None:
     """Register the task with transformers' pipeline registry (done by `import avemotion`)."""
     from transformers import AutoModelForAudioClassification
@@ -901,10 +956,12 @@ def register_pipeline() -> None:
 __all__ = [
     "ERRORS_MODES",
     "MIN_WINDOW_SECONDS",
+    "MODALITIES",
     "TASK",
     "AudioVisualEmotionPipeline",
     "EmotionInput",
     "looks_like_path",
+    "model_input_spec",
     "normalize_input",
     "register_pipeline",
 ]

@@ -11,7 +11,7 @@ EXPORTERS = ("torchscript", "dynamo")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="a saved avemotion model directory")
-    parser.add_argument("--output-dir", required=True, help="where the ONNX model directory is written")
+    parser.add_argument("--output_dir", required=True, help="where the ONNX model directory is written")
     parser.add_argument(
         "--parts",
         default="heads",
@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--exporter", default="torchscript", choices=EXPORTERS, help="torch's TorchScript or dynamo ONNX exporter"
     )
-    parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity check on random inputs")
+    parser.add_argument("--no_check", action="store_true", help="skip the ONNX Runtime parity check on random inputs")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,10 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="transcript for the audio-text model; give it once per file (in order), or without files",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON object per file")
-    parser.add_argument("--top-k", type=int, default=3, help="labels shown per file (categorical models)")
-    parser.add_argument("--window-seconds", type=float, help="analysis window (default: the model's)")
-    parser.add_argument("--stride-seconds", type=float, help="hop between windows (default: the window)")
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--top_k", type=int, default=3, help="labels shown per file (categorical models)")
+    parser.add_argument("--window_seconds", type=float, help="analysis window (default: the model's)")
+    parser.add_argument("--stride_seconds", type=float, help="hop between windows (default: the window)")
+    parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda:0")
     return parser
 
@@ -103,9 +103,7 @@ def check_model_dir(model: str) -> None:
 
 def load_pipeline(model: str, device: str | None = None):
     """`pipeline("audio-visual-emotion", model=model)`, with loading failures as one-line `ValueError`s."""
-    from transformers import pipeline
-
-    import avemotion  # noqa: F401  (registers the task)
+    from transformers import pipeline  # the task and the models are registered: this module is inside avemotion
 
     check_model_dir(model)
     try:
@@ -136,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
 
     # option errors before the model loads (the pipeline checks them again against the model's window)
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+        raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}")
     for name in ("window_seconds", "stride_seconds"):
         if getattr(args, name) is not None:
             check_seconds(getattr(args, name), name)

@@ -9,7 +9,15 @@ from typing import Any, Literal
 import numpy as np
 from transformers import BatchFeature, Wav2Vec2FeatureExtractor
 
-from .media import MIN_AUDIO_SAMPLES, check_sampling_rate, check_waveform, describe, is_path, load_audio, resample
+from .media import (
+    MIN_AUDIO_SAMPLES,
+    check_sampling_rate,
+    check_waveform,
+    decode_audio_value,
+    describe,
+    is_path,
+    resample,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -129,17 +137,15 @@ class AvEmotionFeatureExtractor(Wav2Vec2FeatureExtractor):
     def load(self, audio: Any, sampling_rate: int | None = None, name: str = "audio") -> np.ndarray:
         """One input (path, waveform or `{"array", "sampling_rate"}` dict) -> checked mono float32 at
         `self.sampling_rate`, not yet normalised or cut; at least `MIN_AUDIO_SAMPLES` long."""
-        if is_path(audio):
-            waveform = load_audio(audio, self.sampling_rate, name=name)
-        else:
-            if _is_record(audio):
-                try:
-                    audio, sampling_rate = audio["array"], audio["sampling_rate"]
-                except KeyError as error:
+        if is_path(audio) or _is_record(audio):
+            if isinstance(audio, Mapping) and not (audio.get("path") or audio.get("bytes")):  # an array dict
+                missing = [key for key in ("array", "sampling_rate") if key not in audio]
+                if missing:
                     raise ValueError(
-                        f"{name}: a dict input needs 'array' and 'sampling_rate' keys, missing {error}"
-                    ) from None
-                sampling_rate = check_sampling_rate(sampling_rate, name)
+                        f"{name}: a dict input needs 'array' and 'sampling_rate' keys, missing {missing[0]!r}"
+                    )
+            waveform = decode_audio_value(audio, self.sampling_rate, name=name)
+        else:
             waveform = check_waveform(audio, name)
             rate = self.sampling_rate if sampling_rate is None else check_sampling_rate(sampling_rate, name)
             waveform = resample(waveform, rate, self.sampling_rate)
@@ -152,7 +158,7 @@ class AvEmotionFeatureExtractor(Wav2Vec2FeatureExtractor):
 
 
 def _is_record(value: Any) -> bool:
-    """A `{"array", "sampling_rate"}` mapping, or a `datasets` audio decoder that is indexed the same way."""
+    """A `datasets` audio value: a `{"array", "sampling_rate"}` or `{"path", "bytes"}` mapping, or an audio decoder."""
     return isinstance(value, Mapping) or type(value).__name__ == "AudioDecoder"
 
 

@@ -153,7 +153,6 @@ def load_audio(source: PathLike, sampling_rate: int = 16000, name: str | None = 
     return check_waveform(np.concatenate(list(iter_audio_blocks(source, sampling_rate, name=name))), name, False)
 
 
-
 def decode_audio_value(value: Any, sampling_rate: int, name: str = "audio") -> np.ndarray:
     """One audio value as the package meets it -> a checked mono float32 waveform at `sampling_rate`.
 
@@ -645,7 +644,19 @@ def _iter_av_audio(path: Path, name: str, sampling_rate: int, block_seconds: flo
         yield out
 
 
+# Media file suffixes (lower case), defined once: audio containers and video containers that the readers above decode
+# (soundfile for `_SOUNDFILE_SUFFIXES`, PyAV for the rest). The pipeline tells file names from text with them; corpus
+# builders keep the suffixes of their own layouts (e.g. CREMA-D's `.wav` and `.flv`/`.mp4`), which are subsets.
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".aiff", ".aif", ".m4a", ".aac", ".opus"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".flv", ".mkv", ".mov", ".webm", ".mpg", ".mpeg"})
+MEDIA_SUFFIXES = AUDIO_SUFFIXES | VIDEO_SUFFIXES
+
+
 __all__ = [
+    "AUDIO_SUFFIXES",
+    "MEDIA_SUFFIXES",
+    "VIDEO_SUFFIXES",
+    "decode_audio_value",
     "MAX_FLOAT_PEAK",
     "TRUNCATION_TOLERANCE_FRACTION",
     "TRUNCATION_TOLERANCE_SAMPLES",

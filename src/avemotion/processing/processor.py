@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
-from transformers import BatchFeature, ProcessorMixin
-from transformers.utils import cached_file
+from transformers import AutoTokenizer, BatchFeature, ProcessorMixin
+from transformers.utils import PROCESSOR_NAME, has_file, resolve_revision
+
+from avemotion.utils.transformers_compat import init_processor_subset
 
 from .audio import AvEmotionFeatureExtractor
 from .video import AvEmotionImageProcessor, _as_video_list
@@ -51,14 +54,13 @@ class AvEmotionProcessor(ProcessorMixin):
         if tokenizer is not None:
             super().__init__(feature_extractor, image_processor, tokenizer, **kwargs)
             return
-        # ProcessorMixin requires every sub-processor; the tokenizer is optional here.
-        self.chat_template = kwargs.pop("chat_template", None)
+        # ProcessorMixin.__init__ requires every sub-processor; the tokenizer is optional here.
+        chat_template = kwargs.pop("chat_template", None)
         if kwargs:
             raise TypeError(f"Unexpected keyword arguments: {sorted(kwargs)}")
-        for name, value in (("feature_extractor", feature_extractor), ("image_processor", image_processor)):
-            self.check_argument_for_proper_class(name, value)
-            setattr(self, name, value)
-        self.tokenizer = None
+        init_processor_subset(
+            self, chat_template=chat_template, feature_extractor=feature_extractor, image_processor=image_processor
+        )
 
     def __call__(
         self,
@@ -120,67 +122,129 @@ class AvEmotionProcessor(ProcessorMixin):
             names += [name for name in self.tokenizer.model_input_names if name not in names]
         return names
 
-    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs: Any):
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any):
+        """`ProcessorMixin.save_pretrained`; without a tokenizer, `processor_config.json` (holding the feature
+        extractor's and the image processor's settings) is all there is to write."""
         if self.tokenizer is not None:
             return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
-        # ProcessorMixin saves every sub-processor named in __init__: leave out the absent tokenizer.
-        present = [name for name in type(self).get_attributes() if getattr(self, name) is not None]
-        self.get_attributes = lambda: present
-        try:
-            return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
-        finally:
-            del self.get_attributes
+        if push_to_hub:
+            repo_id = kwargs.pop("repo_id", str(save_directory).split(os.path.sep)[-1])
+            self.save_pretrained(save_directory)
+            return self.push_to_hub(repo_id, **kwargs)
+        os.makedirs(save_directory, exist_ok=True)
+        output_file = os.path.join(save_directory, PROCESSOR_NAME)
+        self.to_json_file(output_file)
+        logger.info("processor saved in %s", output_file)
+        return [output_file]
 
     @classmethod
-    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        cache_dir: str | os.PathLike | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        revision: str = "main",
+        **kwargs: Any,
+    ) -> AvEmotionProcessor:
         """Load the feature extractor and image processor, and the tokenizer only where one was saved.
 
-        A directory holding only a feature extractor (as the VAVL converter writes) gets the default image processor.
+        A directory holding only a feature extractor (as the VAVL converter writes) gets the default image processor;
+        image processor settings in `kwargs` (e.g. `face_detector=None`) override the saved ones.
         """
-        processor_dict = processor_dict or {}
-        kwargs = dict(kwargs)
+        lookup: dict[str, Any] = {"cache_dir": cache_dir, "force_download": force_download}
+        lookup["local_files_only"] = local_files_only
+        # one revision for every file, so that they all come from the same state of the repo
+        lookup["revision"] = resolve_revision(
+            pretrained_model_name_or_path,
+            revision,
+            token=token,
+            local_files_only=local_files_only,
+            cache_dir=cache_dir,
+        )
+        if token is not None:
+            lookup["token"] = token
+        processor_dict, instantiation_kwargs = cls.get_processor_dict(
+            pretrained_model_name_or_path, **lookup, **kwargs
+        )
+        args = cls._sub_processors(pretrained_model_name_or_path, processor_dict, lookup, dict(kwargs))
+        return cls.from_args_and_dict(args, processor_dict, **instantiation_kwargs)
+
+    @classmethod
+    def from_backbones(
+        cls,
+        audio: str | os.PathLike | None = None,
+        visual: str | os.PathLike | None = None,
+        audio_kwargs: dict[str, Any] | None = None,
+        **image_processor_kwargs: Any,
+    ) -> AvEmotionProcessor:
+        """The processor of a model built with `VavlForEmotionRecognition.from_backbones(audio=..., visual=...)`.
+
+        Args:
+            audio: the audio backbone (name or directory). Its saved feature extractor, if any, gives the sampling
+                rate; the normalisation stays VAVL's global one (set `global_mean`/`global_std` to the training-set
+                statistics, e.g. through `audio_kwargs`).
+            visual: the visual backbone (name or directory), e.g. a directory written by `avemotion convert-hsemotion`:
+                the face crops take its image processor's size, resample, rescale factor, mean and std
+                (`AvEmotionImageProcessor.from_backbone`), so the backbone sees the pixels it was made for.
+            audio_kwargs: `AvEmotionFeatureExtractor` settings that override the defaults and what `audio` gives.
+            image_processor_kwargs: `AvEmotionImageProcessor` settings (e.g. `face_detector`, `crop_scale`) that
+                override the defaults and what `visual` gives.
+        """
+        settings: dict[str, Any] = {}
+        if audio is not None:
+            try:
+                saved, _ = AvEmotionFeatureExtractor.get_feature_extractor_dict(audio)
+            except OSError:
+                logger.info("%s has no feature extractor config: using VAVL's audio defaults", audio)
+                saved = {}
+            settings = {key: saved[key] for key in ("sampling_rate", "padding_value") if key in saved}
+        feature_extractor = AvEmotionFeatureExtractor(**{**VAVL_AUDIO_SETTINGS, **settings, **(audio_kwargs or {})})
+        if visual is not None:
+            image_processor = AvEmotionImageProcessor.from_backbone(visual, **image_processor_kwargs)
+        else:
+            image_processor = AvEmotionImageProcessor(**image_processor_kwargs)
+        return cls(feature_extractor=feature_extractor, image_processor=image_processor)
+
+    @classmethod
+    def _sub_processors(
+        cls, path: str | os.PathLike, processor_dict: dict[str, Any], lookup: dict[str, Any], kwargs: dict[str, Any]
+    ) -> list[Any]:
+        """`[feature_extractor, image_processor, tokenizer or None]` of a saved processor."""
         subfolder = kwargs.pop("subfolder", "")
         image_kwargs = {k: kwargs.pop(k) for k in AvEmotionImageProcessor.valid_kwargs.__annotations__ if k in kwargs}
-        lookup = {
-            key: kwargs[key]
-            for key in ("cache_dir", "force_download", "local_files_only", "revision", "token")
-            if key in kwargs
-        }
-
-        def has_file(name: str) -> bool:
-            found = cached_file(
-                pretrained_model_name_or_path,
-                name,
-                _raise_exceptions_for_missing_entries=False,
-                _raise_exceptions_for_connection_errors=False,
-                subfolder=subfolder,
-                **lookup,
-            )
-            return found is not None
-
+        kwargs = {**kwargs, **lookup}
         if "feature_extractor" in processor_dict:
             feature_extractor = AvEmotionFeatureExtractor.from_dict(processor_dict["feature_extractor"])
         else:
-            feature_extractor = AvEmotionFeatureExtractor.from_pretrained(
-                pretrained_model_name_or_path, subfolder=subfolder, **kwargs
-            )
+            feature_extractor = AvEmotionFeatureExtractor.from_pretrained(path, subfolder=subfolder, **kwargs)
         if "image_processor" in processor_dict:
             settings = {k: v for k, v in processor_dict["image_processor"].items() if k != "image_processor_type"}
             image_processor = AvEmotionImageProcessor(**{**settings, **image_kwargs})
         else:
-            logger.info("%s has no image processor settings: using VAVL's defaults", pretrained_model_name_or_path)
+            logger.info("%s has no image processor settings: using VAVL's defaults", path)
             image_processor = AvEmotionImageProcessor(**image_kwargs)
         tokenizer = None
-        if has_file("tokenizer_config.json"):
-            tokenizer = cls._load_tokenizer_from_pretrained(
-                "tokenizer", pretrained_model_name_or_path, subfolder=subfolder, **kwargs
-            )
+        config_file = f"{subfolder}/tokenizer_config.json" if subfolder else "tokenizer_config.json"
+        keys = ("revision", "token", "local_files_only", "cache_dir")
+        if has_file(path, config_file, **{key: lookup[key] for key in keys if key in lookup}):
+            tokenizer = AutoTokenizer.from_pretrained(path, subfolder=subfolder, **kwargs)
         return [feature_extractor, image_processor, tokenizer]
+
+
+# VAVL's audio settings: 16 kHz, global normalisation (statistics to be set from the training data)
+VAVL_AUDIO_SETTINGS: dict[str, Any] = {
+    "sampling_rate": 16000,
+    "normalization": "global",
+    "global_mean": 0.0,
+    "global_std": 1.0,
+}
 
 
 def default_feature_extractor() -> AvEmotionFeatureExtractor:
     """VAVL's audio settings: 16 kHz, global normalisation (statistics to be set from the training data)."""
-    return AvEmotionFeatureExtractor(sampling_rate=16000, normalization="global", global_mean=0.0, global_std=1.0)
+    return AvEmotionFeatureExtractor(**VAVL_AUDIO_SETTINGS)
 
 
 __all__ = ["AUDIO_MASK_KEY", "AvEmotionProcessor"]

@@ -1,19 +1,20 @@
 """Face-video frame processor: decode, find the face, crop it VAVL's way, resize and normalise every frame.
 
 transformers 5 video processors (`BaseVideoProcessor`) need torchvision, which does not work on this stack, so
-this is a PIL/NumPy-backend image processor (`PilBackend`) that takes whole videos.
+this is a PIL/NumPy-backend image processor (`transformers.PilBackend`, public API only) that takes whole videos.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 from typing import Any
 
 import cv2
 import numpy as np
-from transformers import BatchFeature
-from transformers.image_processing_backends import PilBackend
+from transformers import BatchFeature, PilBackend
+from transformers.image_processing_utils import get_size_dict
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs
 
@@ -154,6 +155,19 @@ class AvEmotionImageProcessor(PilBackend):
             "processor): pass the detector object, e.g. `from_pretrained(path, face_detector=MyDetector())`"
         )
 
+    @classmethod
+    def from_backbone(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> AvEmotionImageProcessor:
+        """The processor whose crops are what a visual backbone's own image processor prepares: its `size` (square),
+        `resample`, `rescale_factor`, `image_mean` and `image_std` (see `backbone_image_settings`), e.g. of a directory
+        written by `avemotion convert-hsemotion` (224x224, bilinear, ImageNet mean/std). Face detection and VAVL's
+        crop rule stay as configured; `kwargs` (any constructor setting) override everything read.
+
+        Note: VAVL's original pipeline cuts the 224x224 crop from the frame with bicubic interpolation; HSEmotion's
+        transform (what the converted directory records) resizes with bilinear. Pass `resample=3` for the former.
+        """
+        settings, _ = cls.get_image_processor_dict(pretrained_model_name_or_path)
+        return cls(**{**backbone_image_settings(settings, str(pretrained_model_name_or_path)), **kwargs})
+
     def to_dict(self) -> dict[str, Any]:
         detector = self.face_detector
         if not (detector is None or isinstance(detector, str)):
@@ -175,12 +189,16 @@ class AvEmotionImageProcessor(PilBackend):
             return_tensors: `"pt"`, `"np"` or `None` (NumPy arrays).
             kwargs: any setting of the constructor, for this call only.
         """
-        unknown = set(kwargs) - set(self._valid_kwargs_names)
+        names = list(self.valid_kwargs.__annotations__)
+        unknown = set(kwargs) - set(names)
         if unknown:
             raise ValueError(f"Unexpected arguments for {type(self).__name__}: {sorted(unknown)}")
         face_detector = kwargs.pop("face_detector", "default")
-        settings = {name: kwargs.get(name, getattr(self, name, None)) for name in self._valid_kwargs_names}
-        settings = self._standardize_kwargs(**settings)
+        settings = {name: kwargs.get(name, getattr(self, name, None)) for name in names}
+        if settings["size"] is not None and not isinstance(settings["size"], SizeDict):
+            settings["size"] = SizeDict(
+                **get_size_dict(size=settings["size"], default_to_square=settings.get("default_to_square", True))
+            )
         detector = self.get_face_detector(face_detector)
         self._check_settings(detector, settings["face_selection"], settings["detect_every"])
         self._check_frame_settings(settings["video_fps"], settings["max_frames"], settings["size"])
@@ -266,6 +284,41 @@ class AvEmotionImageProcessor(PilBackend):
         return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
 
 
+def backbone_image_settings(settings: dict[str, Any], name: str = "the backbone") -> dict[str, Any]:
+    """The `AvEmotionImageProcessor` settings that reproduce a backbone image processor's pixels on a face crop.
+
+    Args:
+        settings: a saved image processor's dict (`preprocessor_config.json`), e.g. an `EfficientNetImageProcessor`.
+        name: named in errors.
+
+    Returns:
+        `size` (`{"height", "width"}`), `resample`, `do_rescale`, `rescale_factor`, `do_normalize`, `image_mean` and
+        `image_std`, for those the dict sets. A `ValueError` names settings that a resized face crop cannot reproduce
+        (a centre crop, EfficientNet's `rescale_offset` or `include_top`) or a size that is not square.
+    """
+    unsupported = [key for key in ("do_center_crop", "rescale_offset", "include_top") if settings.get(key)]
+    if unsupported:
+        raise ValueError(
+            f"{name}: its image processor sets {', '.join(f'{key}=True' for key in unsupported)}, which the face "
+            "crops cannot reproduce; give the image settings yourself (AvEmotionImageProcessor(size=..., ...))"
+        )
+    out = {key: settings[key] for key in ("do_rescale", "rescale_factor", "do_normalize") if key in settings}
+    for key in ("image_mean", "image_std"):
+        if settings.get(key) is not None:
+            value = settings[key]
+            out[key] = [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)] * 3
+    if settings.get("do_resize", True) and settings.get("size") is not None:
+        size = get_size_dict(settings["size"], default_to_square=True)
+        if "shortest_edge" in size and "height" not in size:
+            size = {"height": size["shortest_edge"], "width": size["shortest_edge"]}  # a square crop: both edges
+        if size.get("height") is None or size.get("height") != size.get("width"):
+            raise ValueError(f"{name}: image size {settings['size']!r} is not a square height x width")
+        out["size"] = {"height": int(size["height"]), "width": int(size["width"])}
+        if settings.get("resample") is not None:
+            out["resample"] = PILImageResampling(int(settings["resample"]))
+    return out
+
+
 def _as_video_list(videos: Any) -> list:
     """One video or a batch of videos -> a list of videos (see `preprocess`)."""
     if is_path(videos) or (isinstance(videos, np.ndarray) and videos.ndim in (3, 4)) or hasattr(videos, "detach"):
@@ -283,4 +336,4 @@ def _as_video_list(videos: Any) -> list:
     )
 
 
-__all__ = ["AvEmotionImageProcessor"]
+__all__ = ["AvEmotionImageProcessor", "backbone_image_settings"]

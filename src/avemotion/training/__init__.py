@@ -1,7 +1,15 @@
-"""Training utilities: losses, schedules and the Accelerate trainer.
+"""Training: the Accelerate trainer and what it needs, for any model that declares its training steps.
 
-Light to import (the modeling files import `losses`): the trainer, its arguments and the Hub helpers load on first
-use of their names.
+- `trainer`: `EmotionTrainer` (the training loop, the steps, evaluation per branch, model selection);
+- `schedules`: the steps of a batch read from `model.training_steps()` / `input_spec()`, and their rows;
+- `checkpointing`: the run's files in `output_dir` (model directories, checkpoints, resumption);
+- `files`, `batches`: atomic writes and checkpoint-file checks; row-indexed batches with checked labels;
+- `arguments`: `TrainingArguments` and their command-line form (`transformers.HfArgumentParser`);
+- `cli_train`, `cli_evaluate`, `cli_push`: the `avemotion train` / `evaluate` / `push` commands;
+- `hub`: model cards (templates: the package `avemotion.hub_cards`) and pushing to the Hub;
+- `losses`: re-export of `avemotion.utils.losses`.
+
+Light to import: the trainer, its arguments and the Hub helpers load on first use of their names.
 """
 
 from typing import Any

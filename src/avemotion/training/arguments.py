@@ -1,5 +1,10 @@
 """Training options of the avemotion trainer, and their command-line form.
 
+Every option of a dataclass here (and of the `avemotion train` / `evaluate` dataclasses in `cli_train` and
+`cli_evaluate`) becomes a command-line option through `transformers.HfArgumentParser`: `--name` (the canonical
+spelling, with underscores) and `--name-with-dashes`. Only `CUSTOM_TYPES` (a prefix-to-learning-rate map, a label
+column or a list of them, an optional boolean) are declared by hand, with their own parsers.
+
 The defaults follow the original VAVL recipe (Adam, lr 5e-5, coupled weight decay 5e-7, betas (0.95, 0.999), 20
 epochs, batch 32, no schedule) with the original code's bugs fixed: training data is shuffled (a seeded order per
 epoch), a seed is applied, fp16 uses loss scaling (accelerate's GradScaler), and labels are never modified in place.
@@ -10,13 +15,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import types
-import typing
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-SCHEDULES = ("auto", "vavl", "joint")
+SCHEDULES = ("auto", "joint")
+# deprecated schedule names -> the name that replaces them (accepted with a FutureWarning)
+SCHEDULE_ALIASES = {"vavl": "auto"}
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
@@ -32,9 +39,11 @@ class TrainingArguments:
             or trained model): that run's files are deleted first. Without it, such an `output_dir` is refused
             (a `ValueError`) unless `resume_from_checkpoint` continues the run (then the log is cut back to the
             checkpoint's epochs and nothing is deleted).
-        schedule: `"vavl"` (per batch a visual, an acoustic and a fusion step, each with its own loss; the fusion
-            step updates only the fusion head), `"joint"` (one step on the model's `loss`, e.g. the multi-level
-            fusion model's sum of per-head losses) or `"auto"` (`"vavl"` for VAVL models, else `"joint"`).
+        schedule: `"auto"`: the training steps the model declares (`model.training_steps()`: per batch, which
+            parameters each step updates, on which loss and which rows; VAVL declares a visual, an acoustic and a
+            fusion step, the multi-level fusion model one joint step; a model that declares none is trained
+            jointly). `"joint"`: one step on the model's `loss` updating every parameter. The former name
+            `"vavl"` is a deprecated alias of `"auto"` (a `FutureWarning`; it is stored as `"auto"`).
         num_train_epochs: passes over the training data.
         per_device_train_batch_size / per_device_eval_batch_size: rows per batch on each process.
         optimizer: `"adam"` (coupled L2 weight decay, as the original), `"adamw"` or `"sgd"`.
@@ -76,7 +85,7 @@ class TrainingArguments:
 
     output_dir: str = "avemotion-output"
     overwrite_output_dir: bool = False
-    schedule: Literal["auto", "vavl", "joint"] = "auto"
+    schedule: Literal["auto", "joint", "vavl"] = "auto"
     num_train_epochs: int = 20
     per_device_train_batch_size: int = 32
     per_device_eval_batch_size: int | None = None
@@ -112,6 +121,15 @@ class TrainingArguments:
     dataloader_num_workers: int = 0
 
     def __post_init__(self):
+        if self.schedule in SCHEDULE_ALIASES:
+            replacement = SCHEDULE_ALIASES[self.schedule]
+            warnings.warn(
+                f"TrainingArguments.schedule={self.schedule!r} is deprecated and will be removed; use "
+                f"{replacement!r} (the training steps the model declares), which it now means",
+                FutureWarning,
+                stacklevel=3,
+            )
+            self.schedule = replacement
         checks = {
             "schedule": (self.schedule in SCHEDULES, f"one of {SCHEDULES}"),
             "optimizer": (self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}"),
@@ -146,8 +164,8 @@ class TrainingArguments:
 # ------------------------------------------------------------------------------------------------ command line
 
 
-def _parse_groups(text: str) -> dict[str, float]:
-    """`"prefix=lr,prefix=lr"` -> dict."""
+def parse_parameter_groups(text: str) -> dict[str, float]:
+    """`"prefix=lr,prefix=lr"` -> `{prefix: lr}`."""
     groups = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         prefix, sep, value = item.partition("=")
@@ -157,7 +175,8 @@ def _parse_groups(text: str) -> dict[str, float]:
     return groups
 
 
-def _parse_optional_bool(text: str) -> bool | None:
+def parse_optional_bool(text: str) -> bool | None:
+    """`true`/`yes`/`1`, `false`/`no`/`0`, or `none`/`keep`/`""` (None)."""
     lowered = text.strip().lower()
     if lowered in ("none", "keep", ""):
         return None
@@ -168,37 +187,61 @@ def _parse_optional_bool(text: str) -> bool | None:
     raise argparse.ArgumentTypeError(f"expected true, false or none, got {text!r}")
 
 
-def _parse_label_column(text: str) -> str | list[str]:
+def parse_label_column(text: str) -> str | list[str]:
+    """`"label"` -> `"label"`; `"arousal,valence"` -> `["arousal", "valence"]` (regression targets)."""
     return text.split(",") if "," in text else text
 
 
+# the fields whose command-line form HfArgumentParser cannot derive from the type: field name -> (parser, metavar)
+CUSTOM_TYPES: dict[str, tuple[Callable[[str], Any], str]] = {
+    "parameter_group_lr": (parse_parameter_groups, "PREFIX=LR[,PREFIX=LR...]"),
+    "label_column": (parse_label_column, "COLUMN[,COLUMN...]"),
+    "freeze_backbones": (parse_optional_bool, "{true,false,none}"),
+}
+
+
+def dataclass_argument_parser(*dataclass_types: type):
+    """A `transformers.HfArgumentParser` (no `-h`) with one option per field of `dataclass_types`: `--name` and
+    `--name-with-dashes`; the fields of `CUSTOM_TYPES` are declared again with their own parser (the parser's
+    `conflict_handler="resolve"` replaces HfArgumentParser's generic version)."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(dataclass_types, add_help=False, conflict_handler="resolve")
+    for dataclass_type in dataclass_types:
+        for item in dataclasses.fields(dataclass_type):
+            if item.name not in CUSTOM_TYPES:
+                continue
+            convert, metavar = CUSTOM_TYPES[item.name]
+            default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
+            parser.add_argument(
+                f"--{item.name}", f"--{item.name.replace('_', '-')}", dest=item.name, type=convert, default=default,
+                metavar=metavar, help=item.metadata.get("help"),
+            )  # fmt: skip
+    return parser
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, *dataclass_types: type) -> None:
+    """Add the options of `dataclass_argument_parser(*dataclass_types)` to an existing `parser` (e.g. the `avemotion`
+    sub-command's). This is argparse's own `parents=[...]` copy, which the public API offers only where the parser is
+    created (`ArgumentParser(parents=...)`), and a sub-command's parser is created by the command."""
+    parser._add_container_actions(dataclass_argument_parser(*dataclass_types))
+
+
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one `--name` option per `TrainingArguments` field (defaults and help from the dataclass)."""
-    hints = typing.get_type_hints(TrainingArguments)
-    group = parser.add_argument_group("training options")
-    for item in dataclasses.fields(TrainingArguments):
-        hint = hints[item.name]
-        default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
-        kwargs: dict[str, Any] = {"default": default, "dest": item.name}
-        args = typing.get_args(hint)
-        if item.name == "parameter_group_lr":
-            kwargs.update(type=_parse_groups, metavar="PREFIX=LR,...")
-        elif item.name == "label_column":
-            kwargs.update(type=_parse_label_column, metavar="COLUMN[,COLUMN...]")
-        elif item.name == "freeze_backbones":
-            kwargs.update(type=_parse_optional_bool, metavar="{true,false,none}")
-        elif hint is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(hint) is Literal:
-            kwargs["choices"] = list(args)
-        else:
-            base = [a for a in args if a is not type(None)] if isinstance(hint, types.UnionType) else [hint]
-            kwargs["type"] = base[0]
-        group.add_argument(f"--{item.name}", **kwargs)
-    parser.add_argument("--resume", dest="resume_from_checkpoint", action="store_const", const="last",
-                        help="resume from the last checkpoint in OUTPUT_DIR/checkpoints")  # fmt: skip
+    """One option per `TrainingArguments` field (see `dataclass_argument_parser`), and `--resume`."""
+    add_dataclass_arguments(parser, TrainingArguments)
+    parser.add_argument(
+        "--resume", dest="resume_from_checkpoint", action="store_const", const="last",
+        help="resume from the last checkpoint in OUTPUT_DIR/checkpoints (--resume_from_checkpoint last)",
+    )  # fmt: skip
+
+
+def dataclass_from_namespace(dataclass_type: type, namespace: argparse.Namespace) -> Any:
+    """`dataclass_type(**{the namespace's values of its fields})`."""
+    names = {item.name for item in dataclasses.fields(dataclass_type) if item.init}
+    return dataclass_type(**{key: value for key, value in vars(namespace).items() if key in names})
 
 
 def training_arguments_from_namespace(namespace: argparse.Namespace) -> TrainingArguments:
-    names = {item.name for item in dataclasses.fields(TrainingArguments)}
-    return TrainingArguments(**{k: v for k, v in vars(namespace).items() if k in names})
+    """The `TrainingArguments` of parsed command-line options."""
+    return dataclass_from_namespace(TrainingArguments, namespace)

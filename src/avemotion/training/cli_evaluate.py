@@ -1,29 +1,41 @@
-"""`avemotion evaluate`: per-branch metrics of a checkpoint on a split of a saved dataset, written as JSON."""
+"""`avemotion evaluate`: per-branch metrics of a checkpoint on a split of a saved dataset, written as JSON.
+
+The options are the fields of `cli_train.CorpusArguments` and `EvaluationArguments`, turned into options by
+`transformers.HfArgumentParser`: `--batch_size` (the spelling used everywhere), also `--batch-size`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from .arguments import add_dataclass_arguments, dataclass_from_namespace
+from .cli_train import CorpusArguments
+
+
+@dataclass
+class EvaluationArguments:
+    """What `avemotion evaluate` evaluates, and how."""
+
+    model: str = field(metadata={"help": "a checkpoint directory"})
+    split: str = "test"
+    output: str | None = field(
+        default=None, metadata={"help": "JSON file to write (default: MODEL/eval_<split>.json)"}
+    )
+    batch_size: int = 16
+    label_column: str | list[str] = field(
+        default="label", metadata={"help": "a column, or comma-separated regression columns"}
+    )
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="a checkpoint directory")
-    parser.add_argument(
-        "--dataset", required=True,
-        help="a DatasetDict (or Dataset) directory from save_to_disk, or with --data_dir a corpus name",
-    )  # fmt: skip
-    parser.add_argument("--data_dir", help="the corpus root in its official layout (features are computed and cached)")
-    parser.add_argument("--labels_csv", help="with --data_dir: a VAVL-style label file, or a folder of them")
-    parser.add_argument("--partition", type=int, help="with --data_dir: which VAVL label file of a folder (1-5)")
-    parser.add_argument("--fold", type=int, help="with --data_dir: which of our speaker-independent folds")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--output", help="JSON file to write (default: MODEL/eval_<split>.json)")
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--label_column", default="label", help="a column, or comma-separated regression columns")
-    parser.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
+    """One option per field of `EvaluationArguments` and `CorpusArguments`."""
+    add_dataclass_arguments(parser, EvaluationArguments, CorpusArguments)
 
 
 def evaluate_checkpoint(model_dir: str, dataset, batch_size: int = 16, label_column="label", **kwargs) -> dict:
@@ -42,27 +54,29 @@ def evaluate_checkpoint(model_dir: str, dataset, batch_size: int = 16, label_col
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate as the parsed options of `add_arguments` say; writes and returns the report."""
     import datasets
 
-    if args.data_dir is not None:
-        from .cli_train import load_dataset_dict, load_model
+    from .cli_train import format_report, load_dataset_dict, load_model
 
-        data = load_dataset_dict(args, load_model(args.model))
-    elif not Path(args.dataset).is_dir():
-        raise FileNotFoundError(f"--dataset {args.dataset} is not a directory written by save_to_disk")
+    options = dataclass_from_namespace(EvaluationArguments, args)
+    corpus = dataclass_from_namespace(CorpusArguments, args)
+    if corpus.data_dir is not None:
+        data = load_dataset_dict(corpus, load_model(options.model))
+    elif not Path(corpus.dataset).is_dir():
+        raise FileNotFoundError(f"--dataset {corpus.dataset} is not a directory written by save_to_disk")
     else:
-        data = datasets.load_from_disk(args.dataset)
+        data = datasets.load_from_disk(corpus.dataset)
     if isinstance(data, datasets.DatasetDict):
-        if args.split not in data:
-            raise ValueError(f"the dataset has no split {args.split!r}; it has {sorted(data)}")
-        data = data[args.split]
-    label_column = args.label_column.split(",") if "," in args.label_column else args.label_column
-    report = evaluate_checkpoint(args.model, data, args.batch_size, label_column, mixed_precision=args.mixed_precision)
-    output = Path(args.output) if args.output else Path(args.model) / f"eval_{args.split}.json"
+        if options.split not in data:
+            raise ValueError(f"the dataset has no split {options.split!r}; it has {sorted(data)}")
+        data = data[options.split]
+    report = evaluate_checkpoint(
+        options.model, data, options.batch_size, options.label_column, mixed_precision=options.mixed_precision
+    )
+    output = Path(options.output) if options.output else Path(options.model) / f"eval_{options.split}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")
-    from .cli_train import format_report
-
     print(format_report(report))
     print(f"wrote {output}")
     return report

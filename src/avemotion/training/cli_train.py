@@ -8,6 +8,9 @@ The dataset is a `DatasetDict` saved with `save_to_disk` whose rows hold `audio_
 The model comes from a checkpoint (`--model_name_or_path`), a `config.json` (`--config`), or, with neither, a new
 model of `--model_type` whose feature sizes and labels are read from the dataset (`--config_overrides` sets any
 other config field).
+
+The options are the fields of `CorpusArguments`, `SplitArguments`, `ModelArguments` and `TrainingArguments`, turned
+into options by `transformers.HfArgumentParser`: `--data_dir` (the spelling used everywhere), also `--data-dir`.
 """
 
 from __future__ import annotations
@@ -15,26 +18,92 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .arguments import add_training_arguments, training_arguments_from_namespace
+from .arguments import (
+    add_dataclass_arguments,
+    add_training_arguments,
+    dataclass_from_namespace,
+    training_arguments_from_namespace,
+)
+
+CORPORA = "crema-d, ravdess, msp-improv, iemocap, synthetic"
 
 
-def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--dataset` (a save_to_disk directory, or with `--data_dir` a corpus name) and the corpus options."""
-    parser.add_argument(
-        "--dataset", required=True,
-        help="a DatasetDict directory written by save_to_disk, or with --data_dir a corpus name "
-        "(crema-d, ravdess, msp-improv, iemocap, synthetic)",
-    )  # fmt: skip
-    parser.add_argument("--data_dir", help="the corpus root in its official layout (see avemotion.data.load_corpus)")
-    parser.add_argument("--labels_csv", help="with --data_dir: a VAVL-style label file, or a folder of them")
-    parser.add_argument("--partition", type=int, help="with --data_dir: which VAVL label file of a folder (1-5)")
-    parser.add_argument("--fold", type=int, help="with --data_dir: which of our speaker-independent folds")
+@dataclass
+class CorpusArguments:
+    """Where the rows come from (`avemotion train` and `avemotion evaluate`)."""
+
+    dataset: str = field(
+        metadata={
+            "help": "a DatasetDict directory written by save_to_disk (evaluate: or a Dataset), or with "
+            f"--data_dir a corpus name ({CORPORA})"
+        }  # fmt: skip
+    )
+    data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "the corpus root in its official layout (see avemotion.data.load_corpus); "
+            "its features are computed and cached"
+        },  # fmt: skip
+    )
+    labels_csv: str | None = field(
+        default=None, metadata={"help": "with --data_dir: a VAVL-style label file, or a folder of them"}
+    )
+    partition: int | None = field(
+        default=None, metadata={"help": "with --data_dir: which VAVL label file of a folder (1-5)"}
+    )
+    fold: int | None = field(
+        default=None, metadata={"help": "with --data_dir: which of our speaker-independent folds"}
+    )
 
 
-def load_dataset_dict(args: argparse.Namespace, model: Any = None):
+@dataclass
+class SplitArguments:
+    """Which splits of the dataset `avemotion train` trains, selects and tests on."""
+
+    train_split: str = "train"
+    eval_split: str = field(default="validation", metadata={"help": "selection split ('none' to train without)"})
+    test_split: str = field(default="test", metadata={"help": "reported after training if present ('none': skip)"})
+
+
+@dataclass
+class ModelArguments:
+    """The model `avemotion train` starts from: a checkpoint, a config, or a new model of `model_type`."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "a checkpoint directory to fine-tune"})
+    config: str | None = field(
+        default=None, metadata={"help": "a config.json to build a new model from (not with --model_name_or_path)"}
+    )
+    model_type: str = field(default="vavl", metadata={"help": "new model type when neither of the above is given"})
+    config_overrides: str = field(
+        default="{}", metadata={"help": "config fields as JSON, e.g. '{\"hidden_size\": 64}'"}
+    )
+    processor_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "a processor or feature extractor saved with the model (default: the one in "
+            "--model_name_or_path, if any); saved into every model directory the run writes"
+        },  # fmt: skip
+    )
+
+    def __post_init__(self):
+        if self.model_name_or_path and self.config:
+            raise ValueError(
+                "give --model_name_or_path (a checkpoint to fine-tune) or --config (a new model), not both"
+            )
+        try:
+            overrides = json.loads(self.config_overrides)
+        except (TypeError, json.JSONDecodeError) as error:
+            raise ValueError(f"--config_overrides must be a JSON object, got {self.config_overrides!r}") from error
+        if not isinstance(overrides, dict):
+            raise ValueError(f"--config_overrides must be a JSON object, got {self.config_overrides!r}")
+        self.overrides: dict[str, Any] = overrides
+
+
+def load_dataset_dict(args: CorpusArguments | argparse.Namespace, model: Any = None):
     """The splits to train or evaluate on, with `audio_features`/`visual_features` and the label columns.
 
     With `--data_dir`, the corpus is read with `avemotion.data.load_corpus` and its features are computed once and
@@ -58,7 +127,7 @@ def load_dataset_dict(args: argparse.Namespace, model: Any = None):
     corpus = load_corpus(args.dataset, args.data_dir, **options)
     if args.dataset == "synthetic":
         extractor = SyntheticFeatureExtractor()
-    elif model is not None and (hasattr(model, "get_audio_features") or hasattr(model, "vavl")):
+    elif model is not None and _has_feature_backbones(model):
         extractor = model
     else:
         raise ValueError(
@@ -71,35 +140,30 @@ def load_dataset_dict(args: argparse.Namespace, model: Any = None):
                                  for name, split in corpus.items()})  # fmt: skip
 
 
+def _has_feature_backbones(model: Any) -> bool:
+    """Whether `cache_features` can compute a corpus's features with `model`'s backbones (its base model has
+    `get_audio_features` and `get_visual_features`)."""
+    base = getattr(model, "base_model", model)
+    return hasattr(base, "get_audio_features") and hasattr(base, "get_visual_features")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_corpus_arguments(parser)
-    parser.add_argument("--train_split", default="train")
-    parser.add_argument("--eval_split", default="validation", help="selection split ('none' to train without)")
-    parser.add_argument("--test_split", default="test", help="reported after training if present ('none': skip)")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model_name_or_path", help="a checkpoint directory to fine-tune")
-    source.add_argument("--config", help="a config.json to build a new model from")
-    parser.add_argument("--model_type", default="vavl", help="new model type when neither of the above is given")
-    parser.add_argument("--config_overrides", type=json.loads, default={}, help="JSON, e.g. '{\"hidden_size\": 64}'")
-    parser.add_argument(
-        "--processor_name_or_path",
-        help="a processor or feature extractor saved with the model (default: the one in --model_name_or_path, if "
-        "any); saved into every model directory the run writes",
-    )  # fmt: skip
+    """The options of `avemotion train`: one per field of `CorpusArguments`, `SplitArguments`, `ModelArguments` and
+    `TrainingArguments` (through `transformers.HfArgumentParser`: `--name`, also spelled `--name-with-dashes`), and
+    `--resume`."""
+    add_dataclass_arguments(parser, CorpusArguments, SplitArguments, ModelArguments)
     add_training_arguments(parser)
 
 
 def _new_config(model_type: str, train_dataset, overrides: dict[str, Any], label_column):
     from transformers import AutoConfig
 
-    import avemotion  # noqa: F401  (registers the model types)
-
     kwargs: dict[str, Any] = {}
     head = train_dataset.select(range(min(64, len(train_dataset))))
-    for key, field in (("audio_features", "audio_feature_dim"), ("visual_features", "visual_feature_dim")):
+    for key, config_field in (("audio_features", "audio_feature_dim"), ("visual_features", "visual_feature_dim")):
         values = [r for r in head[key] if r is not None] if key in head.column_names else []
         if values:
-            kwargs[field] = len(values[0][0])
+            kwargs[config_field] = len(values[0][0])
     if isinstance(label_column, str):
         feature = train_dataset.features.get(label_column)
         names = getattr(feature, "names", None)
@@ -121,7 +185,6 @@ PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokeniz
 def load_model(path: str):
     """`AutoModelForEmotionRecognition.from_pretrained(path)`, with a `ValueError` naming the directory or the file
     that cannot be read (a missing directory, no config.json, truncated weights) instead of a library traceback."""
-    import avemotion  # noqa: F401
     from avemotion.models.auto import AutoModelForEmotionRecognition
 
     directory = Path(path)
@@ -170,38 +233,45 @@ def _split(dataset_dict, name: str):
     return dataset_dict[name]
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    from accelerate.utils import set_seed
+def _build_model(options: ModelArguments, train, label_column: str | list[str]):
+    """A new model from `--config` or, with neither a checkpoint nor a config, of `--model_type` sized from `train`."""
+    from transformers import AutoConfig
 
-    import avemotion  # noqa: F401
     from avemotion.models.auto import AutoModelForEmotionRecognition
+
+    if options.config:
+        config = AutoConfig.from_pretrained(options.config)
+        for key, value in options.overrides.items():
+            setattr(config, key, value)
+    else:
+        config = _new_config(options.model_type, train, options.overrides, label_column)
+    return AutoModelForEmotionRecognition.from_config(config)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Train as the parsed options of `add_arguments` say; returns `{"eval": report}`, plus `"test"` with a test
+    split."""
+    from accelerate.utils import set_seed
 
     from .trainer import EmotionTrainer, atomic_write_text
 
+    corpus_options = dataclass_from_namespace(CorpusArguments, args)
+    splits = dataclass_from_namespace(SplitArguments, args)
+    options = dataclass_from_namespace(ModelArguments, args)
     training_args = training_arguments_from_namespace(args)
-    model = None
-    if args.model_name_or_path:
-        model = load_model(args.model_name_or_path)
-    corpus = load_dataset_dict(args, model)
-    train, evaluation = _split(corpus, args.train_split), _split(corpus, args.eval_split)
-    test = _split(corpus, args.test_split) if args.test_split in corpus else None
+    model = load_model(options.model_name_or_path) if options.model_name_or_path else None
+    corpus = load_dataset_dict(corpus_options, model)
+    train, evaluation = _split(corpus, splits.train_split), _split(corpus, splits.eval_split)
+    test = _split(corpus, splits.test_split) if splits.test_split in corpus else None
     set_seed(training_args.seed)  # the new model's initialisation
     if model is None:
-        from transformers import AutoConfig
-
-        if args.config:
-            config = AutoConfig.from_pretrained(args.config)
-            for key, value in args.config_overrides.items():
-                setattr(config, key, value)
-        else:
-            config = _new_config(args.model_type, train, args.config_overrides, training_args.label_column)
-        model = AutoModelForEmotionRecognition.from_config(config)
+        model = _build_model(options, train, training_args.label_column)
     # the trained model is saved with the processor of the model it starts from, unless one is given
     processor = None
-    if args.processor_name_or_path:
-        processor = load_processor(args.processor_name_or_path, required=True)
-    elif args.model_name_or_path:
-        processor = load_processor(args.model_name_or_path)
+    if options.processor_name_or_path:
+        processor = load_processor(options.processor_name_or_path, required=True)
+    elif options.model_name_or_path:
+        processor = load_processor(options.model_name_or_path)
     trainer = EmotionTrainer(model, training_args, train, evaluation, processor=processor)
     result = {"eval": trainer.train()}
     if test is not None:
@@ -228,6 +298,8 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None, **defaults: Any) -> dict[str, Any]:
+    """`avemotion train ARGV` without the `avemotion` command (the examples' entry point); `defaults` replace the
+    options' defaults (e.g. `model_type="mlfusion"`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
     parser.set_defaults(**defaults)

@@ -1,4 +1,5 @@
-"""Model cards from `hub_cards/<model_type>.md` and pushing a trained model (+ processor + card) to the Hub.
+"""Model cards from `hub_cards/<model_type>.md` (the package `avemotion.hub_cards`) and pushing a trained model (+
+processor + card) to the Hub.
 
 Nothing uploaded names a local path: `sanitize_local_paths` replaces every string that is one (config fields such as
 `_name_or_path` or `audio_backbone_name`, processor fields, hyper-parameters like `resume_from_checkpoint`) by the Hub
@@ -7,12 +8,14 @@ id it came from when that is known, else by its base name. The user's own files 
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import logging
 import os
 import re
 import tempfile
 from collections.abc import Mapping
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +99,16 @@ def sanitize_saved_configs(folder: str | Path, hub_ids: Mapping[str | os.PathLik
     return changed
 
 
-def hub_cards_dir() -> Path:
-    """The `hub_cards/` folder of the source tree (next to `src/`)."""
-    return Path(__file__).resolve().parents[3] / "hub_cards"
+def card_template(model_type: str) -> Traversable | None:
+    """The model-card template of `model_type`: `<model_type>.md` of the package `avemotion.hub_cards` (the top-level
+    `hub_cards/` folder, installed with its templates as package data); None when there is none."""
+    try:
+        templates = importlib.resources.files("avemotion.hub_cards")
+    except ModuleNotFoundError:  # an install without it (an editable install made before it existed: reinstall)
+        logger.warning("avemotion.hub_cards is not installed; reinstall avemotion to get its model-card templates")
+        return None
+    template = templates.joinpath(f"{model_type}.md")
+    return template if template.is_file() else None
 
 
 def metrics_table(report: Mapping[str, Any], split: str = "test") -> str:
@@ -146,8 +156,9 @@ def build_model_card(
     """A `huggingface_hub.ModelCard` rendered from `hub_cards/<model_type>.md`.
 
     Args:
-        model_type: `"vavl"` or `"mlfusion"`; picks the template (`template_path` overrides; without a template file
-            huggingface_hub's default card template is used, with a warning).
+        model_type: the model's `config.model_type`; picks the template `hub_cards/<model_type>.md`
+            (`template_path` overrides; without a template file huggingface_hub's default card template is used, with
+            a warning).
         repo_id: the Hub repository the card describes.
         metrics: a `branch_metrics` report (branch -> metrics), rendered as the metrics table per modality and
             recorded as `model-index` results.
@@ -191,7 +202,7 @@ def build_model_card(
     data_section = training_data or "Not documented."
     if hyperparameters:
         data_section += "\n\n### Hyper-parameters\n\n" + hyperparameters_table(hyperparameters)
-    path = Path(template_path) if template_path else hub_cards_dir() / f"{model_type}.md"
+    template = Path(template_path) if template_path else card_template(model_type)
     kwargs: dict[str, Any] = dict(
         repo_id=repo_id,
         model_name=repo_id.split("/")[-1],
@@ -199,11 +210,13 @@ def build_model_card(
         metrics_table=metrics_table(metrics or {}, split),
     )
     kwargs.update(template_kwargs)
-    if path.is_file():
-        return ModelCard.from_template(card_data, template_path=str(path), **kwargs)
+    if template is not None and template.is_file():
+        with importlib.resources.as_file(template) as local:  # a real file, also for a template inside a zip
+            return ModelCard.from_template(card_data, template_path=str(local), **kwargs)
     if template_path:
-        raise FileNotFoundError(f"model card template {path} does not exist")
-    logger.warning("no model card template %s; using huggingface_hub's default template", path)
+        raise FileNotFoundError(f"model card template {template_path} does not exist")
+    logger.warning("no model card template %s.md in avemotion.hub_cards; using huggingface_hub's default template",
+                   model_type)  # fmt: skip
     return ModelCard.from_template(card_data, **kwargs)
 
 
@@ -244,14 +257,33 @@ def push_to_hub(
         ValueError: `model_dir` is not a loadable model, no processor is found, or the repo's visibility conflicts
             with `private`. Nothing is uploaded (or created) when the local checks fail.
     """
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub import HfApi
+
+    model, processor = _load_model_and_processor(Path(model_dir), processor_dir)
+    hub_ids = {**(hub_ids or {}), str(Path(model_dir)): repo_id}
+    card = build_model_card(
+        model.config.model_type, repo_id, metrics, training_data, hyperparameters, split, template_path=template_path,
+        hub_ids=hub_ids,
+    )  # fmt: skip
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        sanitize_saved_configs(folder, hub_ids)  # the uploaded copy only
+        card.save(str(Path(folder) / "README.md"))
+        commit, stale = _commit_folder(api, repo_id, folder, private, commit_message)
+    if stale:
+        logger.info("%s: deleted %d file(s) the new upload does not contain: %s", repo_id, len(stale), stale)
+    return str(getattr(commit, "commit_url", commit))
+
+
+def _load_model_and_processor(model_dir: Path, processor_dir: str | Path | None) -> tuple[Any, Any]:
+    """The model saved in `model_dir` and its processor (from `processor_dir` when given); a `FileNotFoundError` or
+    `ValueError` naming what is missing or unreadable."""
     from safetensors import SafetensorError
 
-    import avemotion  # noqa: F401
     from avemotion.models.auto import AutoModelForEmotionRecognition
 
-    model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         what = "does not exist" if not model_dir.exists() else "is not a saved model (no config.json)"
         raise FileNotFoundError(f"{model_dir} {what}")
@@ -271,34 +303,29 @@ def push_to_hub(
         model = AutoModelForEmotionRecognition.from_pretrained(model_dir)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:  # e.g. truncated weights
         raise ValueError(f"{model_dir}: the model cannot be loaded ({error})") from error
-    hub_ids = {**(hub_ids or {}), str(model_dir): repo_id}
-    card = build_model_card(
-        model.config.model_type, repo_id, metrics, training_data, hyperparameters, split, template_path=template_path,
-        hub_ids=hub_ids,
-    )  # fmt: skip
-    api = HfApi(token=token)
-    with tempfile.TemporaryDirectory() as folder:
-        model.save_pretrained(folder)
-        processor.save_pretrained(folder)
-        sanitize_saved_configs(folder, hub_ids)  # the uploaded copy only
-        card.save(str(Path(folder) / "README.md"))
-        files = sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file())
+    return model, processor
 
-        try:
-            api.create_repo(repo_id, private=private, exist_ok=True)
-            info = _ensure_visibility(api, repo_id, private)
-            remote = api.list_repo_files(repo_id, revision=info.sha) if info.sha else api.list_repo_files(repo_id)
-            operations: list = [CommitOperationAdd(name, f"{folder}/{name}") for name in files]
-            stale = [name for name in remote if name not in files and name != ".gitattributes"]
-            operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
-            # one commit (with hf_xet, upload_folder may split a folder into several), on top of the files listed
-            commit = api.create_commit(repo_id, operations, commit_message=commit_message, parent_commit=info.sha)
-        except HfHubHTTPError as error:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise ValueError(f"push to {repo_id} failed: {reason}") from error
-    if stale:
-        logger.info("%s: deleted %d file(s) the new upload does not contain: %s", repo_id, len(stale), stale)
-    return str(getattr(commit, "commit_url", commit))
+
+def _commit_folder(api, repo_id: str, folder: str, private: bool | None, commit_message: str) -> tuple[Any, list[str]]:
+    """One commit that makes `repo_id` hold exactly the files of `folder` (`.gitattributes` kept), after creating the
+    repo and settling its visibility (`_ensure_visibility`). Returns the commit and the deleted file names."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+    from huggingface_hub.errors import HfHubHTTPError
+
+    files = sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file())
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = _ensure_visibility(api, repo_id, private)
+        remote = api.list_repo_files(repo_id, revision=info.sha) if info.sha else api.list_repo_files(repo_id)
+        operations: list = [CommitOperationAdd(name, f"{folder}/{name}") for name in files]
+        stale = [name for name in remote if name not in files and name != ".gitattributes"]
+        operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
+        # one commit (with hf_xet, upload_folder may split a folder into several), on top of the files listed
+        commit = api.create_commit(repo_id, operations, commit_message=commit_message, parent_commit=info.sha)
+    except HfHubHTTPError as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"push to {repo_id} failed: {reason}") from error
+    return commit, stale
 
 
 def _ensure_visibility(api, repo_id: str, private: bool | None):

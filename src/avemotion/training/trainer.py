@@ -1,12 +1,29 @@
-"""The Accelerate trainer: VAVL's three-step schedule or joint training, evaluation per output branch, checkpoints
-with exact mid-epoch resumption, early stopping and model selection.
+"""The Accelerate trainer: the training steps the model declares (VAVL's visual, acoustic and fusion steps) or joint
+training, evaluation per output branch, checkpoints with exact mid-epoch resumption, early stopping and model
+selection. It names no model: everything model-specific comes from the model's declaration (`training_steps()`,
+`input_spec()`, `evaluation_branches()`, see `avemotion.training.schedules`).
 
 Runs unchanged on one CPU, several CPU processes (`ACCELERATE_USE_CPU=true accelerate launch --multi_gpu
 --num_processes 2 ...`), GPUs and several machines.
 
-Files are written to a temporary name in the same directory and renamed into place (`os.replace`), so that an
-interrupted run leaves either the previous or the new version of a file, checkpoint or `best_model`, never a
-truncated one.
+Why not `transformers.Trainer`: its step is one loss, one backward and one optimizer step over every parameter. A
+declared schedule needs several steps per batch, each on its own loss, on the rows that have its modalities (a row
+without video joins only the audio step; a process with no such row runs a zero-weighted placeholder so that DDP's
+all-reduces stay in step), each updating only the parameters it owns with its own gradient accumulation, and one of
+them (VAVL's fusion step) computing its loss on the unwrapped model with the gradient taken and averaged outside
+DDP. Evaluation reports every output branch with NaN on the rows a branch did not score. The joint schedule alone is
+what `transformers.Trainer` does, but training it here keeps one behaviour for every model: the same checkpoints
+(model directories with the processor and a card), resumption, non-finite-loss handling, selection and reports.
+
+Why the checkpoint rotation is not accelerate's `ProjectConfiguration(automatic_checkpoint_naming=True,
+total_limit=...)` (`avemotion.training.checkpointing` writes it): accelerate deletes the oldest checkpoints *before*
+writing the new one, straight into its final folder, so a run killed while saving with `total_limit=1` keeps no
+complete checkpoint (here a checkpoint is written under a temporary name and renamed when complete, and only then are
+old ones deleted); it names checkpoints by a save counter (`checkpoint_<n>`, restarting at 0 in a resumed run unless
+set by hand; an existing name is an error) instead of by the update they hold (`checkpoint-0000004`); it ignores the
+`output_dir` given to `save_state` (no staging folder is possible) and counts every entry of `checkpoints/` as a
+checkpoint; and `load_state()` resumes from the newest folder without falling back to the one before it when that one
+is unreadable.
 """
 
 from __future__ import annotations
@@ -15,9 +32,6 @@ import contextlib
 import json
 import logging
 import math
-import os
-import shutil
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,178 +45,41 @@ from torch.utils.data import DataLoader
 from avemotion.metrics import branch_metrics
 
 from .arguments import TrainingArguments
-from .schedules import TrainingStep, placeholder_batch, resolve_schedule, rows_with, select_rows
+from .batches import RowIndexedCollator, RowIndexedDataset, check_labels, default_collator
+from .checkpointing import ARGS_FILE, LOG_FILE, CheckpointingMixin
+from .files import atomic_write_text, file_problem, load_weights
+from .schedules import (
+    TrainingStep,
+    audio_sampling_rate,
+    modality_inputs,
+    placeholder_batch,
+    resolve_schedule,
+    rows_with,
+    select_rows,
+    step_keys,
+)
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "trainer_state.json"
-RESULTS_FILE = "eval_results.json"
-LOG_FILE = "training_log.jsonl"
-BEST_DIR = "best_model"
-CHECKPOINTS_DIR = "checkpoints"
-ARGS_FILE = "training_args.json"
-TEST_RESULTS_FILE = "test_results.json"
-SAVING_DIR = ".saving.tmp"  # save_model's staging folder inside the directory it saves to
-# the staging folders of an interrupted save: save_model's, and best_model's (written aside, then swapped in by
-# replace_directory, which renames the previous one to .best_model.old meanwhile)
-STAGING_DIRS = (SAVING_DIR, f".{BEST_DIR}.tmp", f".{BEST_DIR}.old")
-# what a previous run leaves in output_dir (refused without overwrite_output_dir; deleted with it)
-RUN_ARTIFACTS = (CHECKPOINTS_DIR, BEST_DIR, LOG_FILE, RESULTS_FILE, TEST_RESULTS_FILE, ARGS_FILE, "config.json",
-                 "model.safetensors", "model.safetensors.index.json", *STAGING_DIRS)  # fmt: skip
-WEIGHT_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin")
+__all__ = [
+    "EmotionTrainer", "NonFiniteLossError", "RowIndexedCollator", "RowIndexedDataset", "atomic_write_text",
+    "branch_tensors", "check_labels", "default_collator", "evaluation_branches", "file_problem", "load_weights",
+    "set_backbones_trainable", "train_and_evaluate",
+]  # fmt: skip
 
 
 class NonFiniteLossError(ValueError):
     """Training stopped: `max_consecutive_nonfinite_batches` batches in a row had a NaN or infinite loss."""
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `path` through a temporary file in the same directory and `os.replace` (never a truncated file)."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:  # a failed write (disk full, unencodable text, interrupt) leaves no temporary file
-        with contextlib.suppress(OSError):  # the write's own error is the one to report
-            temporary.unlink()
-        raise
-
-
-def replace_directory(source: Path, target: Path) -> None:
-    """Move the complete directory `source` to `target`, replacing it. A directory cannot be renamed over a
-    non-empty one: the old one is renamed aside first (`recover_directory` puts it back if we stop in between)."""
-    aside = target.with_name(f".{target.name}.old")
-    if aside.exists():
-        shutil.rmtree(aside)
-    if target.exists():
-        os.replace(target, aside)
-    os.replace(source, target)
-    shutil.rmtree(aside, ignore_errors=True)
-
-
-def recover_directory(target: Path) -> None:
-    """Undo a `replace_directory` interrupted between its two renames."""
-    aside = target.with_name(f".{target.name}.old")
-    if not target.exists() and aside.is_dir():
-        os.replace(aside, target)
-
-
-def file_problem(path: Path) -> str | None:
-    """Why a checkpoint file cannot be read (truncated, not what its suffix says), or None. Cheap: safetensors
-    headers (which must cover the file) and the end-of-archive record of torch's zip files; no tensor is loaded."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt"):
-                pass
-        elif path.suffix in (".bin", ".pkl", ".pt", ".pth") and not zipfile.is_zipfile(path):
-            return f"{path}: truncated or not a torch archive"
-        elif path.suffix == ".json":
-            json.loads(path.read_text())
-    except Exception as error:  # SafetensorError, JSONDecodeError, OSError, UnicodeDecodeError
-        return f"{path}: {type(error).__name__}: {error}"
-    return None
-
-
-def load_weights(model: torch.nn.Module, directory: Path, allow_missing: str | None = None) -> None:
-    """Load the `*.safetensors` files of a `save_pretrained` directory into `model` (strict, except missing keys
-    containing `allow_missing`); a `ValueError` naming the file when one cannot be read or does not match."""
-    from safetensors.torch import load_file
-
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        raise ValueError(f"{directory} holds no *.safetensors weights")
-    state_dict = {}
-    for file in files:
-        try:
-            state_dict.update(load_file(file))
-        except Exception as error:  # SafetensorError names no file
-            raise ValueError(f"{file}: cannot be read ({type(error).__name__}: {error})") from error
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    missing = [k for k in missing if not (allow_missing and allow_missing in k)]
-    if missing or unexpected:
-        raise ValueError(f"{directory}: weights do not match the model: missing {missing}, unexpected {unexpected}")
-
-
-class RowIndexedDataset(torch.utils.data.Dataset):
-    """`(index, row)` pairs of a map-style dataset, so that a batch knows its dataset rows (error messages)."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[int, Any]:
-        return int(index), self.dataset[index]
-
-    def __getitems__(self, indices: list[int]) -> list[tuple[int, Any]]:
-        getitems = getattr(self.dataset, "__getitems__", None)
-        rows = getitems(indices) if getitems is not None else [self.dataset[i] for i in indices]
-        return list(zip((int(i) for i in indices), rows))
-
-
-def check_labels(labels: torch.Tensor, num_labels: int, is_regression: bool, rows: list[int]) -> None:
-    """A `ValueError` naming the dataset row of the first label the loss cannot take: a class index outside
-    `0..num_labels-1`, or a NaN/infinite target (regression, soft labels)."""
-    if labels.is_floating_point():
-        bad = ~torch.isfinite(labels)
-        bad = bad.reshape(bad.shape[0], -1).any(dim=-1)
-        if bool(bad.any()):
-            i = int(bad.nonzero()[0, 0])
-            raise ValueError(
-                f"dataset row {rows[i]}: label {labels[i].tolist()} is not finite; expected finite targets"
-            )
-    elif not is_regression:
-        bad = (labels < 0) | (labels >= num_labels)
-        bad = bad.reshape(bad.shape[0], -1).any(dim=-1)
-        if bool(bad.any()):
-            i = int(bad.nonzero()[0, 0])
-            raise ValueError(
-                f"dataset row {rows[i]}: label {labels[i].tolist()} is out of range; expected a class index in "
-                f"0..{num_labels - 1} (the model has {num_labels} labels)"
-            )
-
-
-class RowIndexedCollator:
-    """Collate `RowIndexedDataset` items with `collator`, check the labels (before any loss sees them) and add
-    `row_indices` (B,) to the batch."""
-
-    def __init__(self, collator: Callable, num_labels: int, is_regression: bool):
-        self.collator, self.num_labels, self.is_regression = collator, num_labels, is_regression
-
-    def __call__(self, items: list[tuple[int, Any]]) -> dict:
-        indices = [index for index, _ in items]
-        try:
-            batch = self.collator([row for _, row in items])
-        except ValueError as error:  # its "row k" counts within the batch: name the dataset rows too
-            raise ValueError(f"batch of dataset rows {indices}: {error}") from error
-        if isinstance(batch.get("labels"), torch.Tensor):
-            check_labels(batch["labels"], self.num_labels, self.is_regression, indices)
-        batch["row_indices"] = torch.tensor(indices)
-        return batch
-
-
-def default_collator(label_column: str | list[str] = "label") -> Callable:
-    """The data package's padding collator (`avemotion.data.collators.AvEmotionCollator`)."""
-    from avemotion.data.collators import AvEmotionCollator
-
-    return AvEmotionCollator(label_column=label_column)
-
-
 def set_backbones_trainable(model: torch.nn.Module, freeze: bool | None) -> None:
-    """Apply one freeze flag to every backbone the model's config knows (VAVL: `freeze_audio_backbone`,
-    `freeze_visual_backbone`; multi-level fusion: `freeze_audio_encoder`, `freeze_text_encoder`). None: keep."""
+    """Set every `freeze_<part>` flag of the model's config (e.g. `freeze_audio_backbone`, `freeze_text_encoder`) to
+    `freeze` and apply it; the `*feature_encoder` flags, which refine how a backbone is frozen, are left alone.
+    None: keep the config's flags."""
     if freeze is None:
         return
     config = model.config
-    flags = [f for f in ("freeze_audio_backbone", "freeze_visual_backbone", "freeze_audio_encoder",
-                         "freeze_text_encoder") if hasattr(config, f)]  # fmt: skip
+    flags = [f for f in config.to_dict() if f.startswith("freeze_") and not f.endswith("feature_encoder")]
     if not flags:
         raise ValueError(f"{type(model).__name__} has no backbone freeze flags; leave freeze_backbones at None")
     for flag in flags:
@@ -210,23 +87,22 @@ def set_backbones_trainable(model: torch.nn.Module, freeze: bool | None) -> None
     base = getattr(model, "base_model", model)
     if hasattr(base, "apply_backbone_freezing"):
         base.apply_backbone_freezing()
-    else:  # no helper: set requires_grad on the backbone modules named after the flags
-        for name in ("audio_backbone", "visual_backbone", "audio_encoder", "text_encoder"):
-            module = getattr(base, name, None)
+    else:  # no helper: set requires_grad on the modules named after the flags
+        for flag in flags:
+            module = getattr(base, flag.removeprefix("freeze_"), None)
             if isinstance(module, torch.nn.Module):
                 module.requires_grad_(not freeze)
 
 
-def expected_branches(model: torch.nn.Module) -> list[str]:
-    """Output branches the evaluation reports for this model (missing ones are NaN-filled per batch)."""
-    config = model.config
-    if config.model_type == "vavl":
-        return ["logits", "fusion_logits", "audio_logits", "visual_logits"]
-    return ["logits", *getattr(config, "fusion_members", [])]
+def evaluation_branches(model: torch.nn.Module) -> list[str]:
+    """The output branches the evaluation reports: `model.evaluation_branches()`, else `["logits"]`."""
+    declare = getattr(model, "evaluation_branches", None)
+    return list(declare()) if callable(declare) else ["logits"]
 
 
 def branch_tensors(outputs: Any, branches: list[str], batch_size: int, num_labels: int) -> dict[str, torch.Tensor]:
-    """Per-branch (B, K) float tensors, NaN on rows the branch did not score (e.g. no video)."""
+    """Per-branch (B, K) float tensors: a field of `outputs` or an entry of `outputs.head_logits`, as the model gives
+    it (NaN on the rows the branch did not score, e.g. no video); all NaN for a branch the batch did not produce."""
     head_logits = outputs.get("head_logits") or {}
     reference = outputs["logits"]
     result = {}
@@ -234,24 +110,19 @@ def branch_tensors(outputs: Any, branches: list[str], batch_size: int, num_label
         value = head_logits.get(name) if name in head_logits else outputs.get(name)
         if value is None:
             value = reference.new_full((batch_size, num_labels), math.nan)
-        else:
-            value = value.float()
-            audio, visual = outputs.get("audio_present"), outputs.get("visual_present")
-            rows = {"audio_logits": audio, "visual_logits": visual}.get(name)
-            if name == "fusion_logits" and audio is not None and visual is not None:
-                rows = audio & visual
-            if rows is not None:
-                value = value.masked_fill(~rows.unsqueeze(-1), math.nan)
         result[name] = value.detach().float()
     return result
 
 
-class EmotionTrainer:
+class EmotionTrainer(CheckpointingMixin):
     """Train and evaluate an avemotion task model with `accelerate`.
 
     Args:
-        model: a `VavlForEmotionRecognition`, `MultiLevelFusionForEmotionRecognition` or any model whose forward
-            takes `labels` and returns `loss` and `logits`.
+        model: a task model whose forward takes `labels` and returns `loss` and `logits`. What the trainer needs
+            beyond that, the model declares: `training_steps()` (the steps of `schedule="auto"`: which parameters
+            each step updates, on which loss and which rows; none: joint training), `input_spec()` (its inputs per
+            modality, for the steps' rows) and `evaluation_branches()` (the outputs evaluated; default `logits`).
+            A declared step that owns no parameter of the model is a `ValueError` here.
         args: [`TrainingArguments`].
         train_dataset / eval_dataset: map-style datasets (e.g. `datasets.Dataset`) whose rows the collator takes:
             `audio_features` (T, D_a) / `visual_features` (T, D_v) arrays or raw inputs, and the label column(s).
@@ -275,20 +146,21 @@ class EmotionTrainer:
         self.args = args
         self.processor = processor
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
-        self.data_collator = data_collator or default_collator(args.label_column)
+        self.data_collator = data_collator or default_collator(args.label_column, audio_sampling_rate(model))
         self.accelerator = Accelerator(
             mixed_precision=args.mixed_precision,
             log_with=None if args.report_to == "none" else args.report_to,
             project_dir=args.output_dir,
-            # one VAVL step leaves the other modality's parameters unused
+            # a step of one modality leaves the other modalities' parameters unused
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
         )
         set_seed(args.seed)
         set_backbones_trainable(model, args.freeze_backbones)
         self.steps: tuple[TrainingStep, ...] = resolve_schedule(args.schedule, model)
+        self.modalities = modality_inputs(model)
         self.is_regression = getattr(model.config, "problem_type", None) == "regression"
-        self.branches = expected_branches(model)
+        self.branches = evaluation_branches(model)
         self.num_labels = model.config.num_labels
         self.metric_name = args.metric_for_best_model or (
             "combined/ccc_mean" if self.is_regression else "combined/unweighted_accuracy"
@@ -446,37 +318,6 @@ class EmotionTrainer:
         acc.end_training()
         return self.state.get("best_report") or report
 
-    def _previous_run(self) -> list[str]:
-        return [name for name in RUN_ARTIFACTS if (self.output_dir / name).exists()]
-
-    def _claim_output_dir(self) -> None:
-        """Refuse an output_dir that holds another run (mixed checkpoints and logs), unless resuming it or told to
-        overwrite it (then its run files are deleted first), as `transformers.Trainer` does."""
-        acc, args = self.accelerator, self.args
-        found = self._previous_run()
-        # every process looks before any of them writes (training_args.json) or deletes: else a later process
-        # would take the main process's new files for a previous run
-        acc.wait_for_everyone()
-        if not found or args.resume_from_checkpoint:
-            return
-        if not args.overwrite_output_dir:
-            raise ValueError(
-                f"output_dir {self.output_dir} already holds a training run ({', '.join(found)}); pass "
-                "--overwrite_output_dir (overwrite_output_dir=True) to delete it and train anew, --resume "
-                "(resume_from_checkpoint='last') to continue it, or another --output_dir"
-            )
-        if acc.is_main_process:
-            for name in found:
-                path = self.output_dir / name
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-            for pattern in WEIGHT_PATTERNS:
-                for path in self.output_dir.glob(pattern):
-                    path.unlink()
-            logger.warning(
-                "overwrite_output_dir: deleted the previous run's %s in %s", ", ".join(found), self.output_dir
-            )
-        acc.wait_for_everyone()
-
     def _stopped_early(self) -> bool:
         patience = self.args.early_stopping_patience
         if patience is not None and self.state["evaluations_without_improvement"] >= patience:
@@ -542,7 +383,7 @@ class EmotionTrainer:
 
     def _step_active(self, batch: dict, step: TrainingStep) -> tuple[bool, torch.Tensor | None]:
         """Whether `step` runs on this batch (on any process: all processes must run it together), and the rows."""
-        rows = rows_with(batch, step.modality)
+        rows = rows_with(batch, step, self.modalities)
         local = True if rows is None else bool(rows.any())
         if self.accelerator.num_processes > 1:
             flag = torch.tensor([float(local)], device=self.accelerator.device)
@@ -550,10 +391,11 @@ class EmotionTrainer:
         return local, rows
 
     def _training_batch(self, batch: dict, boundary: bool) -> dict[str, float]:
-        acc, model = self.accelerator, self.model
+        """Run every step of the schedule on `batch` (each on its rows); apply the updates at an accumulation
+        `boundary`, else stash each step's gradients. Returns the finite loss of each step that had rows here."""
+        acc = self.accelerator
         if "row_indices" in batch:  # a batch of `_dataloader` given directly (not through `_train_epoch`)
             self._batch_rows = batch.pop("row_indices")
-        scale = 1.0 / self.args.gradient_accumulation_steps
         losses = {}
         for step in self.steps:
             active, rows = self._step_active(batch, step)
@@ -561,25 +403,14 @@ class EmotionTrainer:
                 continue
             self._restore_gradients(step)
             running = [b.clone() for b in self._running_buffers]
-            if step.output_loss is None:
-                loss, has_rows = self._fusion_loss(batch, rows)
-                self._backward_outside_ddp(loss * scale, step)
-            else:
-                with contextlib.nullcontext() if boundary else acc.no_sync(model):
-                    has_rows = rows is None or bool(rows.any())
-                    if has_rows:
-                        sub = batch if rows is None else select_rows(batch, rows, step.modality)
-                        loss = model(**sub)[step.output_loss]
-                    else:
-                        loss = model(**self._placeholder(batch, step.modality))[step.output_loss] * 0.0
-                    acc.backward(loss * scale)
+            loss, has_rows = self._step_backward(batch, step, rows, boundary)
             # the one host sync of a step (the loss value); every process runs the backward even on a non-finite
             # loss, so that DDP's gradient all-reduce stays in step; the gradients are then dropped
             value = float(loss.detach()) if has_rows else 0.0
             finite = math.isfinite(value)
             if finite and has_rows:
                 losses[step.name] = value
-            if step.output_loss is None and boundary and acc.num_processes > 1:
+            if step.outside_ddp and boundary and acc.num_processes > 1:
                 self._all_reduce_step_gradients(step)
             if acc.num_processes > 1:  # skip on every process when any had a non-finite loss
                 flag = torch.tensor([float(not finite)], device=acc.device)
@@ -593,9 +424,31 @@ class EmotionTrainer:
                 self._stash[step.name] = [p.grad for _, p in self._named]
         return losses
 
+    def _step_backward(
+        self, batch: dict, step: TrainingStep, rows: torch.Tensor | None, boundary: bool
+    ) -> tuple[torch.Tensor, bool]:
+        """Forward and backward of `step` on its rows of `batch`, or on a zero-weighted placeholder row when this
+        process has none (every process must join the step's all-reduces). Returns the loss and whether it had rows."""
+        acc, model = self.accelerator, self.model
+        scale = 1.0 / self.args.gradient_accumulation_steps
+        has_rows = rows is None or bool(rows.any())
+        if step.outside_ddp:
+            loss = self._outside_ddp_loss(batch, step, rows, has_rows)
+            self._backward_outside_ddp(loss * scale, step)
+            return loss, has_rows
+        with contextlib.nullcontext() if boundary else acc.no_sync(model):
+            if has_rows:
+                sub = batch if rows is None else select_rows(batch, rows, step_keys(step, self.modalities))
+                loss = model(**sub)[step.loss]
+            else:
+                loss = model(**placeholder_batch(batch, step, self.modalities))[step.loss] * 0.0
+            acc.backward(loss * scale)
+        return loss, has_rows
+
     def _skip_step(self, step: TrainingStep, rows: torch.Tensor | None, running: list[torch.Tensor]) -> None:
         """A non-finite loss: drop the step's gradients accumulated so far (later batches of an accumulation window
-        still add theirs; the schedule advances) and restore the running statistics its forward changed; `_count_nonfinite` counts the batch and stops when it keeps happening."""
+        still add theirs; the schedule advances) and restore the running statistics its forward changed;
+        `_count_nonfinite` counts the batch and stops when it keeps happening."""
         for _, parameter in self._named:
             parameter.grad = None
         for buffer, saved in zip(self._running_buffers, running):
@@ -638,49 +491,37 @@ class EmotionTrainer:
             text += f" (ids {[self.train_dataset[i]['id'] for i in indices]})"
         return text
 
-    def _placeholder(self, batch: dict, modality: str) -> dict:
-        sub = placeholder_batch(batch, modality)
-        config = self.accelerator.unwrap_model(self.model).config
-        ref = batch["labels"]
-        if modality == "audio" and "audio_features" not in sub and "input_values" not in sub:
-            sub["audio_features"] = torch.zeros(1, 1, config.audio_feature_dim, device=ref.device)
-        if modality == "visual" and "visual_features" not in sub and "pixel_values_videos" not in sub:
-            sub["visual_features"] = torch.zeros(1, 1, config.visual_feature_dim, device=ref.device)
-        return sub
-
-    def _fusion_loss(self, batch: dict, rows: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        """VAVL's fusion step: encoders in eval mode without gradients (as in the original, after the unimodal
-        updates), the fusion head in train mode on the concatenated pooled representations."""
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        head = unwrapped.fusion_head
-        if not bool(rows.any()):  # this process has no paired row: a zero loss that still gives every grad a value
-            return sum(p.sum() for p in head.parameters()) * 0.0, False
-        sub = select_rows(batch, rows, "both")
-        labels = sub.pop("labels")
-        unwrapped.vavl.eval()
-        with torch.no_grad(), self.accelerator.autocast():
-            encoded = unwrapped.vavl(**sub)
-        unwrapped.vavl.train()
-        pooled = torch.cat([encoded.audio_pooled_output, encoded.visual_pooled_output], dim=-1).detach()
+    def _outside_ddp_loss(
+        self, batch: dict, step: TrainingStep, rows: torch.Tensor | None, has_rows: bool
+    ) -> torch.Tensor:
+        """The loss of a step declared as a callable of the unwrapped model (e.g. VAVL's fusion step: the fusion head
+        on detached representations of encoders run in eval mode), called on the step's rows as
+        `step.loss(**sub_batch)`. With no row on this process: a zero loss that still gives every parameter of the
+        step a gradient."""
+        if not has_rows:
+            zero = torch.zeros((), device=self.accelerator.device)
+            return sum((p.sum() for name, p in self._named if step.owns(name)), zero) * 0.0
+        sub = batch if rows is None else select_rows(batch, rows, step_keys(step, self.modalities))
         with self.accelerator.autocast():
-            loss = unwrapped.task_loss(head(pooled), labels)
-        return loss, True
+            return step.loss(**sub)
 
     def _backward_outside_ddp(self, loss: torch.Tensor, step: TrainingStep) -> None:
-        """Accumulate the gradients of a loss computed without the DDP-wrapped forward (the fusion step) into the
+        """Accumulate the gradients of a loss computed without the DDP-wrapped forward (a callable loss) into the
         step's parameters. `autograd.grad` does not fire DDP's reducer hooks, which expect a DDP forward; the
         gradients are averaged over processes by `_all_reduce_step_gradients` instead."""
         scaler = getattr(self.accelerator, "scaler", None)
         if scaler is not None:  # fp16: scaled like accelerator.backward, unscaled by the optimizer step
             loss = scaler.scale(loss)
         params = [p for name, p in self._named if step.owns(name)]
+        if not params or not loss.requires_grad:  # every parameter of the step frozen (e.g. its group at lr 0)
+            return
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         for parameter, grad in zip(params, grads):
             if grad is not None:
                 parameter.grad = grad if parameter.grad is None else parameter.grad + grad
 
     def _all_reduce_step_gradients(self, step: TrainingStep) -> None:
-        """Average the gradients of a step computed outside the DDP forward (the fusion step) over processes."""
+        """Average the gradients of a step computed outside the DDP forward (a callable loss) over processes."""
         for name, parameter in self._named:
             if step.owns(name):
                 if parameter.grad is None:
@@ -791,162 +632,6 @@ class EmotionTrainer:
         else:
             self.state["evaluations_without_improvement"] += 1
 
-    # ------------------------------------------------------------------------------------------ saving
-
-    def save_model(self, directory: str | Path, metrics: dict[str, Any] | None = None) -> None:
-        """Save the unwrapped model (`save_pretrained`), the processor (if any) and a model card into `directory`
-        (from the main process). Each file is written in a staging folder and renamed into place; weight files of
-        an earlier save that this one does not write are removed."""
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        state_dict = acc.get_state_dict(self.model)  # a collective under some distributed back-ends
-        if acc.is_main_process:
-            directory = Path(directory)
-            directory.mkdir(parents=True, exist_ok=True)
-            staging = directory / SAVING_DIR
-            shutil.rmtree(staging, ignore_errors=True)
-            self._write_model_dir(staging, state_dict, metrics)
-            written = {path.name for path in staging.iterdir()}
-            for pattern in WEIGHT_PATTERNS:
-                for stale in directory.glob(pattern):
-                    if stale.name not in written:
-                        stale.unlink()
-            for path in staging.iterdir():
-                os.replace(path, directory / path.name)
-            staging.rmdir()
-        acc.wait_for_everyone()
-
-    def _save_best_model(self, metrics: dict[str, Any]) -> None:
-        """`best_model/` as a whole: written next to it, then swapped in."""
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        state_dict = acc.get_state_dict(self.model)
-        if acc.is_main_process:
-            staging = self.output_dir / f".{BEST_DIR}.tmp"
-            shutil.rmtree(staging, ignore_errors=True)
-            self._write_model_dir(staging, state_dict, metrics)
-            replace_directory(staging, self.output_dir / BEST_DIR)
-        acc.wait_for_everyone()
-
-    def _write_model_dir(self, directory: Path, state_dict: dict, metrics: dict[str, Any] | None) -> None:
-        """A directory `pipeline`/`from_pretrained` can load: config, weights, processor (if any), model card."""
-        model = self.accelerator.unwrap_model(self.model)
-        model.save_pretrained(directory, save_function=self.accelerator.save, state_dict=state_dict)
-        if self.processor is not None:
-            self.processor.save_pretrained(directory)
-        self.model_card(metrics).save(str(directory / "README.md"))
-
-    def model_card(self, metrics: dict[str, Any] | None = None):
-        """The model card of a directory this trainer writes (`avemotion.training.hub.build_model_card`): evaluation
-        metrics per branch, the training options (local paths reduced to their base names)."""
-        from .hub import build_model_card
-
-        config = self.accelerator.unwrap_model(self.model).config
-        hyperparameters = self.args.to_dict()
-        for key in ("output_dir", "resume_from_checkpoint"):
-            if hyperparameters.get(key):
-                hyperparameters[key] = Path(hyperparameters[key]).name
-        rows = len(self.train_dataset) if self.train_dataset is not None else 0
-        training_data = (
-            f"Trained with `avemotion.training.EmotionTrainer` on {rows} rows ({self.state['epoch']} epochs, "
-            f"{self.state['global_step']} updates); metrics on the evaluation set it was selected on."
-        )
-        if self.processor is None:
-            training_data += (
-                "\n\nNo processor was saved with this model: it takes pre-extracted `audio_features` / "
-                '`visual_features` (see `avemotion.data.cache_features`). `pipeline("audio-visual-emotion")` needs '
-                "the processor matching those features saved next to the model."
-            )
-        return build_model_card(
-            config.model_type, self.output_dir.name, metrics=metrics, training_data=training_data,
-            hyperparameters=hyperparameters, split="evaluation",
-        )  # fmt: skip
-
-    def _save_model_hook(self, models: list, weights: list, output_dir: str) -> None:
-        """accelerate `save_state` hook: the model goes into the checkpoint as a `save_pretrained` directory."""
-        if len(models) != 1 or len(weights) != 1:  # FSDP/DeepSpeed save their own way
-            return
-        state_dict = self.accelerator.get_state_dict(self.model)
-        if self.accelerator.is_main_process:
-            history = self.state["log_history"]
-            self._write_model_dir(Path(output_dir), state_dict, history[-1].get("eval") if history else None)
-        weights.pop()
-
-    def _load_model_hook(self, models: list, input_dir: str) -> None:
-        """accelerate `load_state` hook: read the model of a checkpoint written by `_save_model_hook`."""
-        if len(models) == 1 and (Path(input_dir) / "config.json").is_file():
-            load_weights(self.accelerator.unwrap_model(models[0]), Path(input_dir))
-            models.pop()
-
-    def _save_checkpoint(self) -> None:
-        """`checkpoints/checkpoint-<update>`: accelerate's state and the model directory, written under a temporary
-        name and renamed when complete (an interrupted save leaves the previous checkpoints as they were)."""
-        acc = self.accelerator
-        checkpoints = self.output_dir / CHECKPOINTS_DIR
-        name = f"checkpoint-{self.state['global_step']:07d}"
-        staging = checkpoints / f".{name}.tmp"
-        if acc.is_main_process:
-            shutil.rmtree(staging, ignore_errors=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(staging))
-        acc.wait_for_everyone()  # every process's random states are written
-        if acc.is_main_process:
-            atomic_write_text(staging / STATE_FILE, json.dumps(self.state, indent=2) + "\n")
-            replace_directory(staging, checkpoints / name)
-            if self.args.save_total_limit:
-                for old in sorted(checkpoints.glob("checkpoint-*"))[: -self.args.save_total_limit]:
-                    shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
-
-    def _checkpoint_problem(self, directory: Path) -> str | None:
-        """Why `directory` cannot be resumed from (a missing or unreadable file, named), or None after loading it."""
-        if not (directory / STATE_FILE).is_file():
-            return f"{directory} is not a complete trainer checkpoint (no {STATE_FILE})"
-        for path in sorted(directory.iterdir()):
-            problem = file_problem(path) if path.is_file() else None
-            if problem:
-                return problem
-        try:
-            state = json.loads((directory / STATE_FILE).read_text())
-            if not isinstance(state, dict) or "global_step" not in state:
-                return f"{directory / STATE_FILE}: not a trainer state"
-            self.accelerator.load_state(str(directory))
-        except Exception as error:  # whatever accelerate/torch raise on a damaged file: name the checkpoint
-            return f"{directory}: {type(error).__name__}: {error}"
-        self.state = {**self.state, **state}
-        return None
-
-    def _load_checkpoint(self, checkpoint: str) -> None:
-        """Restore a checkpoint; `"last"`: the newest one that every process can read (an unreadable or incomplete
-        one is skipped with a warning naming it, and the one before it is used)."""
-        acc = self.accelerator
-        recover_directory(self.output_dir / BEST_DIR)
-        if checkpoint == "last":
-            candidates = sorted((self.output_dir / CHECKPOINTS_DIR).glob("checkpoint-*"), reverse=True)
-            candidates = [d for d in candidates if d.is_dir()]
-            if not candidates:
-                raise FileNotFoundError(f"no checkpoint to resume from in {self.output_dir / CHECKPOINTS_DIR}")
-        else:
-            candidates = [Path(checkpoint)]
-            if not (candidates[0] / STATE_FILE).is_file():
-                raise FileNotFoundError(f"{checkpoint} is not a trainer checkpoint (no {STATE_FILE})")
-        problems = []
-        for directory in candidates:
-            problem = self._checkpoint_problem(directory)
-            if acc.num_processes > 1:  # resume from the same checkpoint everywhere
-                flag = torch.tensor([float(problem is not None)], device=acc.device)
-                if acc.reduce(flag, reduction="sum").item() > 0 and problem is None:
-                    problem = f"{directory}: unreadable on another process"
-            if problem is None:
-                break
-            problems.append(problem)
-            if checkpoint == "last":
-                logger.warning("cannot resume from %s (%s); trying the checkpoint before it", directory, problem)
-        else:
-            raise ValueError("no checkpoint to resume from could be read: " + "; ".join(problems))
-        self.state.setdefault("epoch_nonfinite_skipped_batches", 0)
-        acc.print(f"resumed from {directory}: epoch {self.state['epoch'] + 1}, batch {self.state['step_in_epoch']}")
-
     def _log_epoch(self, record: dict[str, Any]) -> None:
         acc = self.accelerator
         flat = {f"train/{k}_loss": v for k, v in record["train_loss"].items()}
@@ -966,28 +651,6 @@ class EmotionTrainer:
         if acc.is_main_process:  # rewritten whole (atomically): the run's epochs, never a truncated line
             lines = "".join(json.dumps(entry) + "\n" for entry in self.state["log_history"])
             atomic_write_text(self.output_dir / LOG_FILE, lines)
-
-    def _finish(self, report: dict[str, Any]) -> None:
-        """Put the selected model (best evaluation, else the last epoch) into `output_dir` and the model."""
-        acc = self.accelerator
-        best_dir = self.output_dir / BEST_DIR
-        if self.state.get("best_report") is not None and best_dir.is_dir():
-            acc.wait_for_everyone()
-            load_weights(acc.unwrap_model(self.model), best_dir, allow_missing="backbone")
-            report = self.state["best_report"]
-        self.save_model(self.output_dir, metrics=report or None)
-        if acc.is_main_process:
-            results = {
-                "metric_for_best_model": self.metric_name,
-                "best_metric": self.state["best_metric"],
-                "best_epoch": self.state["best_epoch"],
-                "epochs_trained": self.state["epoch"],
-                "global_step": self.state["global_step"],
-                "num_processes": acc.num_processes,
-                "distributed_type": str(acc.distributed_type),
-                "eval": report,
-            }
-            atomic_write_text(self.output_dir / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
 
 
 def train_and_evaluate(

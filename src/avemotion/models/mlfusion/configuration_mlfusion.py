@@ -1,7 +1,8 @@
-"""Multi-level fusion (wav2vec 2.0 + BERT) model configuration."""
+"""Multi-level fusion (wav2vec 2.0 + BERT) model configuration, and the one parser of fusion member (head) names."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from transformers import AutoConfig, PreTrainedConfig
@@ -12,6 +13,44 @@ from .segments import GRANULARITIES
 # The mainstream 4-class IEMOCAP set-up (excited merged into happy).
 IEMOCAP_LABELS = ["neutral", "happy", "angry", "sad"]
 LATE_FUSION_MODES = ("mean_prob", "mean_logprob", "weighted")
+
+
+@dataclass(frozen=True)
+class FusionMember:
+    """A fusion member (head) name, parsed: `audio_<g>` (speech at granularity g), `text`, `early_<g>` (co-attention
+    of speech at g with the text) or `early` (co-attention at every granularity, concatenated).
+
+    Attributes:
+        name: the head name as in `config.fusion_members`.
+        kind: `"audio"`, `"text"` or `"early"`.
+        granularities: the speech granularities the head reads: `()` for `text`, `(g,)` for `audio_<g>` and
+            `early_<g>`, all configured granularities for `early`.
+    """
+
+    name: str
+    kind: Literal["audio", "text", "early"]
+    granularities: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, name: str, granularities: list[str] | tuple[str, ...]) -> FusionMember:
+        """Parse `name`; `granularities` (the config's) are those of the `early` head. Raises a `ValueError` for a
+        name that is no head."""
+        if name == "text":
+            return cls(name, "text", ())
+        if name == "early":
+            return cls(name, "early", tuple(granularities))
+        kind, _, granularity = name.partition("_")
+        if kind not in ("audio", "early") or not granularity:
+            raise ValueError(f"fusion member must be 'text', 'early', 'audio_<g>' or 'early_<g>', got {name!r}")
+        return cls(name, kind, (granularity,))
+
+    @property
+    def uses_audio(self) -> bool:
+        return self.kind != "text"
+
+    @property
+    def uses_text(self) -> bool:
+        return self.kind != "audio"
 
 
 def head_names(granularities: list[str], granularity_fusion: str) -> list[str]:
@@ -230,23 +269,23 @@ class MultiLevelFusionConfig(PreTrainedConfig):
             raise ValueError(f"problem_type must be 'single_label_classification', got {self.problem_type!r}")
 
     @property
+    def members(self) -> list[FusionMember]:
+        """`fusion_members`, parsed ([`FusionMember`]), in order."""
+        return [FusionMember.parse(name, self.granularities) for name in self.fusion_members]
+
+    @property
     def member_granularities(self) -> list[str]:
         """Granularities that some fusion member uses, in `granularities` order."""
-        used = set()
-        for member in self.fusion_members:
-            if member == "early":
-                used.update(self.granularities)
-            elif member != "text":
-                used.add(member.split("_", 1)[1])
+        used = {granularity for member in self.members for granularity in member.granularities}
         return [g for g in self.granularities if g in used]
 
     @property
     def uses_text(self) -> bool:
-        return any(m == "text" or m.startswith("early") for m in self.fusion_members)
+        return any(member.uses_text for member in self.members)
 
     @property
     def uses_audio(self) -> bool:
-        return any(m != "text" for m in self.fusion_members)
+        return any(member.uses_audio for member in self.members)
 
 
-__all__ = ["IEMOCAP_LABELS", "LATE_FUSION_MODES", "MultiLevelFusionConfig", "head_names"]
+__all__ = ["IEMOCAP_LABELS", "LATE_FUSION_MODES", "FusionMember", "MultiLevelFusionConfig", "head_names"]

@@ -12,14 +12,14 @@ their late fusion; those heads' logits are NaN on such rows and `head_mask` says
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput, logging
@@ -35,7 +35,7 @@ except ImportError:
         pass
 
 
-from .configuration_mlfusion import MultiLevelFusionConfig
+from .configuration_mlfusion import FusionMember, MultiLevelFusionConfig
 from .segments import check_segments, frame_centers, frame_geometry, pool_segments
 
 logger = logging.get_logger(__name__)
@@ -101,12 +101,32 @@ class MultiLevelFusionEmotionRecognitionOutput(ModelOutput):
     coattention_weights: dict[str, tuple] | None = None
 
 
+# Copied from avemotion.utils.masking.masked_mean
 def masked_mean(hidden_states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean over axis 1 of `(B, T, D)` using the `(B, T)` bool mask; rows with no real position give zeros."""
     if mask is None:
         return hidden_states.mean(dim=1)
     weights = mask.unsqueeze(-1).to(hidden_states.dtype)
     return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+# Copied from avemotion.utils.masking.feature_frames_mask
+def feature_frames_mask(audio_config: Any, num_frames: int, attention_mask: torch.Tensor) -> torch.Tensor:
+    """`(B, num_frames)` bool: the frames of a wav2vec2-style backbone that cover real samples of the right-padded
+    `(B, N)` `attention_mask`.
+
+    The frame count of each row follows from its sample count through the convolutional feature encoder
+    (`audio_config.conv_kernel`, `audio_config.conv_stride`) and, when `audio_config.add_adapter`, the adapter's
+    strided layers (wav2vec2's own length formula). A row with fewer samples than one frame gets no frame.
+    """
+    lengths = attention_mask.long().sum(dim=-1)
+    for kernel, stride in zip(audio_config.conv_kernel, audio_config.conv_stride):
+        lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+    if getattr(audio_config, "add_adapter", False):
+        for _ in range(audio_config.num_adapter_layers):
+            lengths = torch.div(lengths - 1, audio_config.adapter_stride, rounding_mode="floor") + 1
+    steps = torch.arange(num_frames, device=attention_mask.device)
+    return steps.unsqueeze(0) < lengths.unsqueeze(-1)
 
 
 def late_fuse_logits(
@@ -298,15 +318,16 @@ class MultiLevelFusionClassifier(nn.Module):
         return self.out_proj(self.dropout(self.activation(self.dense(self.dropout(pooled)))))
 
 
-def _encoder_kwargs(config) -> dict[str, Any]:
-    """BERT-style encoders are built without their pooler: the model pools itself, and an unused pooler would break
-    DDP (unused parameters)."""
-    model_class = AutoModel._model_mapping[type(config)]
-    return (
-        {"add_pooling_layer": False}
-        if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters
-        else {}
-    )
+def _without_pooler(build: Callable[..., PreTrainedModel], *args: Any) -> PreTrainedModel:
+    """`build(*args, add_pooling_layer=False)` (`AutoModel.from_config` or `AutoModel.from_pretrained`), or
+    `build(*args)` for an encoder class that has no pooler to leave out. BERT-style encoders are built without their
+    pooler: the model pools itself, and an unused pooler would break DDP (unused parameters)."""
+    try:
+        return build(*args, add_pooling_layer=False)
+    except TypeError as error:
+        if "add_pooling_layer" not in str(error):
+            raise
+    return build(*args)
 
 
 def _select_layer(
@@ -416,7 +437,7 @@ class MultiLevelFusionPreTrainedModel(EmotionModelHubMixin, PreTrainedModel):
         audio_encoder = AutoModel.from_pretrained(audio) if audio is not None else None
         text_encoder = None
         if text is not None:
-            text_encoder = AutoModel.from_pretrained(text, **_encoder_kwargs(AutoConfig.from_pretrained(text)))
+            text_encoder = _without_pooler(AutoModel.from_pretrained, text)
         if config is None:
             if audio_encoder is not None:
                 config_kwargs["audio_config"] = audio_encoder.config
@@ -453,19 +474,14 @@ class MultiLevelFusionModel(MultiLevelFusionPreTrainedModel):
     def __init__(self, config: MultiLevelFusionConfig):
         super().__init__(config)
         self.audio_encoder = AutoModel.from_config(config.audio_config) if config.uses_audio else None
-        self.text_encoder = (
-            AutoModel.from_config(config.text_config, **_encoder_kwargs(config.text_config))
-            if config.uses_text
-            else None
-        )
+        self.text_encoder = _without_pooler(AutoModel.from_config, config.text_config) if config.uses_text else None
         self.audio_layer_weights = self.text_layer_weights = None
         if self.audio_encoder is not None and config.audio_layer == "weighted_sum":
             self.audio_layer_weights = nn.Parameter(torch.zeros(config.audio_config.num_hidden_layers + 1))
         if self.text_encoder is not None and config.text_layer == "weighted_sum":
             self.text_layer_weights = nn.Parameter(torch.zeros(config.text_config.num_hidden_layers + 1))
-        early = [m for m in config.fusion_members if m.startswith("early")]
-        early_granularities = config.granularities if "early" in early else [m.split("_", 1)[1] for m in early]
-        self.coattention = nn.ModuleDict({g: MultiLevelFusionCoAttentionBlock(config) for g in early_granularities})
+        early = [g for member in config.members if member.kind == "early" for g in member.granularities]
+        self.coattention = nn.ModuleDict({g: MultiLevelFusionCoAttentionBlock(config) for g in early})
         self.frame_stride, self.frame_receptive_field = frame_geometry(
             config.audio_config.conv_kernel, config.audio_config.conv_stride
         )
@@ -480,9 +496,9 @@ class MultiLevelFusionModel(MultiLevelFusionPreTrainedModel):
                 self.audio_encoder.eval()
             feature_encoder = getattr(self.audio_encoder, "feature_extractor", None)
             if self.config.freeze_feature_encoder and feature_encoder is not None:
-                if hasattr(feature_encoder, "_freeze_parameters"):
-                    feature_encoder._freeze_parameters()
-                else:
+                if hasattr(self.audio_encoder, "freeze_feature_encoder"):  # wav2vec2, WavLM, data2vec-audio
+                    self.audio_encoder.freeze_feature_encoder()
+                else:  # HuBERT has no such method
                     feature_encoder.requires_grad_(False)
         if self.text_encoder is not None:
             self.text_encoder.requires_grad_(not self.config.freeze_text_encoder)
@@ -525,7 +541,7 @@ class MultiLevelFusionModel(MultiLevelFusionPreTrainedModel):
             features = _select_layer(encoded.last_hidden_state, encoded.hidden_states, layer, self.audio_layer_weights)
             if mask is None:
                 return features, torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
-            return features, self.audio_encoder._get_feature_vector_attention_mask(features.shape[1], mask).bool()
+            return features, feature_frames_mask(self.audio_encoder.config, features.shape[1], mask)
 
         if attention_mask is None:
             return encode(input_values, None)
@@ -630,169 +646,21 @@ class MultiLevelFusionModel(MultiLevelFusionPreTrainedModel):
         config = self.config
         return_dict = return_dict if return_dict is not None else config.return_dict
         output_attentions = bool(output_attentions)
-        if input_values is not None and audio_features is not None:
-            raise ValueError("Pass either `input_values` or `audio_features`, not both.")
-        if input_ids is not None and text_features is not None:
-            raise ValueError("Pass either `input_ids` or `text_features`, not both.")
-        if input_values is None and audio_features is None:
-            # Segments locate speech frames. Real segments with no audio input at all are a caller's mistake (the
-            # audio was forgotten), not a text-only batch: fail instead of silently predicting from text alone.
-            # Silent: all-zero segment masks (what the pipeline and the collator send for rows without an
-            # alignment), and audio that was passed with all-zero masks (rows without audio; their segments are
-            # not read, see below).
-            segment_inputs = {
-                "phone": (phone_segments, phone_segments_mask),
-                "syllable": (syllable_segments, syllable_segments_mask),
-                "word": (word_segments, word_segments_mask),
-            }
-            with_segments = [
-                f"{granularity}_segments"
-                for granularity, (segments, segments_mask) in segment_inputs.items()
-                if granularity in config.member_granularities and _has_real_segments(segments, segments_mask)
-            ]
-            if with_segments:
-                raise ValueError(
-                    f"Segments were given ({', '.join(with_segments)} with real entries) without audio: pass "
-                    "`input_values` or `audio_features` with them, or all-zero segment masks for rows without audio."
-                )
-
-        # Speech frames
-        # a modality that no row has (all-zero masks) is absent for the batch: its encoder does not run
-        if attention_mask is not None and not bool(attention_mask.any()):
-            input_values = attention_mask = None
-        if audio_features_mask is not None and not bool(audio_features_mask.any()):
-            audio_features = audio_features_mask = None
-        if text_attention_mask is not None and not bool(text_attention_mask.any()):
-            input_ids = text_features = text_attention_mask = token_type_ids = None
-        audio, frames_mask, durations = None, None, None
-        if self.audio_encoder is not None and input_values is not None:
-            audio, frames_mask = self.get_audio_features(input_values, attention_mask)
-            samples = (
-                attention_mask.sum(dim=-1)
-                if attention_mask is not None
-                else torch.full((input_values.shape[0],), input_values.shape[1], device=input_values.device)
-            )
-            durations = samples.double() / config.sampling_rate
-        elif self.audio_encoder is not None and audio_features is not None:
-            audio, frames_mask = self._cached_features(
-                "audio_features",
-                audio_features,
-                audio_features_mask,
-                config.audio_layer,
-                self.audio_layer_weights,
-                config.audio_config.hidden_size,
-            )
-            # the longest audio that gives this many frames
-            frames = frames_mask.sum(dim=-1).double()
-            durations = (frames * self.frame_stride + self.frame_receptive_field - 1) / config.sampling_rate
-
-        # Text tokens
-        text, text_mask = None, None
-        if self.text_encoder is not None and input_ids is not None:
-            text, text_mask = self.get_text_features(input_ids, text_attention_mask, token_type_ids)
-        elif self.text_encoder is not None and text_features is not None:
-            text, text_mask = self._cached_features(
-                "text_features",
-                text_features,
-                text_attention_mask,
-                config.text_layer,
-                self.text_layer_weights,
-                config.text_config.hidden_size,
-            )
-        if audio is None and text is None:
-            raise ValueError(
-                f"No input for fusion members {config.fusion_members}: pass audio (`input_values` or "
-                "`audio_features`) and/or text (`input_ids` or `text_features`)."
-            )
-        reference = audio if audio is not None else text
-        batch_size, device = reference.shape[0], reference.device
-        if audio is not None and text is not None and audio.shape[0] != text.shape[0]:
-            raise ValueError(f"Audio and text batch sizes differ: {audio.shape[0]} vs {text.shape[0]}")
-        no_rows = torch.zeros(batch_size, dtype=torch.bool, device=device)
-        text_present = text_mask.any(dim=-1) if text is not None else no_rows
-
-        # Speech sequences per granularity
-        given = {
+        segment_inputs = {
             "phone": (phone_segments, phone_segments_mask),
             "syllable": (syllable_segments, syllable_segments_mask),
             "word": (word_segments, word_segments_mask),
         }
-        unused = [
-            g for g, (segments, _) in given.items() if segments is not None and g not in config.member_granularities
-        ]
-        if unused:
-            # a processor may emit every granularity; ablation models simply do not read the ones they lack
-            logger.warning_once(
-                f"Segments were given for {unused}, which no fusion member of {config.fusion_members} uses; "
-                "they are not read."
-            )
-        sequences, sequence_masks = {}, {}
-        if audio is not None:
-            centers = None
-            for granularity in config.member_granularities:
-                if granularity == "frame":
-                    sequences["frame"], sequence_masks["frame"] = audio, frames_mask
-                    continue
-                segments, segments_mask = given[granularity]
-                if segments is None:  # no alignment for the batch: this granularity is masked for every row
-                    sequences[granularity] = audio.new_zeros(batch_size, 1, audio.shape[-1])
-                    sequence_masks[granularity] = torch.zeros(batch_size, 1, dtype=torch.bool, device=device)
-                    continue
-                name = f"{granularity}_segments"
-                if segments_mask is None:
-                    segments_mask = torch.ones(segments.shape[:2], dtype=torch.bool, device=segments.device)
-                if segments.dim() != 3 or segments.shape[0] != batch_size:
-                    raise ValueError(f"`{name}` must be ({batch_size}, segments, 2), got {tuple(segments.shape)}")
-                segments, segments_mask = segments.to(device), segments_mask.bool().to(device)
-                if segments_mask.shape == segments.shape[:2]:
-                    # segments locate speech frames: a row without audio has none, so its segments are not read
-                    segments_mask = segments_mask & frames_mask.any(dim=-1, keepdim=True)
-                check_segments(segments, segments_mask, durations, name, config.max_segment_overrun)
-                if centers is None:
-                    centers = frame_centers(
-                        audio.shape[1], self.frame_stride, self.frame_receptive_field, config.sampling_rate, device
-                    )
-                sequences[granularity] = pool_segments(
-                    audio, segments.to(device), segments_mask.to(device), frames_mask, centers, config.segment_pooling
-                )
-                sequence_masks[granularity] = segments_mask.to(device)
-        present = {g: mask.any(dim=-1) for g, mask in sequence_masks.items()}
-
-        # Classifier inputs of the member heads
-        pooled, head_mask, weights = {}, {}, {}
-
-        def early(granularity: str) -> torch.Tensor:
-            output, layer_weights = self.coattention[granularity](
-                sequences[granularity], sequence_masks[granularity], text, text_mask, output_attentions
-            )
-            if output_attentions:
-                weights[f"early_{granularity}"] = layer_weights
-            return output
-
-        for member in config.fusion_members:
-            if member == "text":
-                if text is not None:
-                    vector = text[:, 0] if config.text_pooling == "cls" else masked_mean(text, text_mask)
-                    pooled[member], head_mask[member] = vector, text_present
-                else:
-                    head_mask[member] = no_rows
-            elif member.startswith("audio_"):
-                granularity = member.split("_", 1)[1]
-                if audio is not None:
-                    pooled[member] = masked_mean(sequences[granularity], sequence_masks[granularity])
-                    head_mask[member] = present[granularity]
-                else:
-                    head_mask[member] = no_rows
-            elif audio is None or text is None:
-                head_mask[member] = no_rows
-            elif member == "early":
-                pooled[member] = torch.cat([early(g) for g in config.granularities], dim=-1)
-                head_mask[member] = text_present & torch.stack([present[g] for g in config.granularities]).all(0)
-            else:
-                granularity = member.split("_", 1)[1]
-                pooled[member] = early(granularity)
-                head_mask[member] = text_present & present[granularity]
-
+        self._check_input_choice(input_values, audio_features, input_ids, text_features, segment_inputs)
+        audio, frames_mask, durations = self._speech_frames(
+            input_values, attention_mask, audio_features, audio_features_mask
+        )
+        text, text_mask = self._text_tokens(input_ids, text_attention_mask, token_type_ids, text_features)
+        self._check_batch(audio, text)
+        sequences, sequence_masks = self._speech_sequences(audio, frames_mask, durations, segment_inputs)
+        pooled, head_mask, weights = self._member_inputs(
+            audio, text, text_mask, sequences, sequence_masks, output_attentions
+        )
         output = MultiLevelFusionModelOutput(
             pooled_outputs=pooled,
             head_mask=head_mask,
@@ -806,6 +674,232 @@ class MultiLevelFusionModel(MultiLevelFusionPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
+    def _check_input_choice(
+        self,
+        input_values: torch.Tensor | None,
+        audio_features: torch.Tensor | None,
+        input_ids: torch.Tensor | None,
+        text_features: torch.Tensor | None,
+        segment_inputs: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]],
+    ) -> None:
+        """One input per modality, and no real segments without an audio input."""
+        if input_values is not None and audio_features is not None:
+            raise ValueError("Pass either `input_values` or `audio_features`, not both.")
+        if input_ids is not None and text_features is not None:
+            raise ValueError("Pass either `input_ids` or `text_features`, not both.")
+        if input_values is not None or audio_features is not None:
+            return
+        # Segments locate speech frames. Real segments with no audio input at all are a caller's mistake (the audio
+        # was forgotten), not a text-only batch: fail instead of silently predicting from text alone. Silent: all-zero
+        # segment masks (what the pipeline and the collator send for rows without an alignment), and audio that was
+        # passed with all-zero masks (rows without audio; their segments are not read, see `_segment_sequence`).
+        with_segments = [
+            f"{granularity}_segments"
+            for granularity, (segments, segments_mask) in segment_inputs.items()
+            if granularity in self.config.member_granularities and _has_real_segments(segments, segments_mask)
+        ]
+        if with_segments:
+            raise ValueError(
+                f"Segments were given ({', '.join(with_segments)} with real entries) without audio: pass "
+                "`input_values` or `audio_features` with them, or all-zero segment masks for rows without audio."
+            )
+
+    def _speech_frames(
+        self,
+        input_values: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        audio_features: torch.Tensor | None,
+        audio_features_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Speech frames from waveforms or cached features: `(features (B, T, D), frames_mask (B, T) bool,
+        durations (B,) float64 seconds of real audio)`, or three Nones without audio (input or encoder)."""
+        config = self.config
+        # audio that no row has (all-zero masks) is absent for the batch: the encoder does not run
+        if attention_mask is not None and not bool(attention_mask.any()):
+            input_values = attention_mask = None
+        if audio_features_mask is not None and not bool(audio_features_mask.any()):
+            audio_features = audio_features_mask = None
+        if self.audio_encoder is None or (input_values is None and audio_features is None):
+            return None, None, None
+        if input_values is not None:
+            audio, frames_mask = self.get_audio_features(input_values, attention_mask)
+            samples = (
+                attention_mask.sum(dim=-1)
+                if attention_mask is not None
+                else torch.full((input_values.shape[0],), input_values.shape[1], device=input_values.device)
+            )
+            return audio, frames_mask, samples.double() / config.sampling_rate
+        audio, frames_mask = self._cached_features(
+            "audio_features",
+            audio_features,
+            audio_features_mask,
+            config.audio_layer,
+            self.audio_layer_weights,
+            config.audio_config.hidden_size,
+        )
+        # the longest audio that gives this many frames
+        frames = frames_mask.sum(dim=-1).double()
+        return audio, frames_mask, (frames * self.frame_stride + self.frame_receptive_field - 1) / config.sampling_rate
+
+    def _text_tokens(
+        self,
+        input_ids: torch.Tensor | None,
+        text_attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        text_features: torch.Tensor | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Token vectors from token ids or cached features: `(features (B, M, D), mask (B, M) bool)`, or Nones
+        without text (input, a row with text, or encoder)."""
+        if self.text_encoder is None or (text_attention_mask is not None and not bool(text_attention_mask.any())):
+            return None, None
+        if input_ids is not None:
+            return self.get_text_features(input_ids, text_attention_mask, token_type_ids)
+        if text_features is not None:
+            config = self.config
+            return self._cached_features(
+                "text_features",
+                text_features,
+                text_attention_mask,
+                config.text_layer,
+                self.text_layer_weights,
+                config.text_config.hidden_size,
+            )
+        return None, None
+
+    def _check_batch(self, audio: torch.Tensor | None, text: torch.Tensor | None) -> None:
+        """At least one modality, and the same batch size for both."""
+        if audio is None and text is None:
+            raise ValueError(
+                f"No input for fusion members {self.config.fusion_members}: pass audio (`input_values` or "
+                "`audio_features`) and/or text (`input_ids` or `text_features`)."
+            )
+        if audio is not None and text is not None and audio.shape[0] != text.shape[0]:
+            raise ValueError(f"Audio and text batch sizes differ: {audio.shape[0]} vs {text.shape[0]}")
+
+    def _speech_sequences(
+        self,
+        audio: torch.Tensor | None,
+        frames_mask: torch.Tensor | None,
+        durations: torch.Tensor | None,
+        segment_inputs: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]],
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The speech sequence of every granularity a member uses: granularity -> `(B, N, D)` and its `(B, N)`
+        mask (`frame`: the frames themselves). Empty without audio."""
+        config = self.config
+        unused = [
+            g
+            for g, (segments, _) in segment_inputs.items()
+            if segments is not None and g not in config.member_granularities
+        ]
+        if unused:
+            # a processor may emit every granularity; ablation models simply do not read the ones they lack
+            logger.warning_once(
+                f"Segments were given for {unused}, which no fusion member of {config.fusion_members} uses; "
+                "they are not read."
+            )
+        sequences, sequence_masks = {}, {}
+        if audio is None:
+            return sequences, sequence_masks
+        centers = None
+        for granularity in config.member_granularities:
+            if granularity == "frame":
+                sequences["frame"], sequence_masks["frame"] = audio, frames_mask
+                continue
+            if centers is None:
+                centers = frame_centers(
+                    audio.shape[1], self.frame_stride, self.frame_receptive_field, config.sampling_rate, audio.device
+                )
+            sequences[granularity], sequence_masks[granularity] = self._segment_sequence(
+                granularity, *segment_inputs[granularity], audio, frames_mask, durations, centers
+            )
+        return sequences, sequence_masks
+
+    def _segment_sequence(
+        self,
+        granularity: str,
+        segments: torch.Tensor | None,
+        segments_mask: torch.Tensor | None,
+        audio: torch.Tensor,
+        frames_mask: torch.Tensor,
+        durations: torch.Tensor,
+        centers: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Segment means `(B, N, D)` of the frames `audio` (B, T, D) and the `(B, N)` bool mask of the segments
+        read. Not given: one masked segment per row (no alignment for the batch)."""
+        batch_size, device = audio.shape[0], audio.device
+        if segments is None:
+            return (
+                audio.new_zeros(batch_size, 1, audio.shape[-1]),
+                torch.zeros(batch_size, 1, dtype=torch.bool, device=device),
+            )
+        name = f"{granularity}_segments"
+        if segments_mask is None:
+            segments_mask = torch.ones(segments.shape[:2], dtype=torch.bool, device=segments.device)
+        if segments.dim() != 3 or segments.shape[0] != batch_size:
+            raise ValueError(f"`{name}` must be ({batch_size}, segments, 2), got {tuple(segments.shape)}")
+        segments, segments_mask = segments.to(device), segments_mask.bool().to(device)
+        if segments_mask.shape == segments.shape[:2]:
+            # segments locate speech frames: a row without audio has none, so its segments are not read
+            segments_mask = segments_mask & frames_mask.any(dim=-1, keepdim=True)
+        check_segments(segments, segments_mask, durations, name, self.config.max_segment_overrun)
+        pooled = pool_segments(audio, segments, segments_mask, frames_mask, centers, self.config.segment_pooling)
+        return pooled, segments_mask
+
+    def _member_inputs(
+        self,
+        audio: torch.Tensor | None,
+        text: torch.Tensor | None,
+        text_mask: torch.Tensor | None,
+        sequences: dict[str, torch.Tensor],
+        sequence_masks: dict[str, torch.Tensor],
+        output_attentions: bool,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, tuple]]:
+        """`(pooled, head_mask, coattention_weights)`: per member head its `(B, head_input_size)` classifier input
+        and the `(B,)` rows it covers. A head whose modality is absent for the batch has no input and covers no row."""
+        reference = audio if audio is not None else text
+        no_rows = torch.zeros(reference.shape[0], dtype=torch.bool, device=reference.device)
+        text_present = text_mask.any(dim=-1) if text is not None else no_rows
+        present = {g: mask.any(dim=-1) for g, mask in sequence_masks.items()}
+        pooled, head_mask, weights = {}, {}, {}
+        for member in self.config.members:
+            if (member.uses_audio and audio is None) or (member.uses_text and text is None):
+                head_mask[member.name] = no_rows
+            elif member.kind == "text":
+                pooled[member.name] = text[:, 0] if self.config.text_pooling == "cls" else masked_mean(text, text_mask)
+                head_mask[member.name] = text_present
+            elif member.kind == "audio":
+                (granularity,) = member.granularities
+                pooled[member.name] = masked_mean(sequences[granularity], sequence_masks[granularity])
+                head_mask[member.name] = present[granularity]
+            else:
+                pooled[member.name] = self._early_fusion(
+                    member, text, text_mask, sequences, sequence_masks, output_attentions, weights
+                )
+                head_mask[member.name] = text_present & torch.stack([present[g] for g in member.granularities]).all(0)
+        return pooled, head_mask, weights
+
+    def _early_fusion(
+        self,
+        member: FusionMember,
+        text: torch.Tensor,
+        text_mask: torch.Tensor,
+        sequences: dict[str, torch.Tensor],
+        sequence_masks: dict[str, torch.Tensor],
+        output_attentions: bool,
+        weights: dict[str, tuple],
+    ) -> torch.Tensor:
+        """The co-attention output `(B, 2 * fusion_hidden_size * len(member.granularities))` of an early-fusion
+        member; with `output_attentions`, each block's weights go to `weights["early_<g>"]`."""
+        outputs = []
+        for granularity in member.granularities:
+            output, layer_weights = self.coattention[granularity](
+                sequences[granularity], sequence_masks[granularity], text, text_mask, output_attentions
+            )
+            if output_attentions:
+                weights[f"early_{granularity}"] = layer_weights
+            outputs.append(output)
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+
 
 class MultiLevelFusionForEmotionRecognition(MultiLevelFusionPreTrainedModel):
     """[`MultiLevelFusionModel`] with one classifier per fusion member and their late fusion."""
@@ -813,18 +907,57 @@ class MultiLevelFusionForEmotionRecognition(MultiLevelFusionPreTrainedModel):
     def __init__(self, config: MultiLevelFusionConfig):
         super().__init__(config)
         self.mlfusion = MultiLevelFusionModel(config)
-        early_size = 2 * config.fusion_hidden_size
-        sizes = {"text": config.text_config.hidden_size, "early": early_size * len(config.granularities)}
-        self.heads = nn.ModuleDict()
-        for member in config.fusion_members:
-            if member.startswith("audio_"):
-                size = config.audio_config.hidden_size
-            elif member.startswith("early_"):
-                size = early_size
-            else:
-                size = sizes[member]
-            self.heads[member] = MultiLevelFusionClassifier(size, config)
+        self.heads = nn.ModuleDict(
+            {
+                member.name: MultiLevelFusionClassifier(self._head_input_size(member), config)
+                for member in config.members
+            }
+        )
         self.post_init()
+
+    def _head_input_size(self, member: FusionMember) -> int:
+        config = self.config
+        if member.kind == "audio":
+            return config.audio_config.hidden_size
+        if member.kind == "text":
+            return config.text_config.hidden_size
+        return 2 * config.fusion_hidden_size * len(member.granularities)
+
+    def input_spec(self) -> dict[str, Any]:
+        """What generic code (collator, trainer, pipeline) needs to feed the model, as plain data: per modality its
+        input and mask keys, its cached-feature keys and width; the segment inputs `(segments key, mask key)` of the
+        granularities that a fusion member reads; the analysis window for long media (None: the caller's default).
+        Cached text features share `text_attention_mask` with the token ids."""
+        config = self.config
+        return {
+            "modalities": {
+                "audio": {
+                    "inputs": ("input_values", "attention_mask"),
+                    "features": ("audio_features", "audio_features_mask"),
+                    "feature_dim": config.audio_config.hidden_size,
+                    "sampling_rate": config.sampling_rate,
+                },
+                "text": {
+                    "inputs": ("input_ids", "text_attention_mask"),
+                    "extra_inputs": ("token_type_ids",),
+                    "max_length": config.max_text_length,
+                    "features": ("text_features", "text_attention_mask"),
+                    "feature_dim": config.text_config.hidden_size,
+                },
+            },
+            "segments": {
+                g: (f"{g}_segments", f"{g}_segments_mask") for g in config.member_granularities if g != "frame"
+            },
+            "window_seconds": getattr(config, "window_seconds", None),
+        }
+
+    def training_steps(self) -> tuple[dict[str, Any], ...]:
+        """One joint step: every parameter, the summed loss of the member heads (`loss`), every row."""
+        return ({"name": "joint", "modules": (), "loss": "loss", "rows": ()},)
+
+    def evaluation_branches(self) -> list[str]:
+        """The output branches evaluation reports: the late-fused `logits` and each member head (`head_logits`)."""
+        return ["logits", *self.config.fusion_members]
 
     def onnx_export_spec(self, parts: str, exporter: str) -> Any:
         """How `avemotion export-onnx` exports this model (the hook `avemotion.models.onnx_export` calls): an
@@ -862,8 +995,7 @@ class MultiLevelFusionForEmotionRecognition(MultiLevelFusionPreTrainedModel):
 
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): class indices.
         """
-        config = self.config
-        return_dict = return_dict if return_dict is not None else config.return_dict
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         encoded = self.mlfusion(
             input_values=input_values,
             attention_mask=attention_mask,
@@ -883,49 +1015,12 @@ class MultiLevelFusionForEmotionRecognition(MultiLevelFusionPreTrainedModel):
             return_dict=True,
         )
         masks = encoded.head_mask
-        batch_size, device = next(iter(masks.values())).shape[0], next(iter(masks.values())).device
-        raw = {}
-        for member in config.fusion_members:
-            if member in encoded.pooled_outputs:
-                raw[member] = self.heads[member](encoded.pooled_outputs[member])
-            else:  # a modality the head needs is absent for the whole batch
-                raw[member] = torch.full((batch_size, config.num_labels), math.nan, dtype=self.dtype, device=device)
-
-        members = config.fusion_members
-        if len(members) == 1:
-            # a single member is a plain classifier: its own logits, no renormalisation
-            if not bool(masks[members[0]].all()):
-                rows = (~masks[members[0]]).nonzero().flatten().tolist()
-                raise ValueError(f"rows {rows} lack the inputs of the only fusion member {members[0]!r}")
-            logits = raw[members[0]]
-        else:
-            weights = None
-            if config.late_fusion_mode == "weighted":
-                weights = [config.late_fusion_weights[m] for m in members]
-            logits = late_fuse_logits(
-                [raw[m] for m in members], config.late_fusion_mode, weights, [masks[m] for m in members]
-            )
-
+        raw = self._member_logits(encoded.pooled_outputs, masks)
+        logits = self._late_fusion(raw, masks)
         loss, head_losses = None, None
         if labels is not None:
-            if labels.dim() != 1 or labels.shape[0] != batch_size:
-                raise ValueError(f"`labels` must be ({batch_size},) class indices, got {tuple(labels.shape)}")
-            labels = labels.to(logits.device).long()
-            class_weights = None
-            if config.class_weights is not None:
-                class_weights = torch.tensor(config.class_weights, dtype=logits.dtype, device=logits.device)
-            loss_weights = config.head_loss_weights or {}
-            head_losses, terms = {}, []
-            for member in members:
-                rows = masks[member]
-                if not bool(rows.any()):
-                    continue
-                head_losses[member] = nn.functional.cross_entropy(
-                    raw[member][rows], labels[rows], weight=class_weights
-                )
-                terms.append(loss_weights.get(member, 1.0) * head_losses[member])
-            loss = torch.stack(terms).sum()
-
+            loss, head_losses = self._joint_loss(raw, masks, labels, logits)
+        members = self.config.fusion_members
         head_logits = {m: raw[m].masked_fill(~masks[m].unsqueeze(-1), math.nan) for m in members}
         output = MultiLevelFusionEmotionRecognitionOutput(
             loss=loss,
@@ -936,6 +1031,65 @@ class MultiLevelFusionForEmotionRecognition(MultiLevelFusionPreTrainedModel):
             coattention_weights=encoded.coattention_weights,
         )
         return output if return_dict else output.to_tuple()
+
+    def _member_logits(
+        self, pooled: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Member -> `(B, num_labels)` head logits; NaN for a head whose modality is absent for the whole batch."""
+        reference = next(iter(masks.values()))
+        raw = {}
+        for member in self.config.fusion_members:
+            if member in pooled:
+                raw[member] = self.heads[member](pooled[member])
+            else:
+                raw[member] = torch.full(
+                    (reference.shape[0], self.config.num_labels), math.nan, dtype=self.dtype, device=reference.device
+                )
+        return raw
+
+    def _late_fusion(self, raw: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The prediction `(B, num_labels)`: the late fusion of the members' posteriors over the rows each covers; a
+        single member is a plain classifier (its own logits, no renormalisation)."""
+        config = self.config
+        members = config.fusion_members
+        if len(members) == 1:
+            if not bool(masks[members[0]].all()):
+                rows = (~masks[members[0]]).nonzero().flatten().tolist()
+                raise ValueError(f"rows {rows} lack the inputs of the only fusion member {members[0]!r}")
+            return raw[members[0]]
+        weights = None
+        if config.late_fusion_mode == "weighted":
+            weights = [config.late_fusion_weights[m] for m in members]
+        return late_fuse_logits(
+            [raw[m] for m in members], config.late_fusion_mode, weights, [masks[m] for m in members]
+        )
+
+    def _joint_loss(
+        self,
+        raw: dict[str, torch.Tensor],
+        masks: dict[str, torch.Tensor],
+        labels: torch.Tensor,
+        logits: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`(loss, head_losses)`: the `head_loss_weights`-weighted sum over member heads of their (class-weighted)
+        cross-entropy on the rows each covers; heads covering no row are left out."""
+        config = self.config
+        batch_size = logits.shape[0]
+        if labels.dim() != 1 or labels.shape[0] != batch_size:
+            raise ValueError(f"`labels` must be ({batch_size},) class indices, got {tuple(labels.shape)}")
+        labels = labels.to(logits.device).long()
+        class_weights = None
+        if config.class_weights is not None:
+            class_weights = torch.tensor(config.class_weights, dtype=logits.dtype, device=logits.device)
+        loss_weights = config.head_loss_weights or {}
+        head_losses, terms = {}, []
+        for member in config.fusion_members:
+            rows = masks[member]
+            if not bool(rows.any()):
+                continue
+            head_losses[member] = nn.functional.cross_entropy(raw[member][rows], labels[rows], weight=class_weights)
+            terms.append(loss_weights.get(member, 1.0) * head_losses[member])
+        return torch.stack(terms).sum(), head_losses
 
 
 __all__ = [

@@ -15,11 +15,11 @@ from torch import nn
 from avemotion.models.onnx_export import (
     ABSENT_AUDIO_SAMPLES,
     OnnxExportSpec,
-    conv_output_lengths,
     exportable_copy,
     input_spec,
     warn_group_norm,
 )
+from avemotion.utils.masking import feature_frames_mask
 
 from .segments import SEGMENT_GRANULARITIES
 
@@ -87,25 +87,16 @@ class FusionGraph(nn.Module):
 
     heads inputs: audio_features, audio_features_mask, input_ids, text_attention_mask and, per segment granularity
     the model uses, `<g>_segments` and `<g>_segments_mask`. full: input_values and attention_mask instead of the
-    audio features."""
+    audio features; the speech encoder is wrapped in [`FramelessRowsEncoder`]."""
 
     def __init__(self, model: nn.Module, parts: str, input_names: list[str]):
         super().__init__()
         self.model = exportable_copy(model)
         self.parts = parts
         self.input_names = list(input_names)
-        encoder = getattr(self.model.mlfusion, "audio_encoder", None)
-        if encoder is not None and hasattr(encoder, "_get_feature_vector_attention_mask"):
-            kernels, strides = encoder.config.conv_kernel, encoder.config.conv_stride
-
-            def frames_mask(feature_length, attention_mask, *args, **kwargs):
-                # wav2vec2's own computation marks every frame real on a row with no sample; here such a row
-                # (absent audio) has no frame, as when the model leaves the row out
-                lengths = conv_output_lengths(attention_mask.sum(dim=-1), kernels, strides)
-                steps = torch.arange(feature_length, device=attention_mask.device)
-                return steps.unsqueeze(0) < lengths.unsqueeze(-1)
-
-            encoder._get_feature_vector_attention_mask = frames_mask
+        base = self.model.mlfusion
+        if base.audio_encoder is not None:
+            base.audio_encoder = FramelessRowsEncoder(base.audio_encoder)
 
     def forward(self, *tensors: torch.Tensor):
         inputs = dict(zip(self.input_names, tensors))
@@ -116,3 +107,22 @@ class FusionGraph(nn.Module):
             # a row without audio (all-zero attention mask) gets no frame, as in the model's own row selection
             inputs["attention_mask"] = inputs["attention_mask"].long()
         return self.model(**inputs, return_dict=True).logits
+
+
+class FramelessRowsEncoder(nn.Module):
+    """The speech encoder in the exported graph. The graph runs every row, also those without audio (an all-zero
+    attention mask), which eager PyTorch leaves out: for a row whose samples give no frame, wav2vec2's own frame-mask
+    computation indexes frame -1 or below, which PyTorch wraps around and ONNX rejects. Such a row runs here as if its
+    whole padded waveform were real; the model still reads none of its frames, since its frame mask comes from the
+    true attention mask (`feature_frames_mask`)."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.config = encoder.config
+
+    def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any):
+        if attention_mask is not None:
+            has_frame = feature_frames_mask(self.config, 1, attention_mask)  # (B, 1): at least one frame
+            attention_mask = torch.where(has_frame, attention_mask, torch.ones_like(attention_mask))
+        return self.encoder(input_values, attention_mask=attention_mask, **kwargs)

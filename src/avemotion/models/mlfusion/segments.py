@@ -1,6 +1,6 @@
-"""Speech segments for the multi-level fusion model: IEMOCAP forced-alignment files and segment pooling.
+"""Segment pooling of the multi-level fusion model: wav2vec 2.0 frame geometry, segment checks and pooling.
 
-A segment is `(start_seconds, end_seconds, label)`. The model pools wav2vec 2.0 frames inside each segment:
+A segment is `(start_seconds, end_seconds)`. The model pools wav2vec 2.0 frames inside each segment:
 
 1. take the frames whose centre time lies in `[start, end)`;
 2. if none does (segments shorter than one frame step), take the real frame nearest to the segment midpoint;
@@ -10,160 +10,20 @@ A segment is `(start_seconds, end_seconds, label)`. The model pools wav2vec 2.0 
 Two implementations of this rule are provided: a pooling matrix `P` of shape `(batch, segments, frames)` (one batched
 matmul) and integer frame bounds with a cumulative sum (memory-light). They give the same result.
 
-An utterance without an alignment file has no segments at that granularity: its segment mask row is all False and
-the model leaves the heads of that granularity out for that utterance. Nothing is invented.
+Reading alignments and padding segment lists into inputs is data preparation: `avemotion.processing.segments`. This
+file is part of the model's remote code, so it imports torch only.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import os
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 
-logger = logging.getLogger(__name__)
-
+# Copied from avemotion.processing.segments.GRANULARITIES
 GRANULARITIES = ("frame", "phone", "syllable", "word")
-SEGMENT_GRANULARITIES = ("phone", "syllable", "word")
-# IEMOCAP ships `<utterance>.phseg`, `.syseg` and `.wdseg` under sentences/ForcedAlignment/<dialog>/.
-IEMOCAP_ALIGNMENT_EXTENSIONS = {"phone": ".phseg", "syllable": ".syseg", "word": ".wdseg"}
-# Sentence markers and silences of the aligner's output (compared case-insensitively).
-SILENCE_LABELS = frozenset({"<s>", "</s>", "<sil>", "sil"})
-_VARIANT_SUFFIX = re.compile(r"\(\d+\)$")
-_INTEGER = re.compile(r"^[+-]?\d+$")
-
-Segment = tuple[float, float, str]
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# IEMOCAP forced-alignment files
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def parse_iemocap_alignment(
-    text: str,
-    keep_silence: bool = False,
-    end_inclusive: bool = True,
-    frame_offset: int = 0,
-    frames_per_second: float = 100.0,
-    source: str = "<string>",
-) -> list[Segment]:
-    """Parse the text of an IEMOCAP `.wdseg`, `.syseg` or `.phseg` file.
-
-    Each data line holds the start frame, end frame, an integer acoustic score and the label (the rest of the line;
-    syllables and phones may have several tokens). Frames are 10 ms. Lines whose first two fields are not integers
-    (the column header, the closing `Total score` line, blank lines) are skipped.
-
-    Args:
-        text: the file content.
-        keep_silence: keep `<s>`, `</s>`, `<sil>` and `SIL` segments (dropped by default).
-        end_inclusive: the end frame is the last frame of the segment (the aligner's convention: the next segment
-            starts at `end + 1`), so the segment ends at `(end + 1) / 100` s and consecutive segments touch. With
-            `False` the end is `end / 100` s, as some public readers compute it.
-        frame_offset: frames added to both times (one public reader adds 2; the default adds none).
-        frames_per_second: the file's frame rate (100 for IEMOCAP).
-        source: a name for error messages.
-
-    Returns:
-        `[(start_seconds, end_seconds, label), ...]` in file order, with pronunciation-variant suffixes such as
-        `WORD(2)` stripped from the labels.
-    """
-    segments: list[Segment] = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        fields = line.split()
-        if len(fields) < 2 or not (_INTEGER.match(fields[0]) and _INTEGER.match(fields[1])):
-            continue
-        if len(fields) < 4 or not _INTEGER.match(fields[2]):
-            raise ValueError(
-                f"{source}, line {line_number}: expected 'start_frame end_frame score label', got {line.strip()!r}"
-            )
-        start, end = int(fields[0]), int(fields[1])
-        if end < start:
-            raise ValueError(f"{source}, line {line_number}: end frame {end} is before start frame {start}")
-        label = " ".join(_VARIANT_SUFFIX.sub("", token) for token in fields[3:])
-        if not keep_silence and label.lower() in SILENCE_LABELS:
-            continue
-        end_frame = end + 1 if end_inclusive else end
-        segments.append(
-            ((start + frame_offset) / frames_per_second, (end_frame + frame_offset) / frames_per_second, label)
-        )
-    return segments
-
-
-def read_iemocap_alignment(path: str | os.PathLike, **kwargs) -> list[Segment]:
-    """Read one IEMOCAP alignment file; keyword arguments as in [`parse_iemocap_alignment`]."""
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        return parse_iemocap_alignment(handle.read(), source=os.fspath(path), **kwargs)
-
-
-def load_iemocap_segments(
-    alignment_dir: str | os.PathLike,
-    utterance_id: str,
-    granularities: Iterable[str] = SEGMENT_GRANULARITIES,
-    **kwargs,
-) -> dict[str, list[Segment] | None]:
-    """Segments of one IEMOCAP utterance at each granularity.
-
-    Args:
-        alignment_dir: the utterance's dialog folder, `<Session>/sentences/ForcedAlignment/<dialog>`.
-        utterance_id: e.g. `"Ses01F_impro01_F000"`.
-        granularities: any of `"phone"`, `"syllable"`, `"word"`.
-        kwargs: passed to [`parse_iemocap_alignment`].
-
-    Returns:
-        granularity -> segments, or `None` when the file is missing or holds no speech segment. `None` is the
-        documented fall-back: the utterance is then used at the frame level only and its segment mask at that
-        granularity is all False (see [`pad_segments`]). Each fall-back is logged as a warning.
-    """
-    result: dict[str, list[Segment] | None] = {}
-    for granularity in granularities:
-        if granularity not in IEMOCAP_ALIGNMENT_EXTENSIONS:
-            raise ValueError(f"granularity must be one of {SEGMENT_GRANULARITIES}, got {granularity!r}")
-        path = os.path.join(alignment_dir, utterance_id + IEMOCAP_ALIGNMENT_EXTENSIONS[granularity])
-        if not os.path.isfile(path):
-            logger.warning(
-                "%s: no %s alignment (%s missing); %s level masked", utterance_id, granularity, path, granularity
-            )
-            result[granularity] = None
-            continue
-        segments = read_iemocap_alignment(path, **kwargs)
-        if not segments:
-            logger.warning("%s: %s holds no speech segment; %s level masked", utterance_id, path, granularity)
-        result[granularity] = segments or None
-    return result
-
-
-def pad_segments(
-    batch: Sequence[Sequence[Sequence] | None], dtype: torch.dtype = torch.float32
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad per-utterance segment lists into model inputs.
-
-    Args:
-        batch: one entry per utterance: a list of `(start_seconds, end_seconds[, label])`, or `None`/empty when the
-            utterance has no alignment at this granularity.
-
-    Returns:
-        `(segments, mask)`: `(batch, max_segments, 2)` start/end seconds and a `(batch, max_segments)` bool mask
-        (True on real segments). `max_segments` is at least 1 so that shapes stay valid when no row has segments.
-    """
-    lengths = [len(rows) if rows else 0 for rows in batch]
-    segments = torch.zeros(len(batch), max([1, *lengths]), 2, dtype=dtype)
-    mask = torch.zeros(len(batch), segments.shape[1], dtype=torch.bool)
-    for row, rows in enumerate(batch):
-        for index, segment in enumerate(rows or ()):
-            if len(segment) < 2:
-                raise ValueError(f"segments[{row}][{index}] must be (start, end[, label]), got {segment!r}")
-            segments[row, index, 0], segments[row, index, 1] = float(segment[0]), float(segment[1])
-        mask[row, : lengths[row]] = True
-    return segments, mask
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Frame geometry and pooling
-# ---------------------------------------------------------------------------------------------------------------------
+SEGMENT_GRANULARITIES = GRANULARITIES[1:]
 
 
 def frame_geometry(conv_kernel: Sequence[int], conv_stride: Sequence[int]) -> tuple[int, int]:
@@ -333,19 +193,13 @@ def pool_segments(
 
 __all__ = [
     "GRANULARITIES",
-    "IEMOCAP_ALIGNMENT_EXTENSIONS",
     "SEGMENT_GRANULARITIES",
-    "SILENCE_LABELS",
     "check_segments",
     "frame_centers",
     "frame_geometry",
-    "load_iemocap_segments",
-    "pad_segments",
-    "parse_iemocap_alignment",
     "pool_segments",
     "pool_segments_cumsum",
     "pool_segments_matrix",
-    "read_iemocap_alignment",
     "segment_frame_bounds",
     "segment_pooling_matrix",
 ]

@@ -1,0 +1,252 @@
+"""The files of a training run in `output_dir`: model directories (the output, `best_model/`, each checkpoint, all
+loadable by `from_pretrained` and the pipeline), checkpoints with their rotation and resumption, the results file,
+and the refusal to mix two runs in one `output_dir`.
+
+Why the rotation is not accelerate's `ProjectConfiguration(automatic_checkpoint_naming=True)`: see
+`avemotion.training.trainer`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .files import atomic_write_text, file_problem, load_weights, recover_directory, replace_directory
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+RESULTS_FILE = "eval_results.json"
+LOG_FILE = "training_log.jsonl"
+BEST_DIR = "best_model"
+CHECKPOINTS_DIR = "checkpoints"
+ARGS_FILE = "training_args.json"
+TEST_RESULTS_FILE = "test_results.json"
+SAVING_DIR = ".saving.tmp"  # save_model's staging folder inside the directory it saves to
+# the staging folders of an interrupted save: save_model's, and best_model's (written aside, then swapped in by
+# replace_directory, which renames the previous one to .best_model.old meanwhile)
+STAGING_DIRS = (SAVING_DIR, f".{BEST_DIR}.tmp", f".{BEST_DIR}.old")
+# what a previous run leaves in output_dir (refused without overwrite_output_dir; deleted with it)
+RUN_ARTIFACTS = (CHECKPOINTS_DIR, BEST_DIR, LOG_FILE, RESULTS_FILE, TEST_RESULTS_FILE, ARGS_FILE, "config.json",
+                 "model.safetensors", "model.safetensors.index.json", *STAGING_DIRS)  # fmt: skip
+WEIGHT_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin")
+
+
+class CheckpointingMixin:
+    """The saving and resuming half of `EmotionTrainer` (which provides `accelerator`, `args`, `model`, `state`,
+    `processor`, `output_dir` and `train_dataset`)."""
+
+    def _previous_run(self) -> list[str]:
+        return [name for name in RUN_ARTIFACTS if (self.output_dir / name).exists()]
+
+    def _claim_output_dir(self) -> None:
+        """Refuse an output_dir that holds another run (mixed checkpoints and logs), unless resuming it or told to
+        overwrite it (then its run files are deleted first), as `transformers.Trainer` does."""
+        acc, args = self.accelerator, self.args
+        found = self._previous_run()
+        # every process looks before any of them writes (training_args.json) or deletes: else a later process
+        # would take the main process's new files for a previous run
+        acc.wait_for_everyone()
+        if not found or args.resume_from_checkpoint:
+            return
+        if not args.overwrite_output_dir:
+            raise ValueError(
+                f"output_dir {self.output_dir} already holds a training run ({', '.join(found)}); pass "
+                "--overwrite_output_dir (overwrite_output_dir=True) to delete it and train anew, --resume "
+                "(resume_from_checkpoint='last') to continue it, or another --output_dir"
+            )
+        if acc.is_main_process:
+            for name in found:
+                path = self.output_dir / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            for pattern in WEIGHT_PATTERNS:
+                for path in self.output_dir.glob(pattern):
+                    path.unlink()
+            logger.warning(
+                "overwrite_output_dir: deleted the previous run's %s in %s", ", ".join(found), self.output_dir
+            )
+        acc.wait_for_everyone()
+
+    # ------------------------------------------------------------------------------------------ saving
+
+    def save_model(self, directory: str | Path, metrics: dict[str, Any] | None = None) -> None:
+        """Save the unwrapped model (`save_pretrained`), the processor (if any) and a model card into `directory`
+        (from the main process). Each file is written in a staging folder and renamed into place; weight files of
+        an earlier save that this one does not write are removed."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        state_dict = acc.get_state_dict(self.model)  # a collective under some distributed back-ends
+        if acc.is_main_process:
+            directory = Path(directory)
+            directory.mkdir(parents=True, exist_ok=True)
+            staging = directory / SAVING_DIR
+            shutil.rmtree(staging, ignore_errors=True)
+            self._write_model_dir(staging, state_dict, metrics)
+            written = {path.name for path in staging.iterdir()}
+            for pattern in WEIGHT_PATTERNS:
+                for stale in directory.glob(pattern):
+                    if stale.name not in written:
+                        stale.unlink()
+            for path in staging.iterdir():
+                os.replace(path, directory / path.name)
+            staging.rmdir()
+        acc.wait_for_everyone()
+
+    def _save_best_model(self, metrics: dict[str, Any]) -> None:
+        """`best_model/` as a whole: written next to it, then swapped in."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        state_dict = acc.get_state_dict(self.model)
+        if acc.is_main_process:
+            staging = self.output_dir / f".{BEST_DIR}.tmp"
+            shutil.rmtree(staging, ignore_errors=True)
+            self._write_model_dir(staging, state_dict, metrics)
+            replace_directory(staging, self.output_dir / BEST_DIR)
+        acc.wait_for_everyone()
+
+    def _write_model_dir(self, directory: Path, state_dict: dict, metrics: dict[str, Any] | None) -> None:
+        """A directory `pipeline`/`from_pretrained` can load: config, weights, processor (if any), model card."""
+        model = self.accelerator.unwrap_model(self.model)
+        model.save_pretrained(directory, save_function=self.accelerator.save, state_dict=state_dict)
+        if self.processor is not None:
+            self.processor.save_pretrained(directory)
+        self.model_card(metrics).save(str(directory / "README.md"))
+
+    def model_card(self, metrics: dict[str, Any] | None = None):
+        """The model card of a directory this trainer writes (`avemotion.training.hub.build_model_card`): evaluation
+        metrics per branch, the training options (local paths reduced to their base names)."""
+        from .hub import build_model_card
+
+        config = self.accelerator.unwrap_model(self.model).config
+        hyperparameters = self.args.to_dict()
+        for key in ("output_dir", "resume_from_checkpoint"):
+            if hyperparameters.get(key):
+                hyperparameters[key] = Path(hyperparameters[key]).name
+        rows = len(self.train_dataset) if self.train_dataset is not None else 0
+        training_data = (
+            f"Trained with `avemotion.training.EmotionTrainer` on {rows} rows ({self.state['epoch']} epochs, "
+            f"{self.state['global_step']} updates); metrics on the evaluation set it was selected on."
+        )
+        if self.processor is None:
+            training_data += (
+                "\n\nNo processor was saved with this model: it takes pre-extracted `audio_features` / "
+                '`visual_features` (see `avemotion.data.cache_features`). `pipeline("audio-visual-emotion")` needs '
+                "the processor matching those features saved next to the model."
+            )
+        return build_model_card(
+            config.model_type, self.output_dir.name, metrics=metrics, training_data=training_data,
+            hyperparameters=hyperparameters, split="evaluation",
+        )  # fmt: skip
+
+    def _save_model_hook(self, models: list, weights: list, output_dir: str) -> None:
+        """accelerate `save_state` hook: the model goes into the checkpoint as a `save_pretrained` directory."""
+        if len(models) != 1 or len(weights) != 1:  # FSDP/DeepSpeed save their own way
+            return
+        state_dict = self.accelerator.get_state_dict(self.model)
+        if self.accelerator.is_main_process:
+            history = self.state["log_history"]
+            self._write_model_dir(Path(output_dir), state_dict, history[-1].get("eval") if history else None)
+        weights.pop()
+
+    def _load_model_hook(self, models: list, input_dir: str) -> None:
+        """accelerate `load_state` hook: read the model of a checkpoint written by `_save_model_hook`."""
+        if len(models) == 1 and (Path(input_dir) / "config.json").is_file():
+            load_weights(self.accelerator.unwrap_model(models[0]), Path(input_dir))
+            models.pop()
+
+    def _save_checkpoint(self) -> None:
+        """`checkpoints/checkpoint-<update>`: accelerate's state and the model directory, written under a temporary
+        name and renamed when complete (an interrupted save leaves the previous checkpoints as they were)."""
+        acc = self.accelerator
+        checkpoints = self.output_dir / CHECKPOINTS_DIR
+        name = f"checkpoint-{self.state['global_step']:07d}"
+        staging = checkpoints / f".{name}.tmp"
+        if acc.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(staging))
+        acc.wait_for_everyone()  # every process's random states are written
+        if acc.is_main_process:
+            atomic_write_text(staging / STATE_FILE, json.dumps(self.state, indent=2) + "\n")
+            replace_directory(staging, checkpoints / name)
+            if self.args.save_total_limit:
+                for old in sorted(checkpoints.glob("checkpoint-*"))[: -self.args.save_total_limit]:
+                    shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+
+    def _checkpoint_problem(self, directory: Path) -> str | None:
+        """Why `directory` cannot be resumed from (a missing or unreadable file, named), or None after loading it."""
+        if not (directory / STATE_FILE).is_file():
+            return f"{directory} is not a complete trainer checkpoint (no {STATE_FILE})"
+        for path in sorted(directory.iterdir()):
+            problem = file_problem(path) if path.is_file() else None
+            if problem:
+                return problem
+        try:
+            state = json.loads((directory / STATE_FILE).read_text())
+            if not isinstance(state, dict) or "global_step" not in state:
+                return f"{directory / STATE_FILE}: not a trainer state"
+            self.accelerator.load_state(str(directory))
+        except Exception as error:  # whatever accelerate/torch raise on a damaged file: name the checkpoint
+            return f"{directory}: {type(error).__name__}: {error}"
+        self.state = {**self.state, **state}
+        return None
+
+    def _load_checkpoint(self, checkpoint: str) -> None:
+        """Restore a checkpoint; `"last"`: the newest one that every process can read (an unreadable or incomplete
+        one is skipped with a warning naming it, and the one before it is used)."""
+        acc = self.accelerator
+        recover_directory(self.output_dir / BEST_DIR)
+        if checkpoint == "last":
+            candidates = sorted((self.output_dir / CHECKPOINTS_DIR).glob("checkpoint-*"), reverse=True)
+            candidates = [d for d in candidates if d.is_dir()]
+            if not candidates:
+                raise FileNotFoundError(f"no checkpoint to resume from in {self.output_dir / CHECKPOINTS_DIR}")
+        else:
+            candidates = [Path(checkpoint)]
+            if not (candidates[0] / STATE_FILE).is_file():
+                raise FileNotFoundError(f"{checkpoint} is not a trainer checkpoint (no {STATE_FILE})")
+        problems = []
+        for directory in candidates:
+            problem = self._checkpoint_problem(directory)
+            if acc.num_processes > 1:  # resume from the same checkpoint everywhere
+                flag = torch.tensor([float(problem is not None)], device=acc.device)
+                if acc.reduce(flag, reduction="sum").item() > 0 and problem is None:
+                    problem = f"{directory}: unreadable on another process"
+            if problem is None:
+                break
+            problems.append(problem)
+            if checkpoint == "last":
+                logger.warning("cannot resume from %s (%s); trying the checkpoint before it", directory, problem)
+        else:
+            raise ValueError("no checkpoint to resume from could be read: " + "; ".join(problems))
+        self.state.setdefault("epoch_nonfinite_skipped_batches", 0)
+        acc.print(f"resumed from {directory}: epoch {self.state['epoch'] + 1}, batch {self.state['step_in_epoch']}")
+
+    def _finish(self, report: dict[str, Any]) -> None:
+        """Put the selected model (best evaluation, else the last epoch) into `output_dir` and the model."""
+        acc = self.accelerator
+        best_dir = self.output_dir / BEST_DIR
+        if self.state.get("best_report") is not None and best_dir.is_dir():
+            acc.wait_for_everyone()
+            load_weights(acc.unwrap_model(self.model), best_dir, allow_missing="backbone")
+            report = self.state["best_report"]
+        self.save_model(self.output_dir, metrics=report or None)
+        if acc.is_main_process:
+            results = {
+                "metric_for_best_model": self.metric_name,
+                "best_metric": self.state["best_metric"],
+                "best_epoch": self.state["best_epoch"],
+                "epochs_trained": self.state["epoch"],
+                "global_step": self.state["global_step"],
+                "num_processes": acc.num_processes,
+                "distributed_type": str(acc.distributed_type),
+                "eval": report,
+            }
+            atomic_write_text(self.output_dir / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
