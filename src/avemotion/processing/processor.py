@@ -27,6 +27,8 @@ class AvEmotionProcessor(ProcessorMixin):
     `global_mean`/`global_std` to the training statistics; converted VAVL checkpoints carry them), native video frame
     rate, the main face cropped by VAVL's rule to 224x224, ImageNet normalisation, and no tokenizer (VAVL has no
     text branch). Long media are not cut here: the pipeline cuts them into windows of `config.window_seconds`.
+    `AvEmotionProcessor.from_backbones(audio=..., visual=...)` gives the processor of a model built with
+    `VavlForEmotionRecognition.from_backbones`: face crops with the visual backbone's own image settings.
 
     Args:
         feature_extractor ([`AvEmotionFeatureExtractor`], *optional*): audio; defaults to VAVL's settings.
@@ -186,8 +188,9 @@ class AvEmotionProcessor(ProcessorMixin):
                 rate; the normalisation stays VAVL's global one (set `global_mean`/`global_std` to the training-set
                 statistics, e.g. through `audio_kwargs`).
             visual: the visual backbone (name or directory), e.g. a directory written by `avemotion convert-hsemotion`:
-                the face crops take its image processor's size, resample, rescale factor, mean and std
-                (`AvEmotionImageProcessor.from_backbone`), so the backbone sees the pixels it was made for.
+                the face crops take its image processor's size, rescale factor, mean and std
+                (`AvEmotionImageProcessor.from_backbone`; crops are cut at that size with bicubic interpolation, as
+                VAVL's original crops are), so the backbone sees the pixels it was made for.
             audio_kwargs: `AvEmotionFeatureExtractor` settings that override the defaults and what `audio` gives.
             image_processor_kwargs: `AvEmotionImageProcessor` settings (e.g. `face_detector`, `crop_scale`) that
                 override the defaults and what `visual` gives.

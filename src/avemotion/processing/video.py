@@ -292,8 +292,10 @@ def backbone_image_settings(settings: dict[str, Any], name: str = "the backbone"
         name: named in errors.
 
     Returns:
-        `size` (`{"height", "width"}`), `resample`, `do_rescale`, `rescale_factor`, `do_normalize`, `image_mean` and
-        `image_std`, for those the dict sets. A `ValueError` names settings that a resized face crop cannot reproduce
+        `size` (`{"height", "width"}`), `do_rescale`, `rescale_factor`, `do_normalize`, `image_mean` and `image_std`,
+        for those the dict sets. Not `resample`: the face crop is cut from the frame straight at `size` with the
+        processor's own interpolation (bicubic, as VAVL's original crop: `reference/vavl.md` §3), after which the
+        backbone's resize is a no-op, exactly as in the original feature extraction. A `ValueError` names settings that a resized face crop cannot reproduce
         (a centre crop, EfficientNet's `rescale_offset` or `include_top`) or a size that is not square.
     """
     unsupported = [key for key in ("do_center_crop", "rescale_offset", "include_top") if settings.get(key)]
@@ -314,8 +316,6 @@ def backbone_image_settings(settings: dict[str, Any], name: str = "the backbone"
         if size.get("height") is None or size.get("height") != size.get("width"):
             raise ValueError(f"{name}: image size {settings['size']!r} is not a square height x width")
         out["size"] = {"height": int(size["height"]), "width": int(size["width"])}
-        if settings.get("resample") is not None:
-            out["resample"] = PILImageResampling(int(settings["resample"]))
     return out
 
 

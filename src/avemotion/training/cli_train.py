@@ -103,11 +103,12 @@ class ModelArguments:
         self.overrides: dict[str, Any] = overrides
 
 
-def load_dataset_dict(args: CorpusArguments | argparse.Namespace, model: Any = None):
+def load_dataset_dict(args: CorpusArguments | argparse.Namespace, model: Any = None, processor: Any = None):
     """The splits to train or evaluate on, with `audio_features`/`visual_features` and the label columns.
 
     With `--data_dir`, the corpus is read with `avemotion.data.load_corpus` and its features are computed once and
-    cached (`cache_features`): the synthetic corpus's cheap features, or the backbones of `model`."""
+    cached (`cache_features`): the synthetic corpus's cheap features, or the backbones of `model` on what `processor`
+    (the one saved with the model: its crop size, normalisation) makes of the media."""
     import datasets
 
     if args.data_dir is None:
@@ -134,7 +135,7 @@ def load_dataset_dict(args: CorpusArguments | argparse.Namespace, model: Any = N
             f"computing features of {args.dataset!r} needs --model_name_or_path with backbones (or save features "
             "with avemotion.data.cache_features and pass the save_to_disk directory as --dataset)"
         )
-    corpus = cache_features(corpus, extractor)
+    corpus = cache_features(corpus, extractor, processor if extractor is model else None)
     keep = {"id", "audio_features", "visual_features", "label", "arousal", "valence", "dominance"}
     return datasets.DatasetDict({name: split.select_columns([c for c in split.column_names if c in keep])
                                  for name, split in corpus.items()})  # fmt: skip
@@ -260,18 +261,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     options = dataclass_from_namespace(ModelArguments, args)
     training_args = training_arguments_from_namespace(args)
     model = load_model(options.model_name_or_path) if options.model_name_or_path else None
-    corpus = load_dataset_dict(corpus_options, model)
-    train, evaluation = _split(corpus, splits.train_split), _split(corpus, splits.eval_split)
-    test = _split(corpus, splits.test_split) if splits.test_split in corpus else None
-    set_seed(training_args.seed)  # the new model's initialisation
-    if model is None:
-        model = _build_model(options, train, training_args.label_column)
-    # the trained model is saved with the processor of the model it starts from, unless one is given
+    # the processor of the model it starts from (unless one is given) makes its features and is saved with it
     processor = None
     if options.processor_name_or_path:
         processor = load_processor(options.processor_name_or_path, required=True)
     elif options.model_name_or_path:
         processor = load_processor(options.model_name_or_path)
+    corpus = load_dataset_dict(corpus_options, model, processor)
+    train, evaluation = _split(corpus, splits.train_split), _split(corpus, splits.eval_split)
+    test = _split(corpus, splits.test_split) if splits.test_split in corpus else None
+    set_seed(training_args.seed)  # the new model's initialisation
+    if model is None:
+        model = _build_model(options, train, training_args.label_column)
     trainer = EmotionTrainer(model, training_args, train, evaluation, processor=processor)
     result = {"eval": trainer.train()}
     if test is not None:

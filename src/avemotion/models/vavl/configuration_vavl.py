@@ -50,14 +50,36 @@ def efficientnet_b2_config(**overrides: Any) -> EfficientNetConfig:
     return EfficientNetConfig(**kwargs)
 
 
+def _field(config: Any, name: str, default: Any = None) -> Any:
+    return config.get(name, default) if isinstance(config, dict) else getattr(config, name, default)
+
+
+def audio_backbone_width(config: Wav2Vec2Config | dict | None) -> int | None:
+    """Width of a wav2vec2-style backbone's `last_hidden_state` (`output_hidden_size` after an adapter); None
+    without a config."""
+    if config is None:
+        return None
+    if _field(config, "add_adapter", False):
+        return _field(config, "output_hidden_size") or _field(config, "hidden_size")
+    return _field(config, "hidden_size")
+
+
+def visual_backbone_width(config: EfficientNetConfig | dict | None) -> int | None:
+    """Width of an EfficientNet backbone's `pooler_output` (`hidden_dim`, the top convolution's width); None without
+    a config."""
+    return None if config is None else _field(config, "hidden_dim")
+
+
 class VavlConfig(PreTrainedConfig):
     r"""
     Configuration of a VAVL model (Goncalves et al., "Versatile Audio-Visual Learning for Emotion Recognition",
     arXiv 2305.07216). Every architecture choice of the original code is a field; the defaults reproduce its sizes.
 
     Args:
-        audio_feature_dim (`int`, defaults to 1024): width of the audio features (wav2vec2 ``last_hidden_state``).
-        visual_feature_dim (`int`, defaults to 1408): width of the per-frame visual features (EfficientNet-B2).
+        audio_feature_dim (`int`, defaults to 1024): width of the audio features (wav2vec2 ``last_hidden_state``);
+            with an `audio_backbone_config` it must equal the backbone's width (a `ValueError` otherwise).
+        visual_feature_dim (`int`, defaults to 1408): width of the per-frame visual features (EfficientNet-B2);
+            with a `visual_backbone_config` it must equal the backbone's `hidden_dim`.
         projection_dim (`int`, defaults to 50): width of the bias-free per-frame projection before each modality
             encoder.
         hidden_size (`int`, defaults to 512): Conformer width, also the width of the pooled representations.
@@ -92,9 +114,10 @@ class VavlConfig(PreTrainedConfig):
             waveforms (`input_values`); `None` when the model takes pre-extracted `audio_features`.
         visual_backbone_config (`EfficientNetConfig` or `dict`, *optional*): the per-frame face encoder run on
             `pixel_values_videos`; `None` when the model takes pre-extracted `visual_features`.
-        audio_backbone_name (`str`, *optional*): pretrained name or path of the audio backbone (used by
-            `from_backbones`; nothing is downloaded otherwise).
-        visual_backbone_name (`str`, *optional*): pretrained name or path of the visual backbone.
+        audio_backbone_name (`str`, *optional*): pretrained name or path the audio backbone was loaded from
+            (recorded by `from_backbones`, e.g. `"facebook/wav2vec2-large-robust"`; nothing is downloaded from it).
+        visual_backbone_name (`str`, *optional*): pretrained name or path the visual backbone was loaded from
+            (recorded by `from_backbones`, e.g. the directory written by `avemotion convert-hsemotion`).
         freeze_audio_backbone (`bool`, defaults to `True`): keep the audio backbone frozen (no gradients, eval mode).
         freeze_audio_feature_encoder (`bool`, defaults to `True`): freeze the wav2vec2 CNN when the rest of the
             audio backbone is fine-tuned.
@@ -186,6 +209,21 @@ class VavlConfig(PreTrainedConfig):
             )
         if self.label_scale is not None and (len(self.label_scale) != 2 or self.label_scale[0] >= self.label_scale[1]):
             raise ValueError(f"label_scale must be [min, max] with min < max, got {self.label_scale}")
+        self.check_backbone_widths()
+
+    def check_backbone_widths(self) -> None:
+        """Raise a `ValueError` when `audio_feature_dim`/`visual_feature_dim` differ from the width of the features
+        the backbone configs produce (wav2vec2: `hidden_size`, or `output_hidden_size` with an adapter;
+        EfficientNet: `hidden_dim`, the pooled width). A modality without a backbone config is not checked."""
+        for field, backbone_field, width in (
+            ("audio_feature_dim", "audio_backbone_config", audio_backbone_width(self.audio_backbone_config)),
+            ("visual_feature_dim", "visual_backbone_config", visual_backbone_width(self.visual_backbone_config)),
+        ):
+            if width is not None and getattr(self, field) != width:
+                raise ValueError(
+                    f"{field}={getattr(self, field)} disagrees with {backbone_field}, whose features are {width}-d: "
+                    f"set {field}={width} (from_backbones does) or drop the backbone config to train on features"
+                )
 
     @property
     def is_regression(self) -> bool:
@@ -222,4 +260,10 @@ class VavlConfig(PreTrainedConfig):
         return cls(**kwargs)
 
 
-__all__ = ["VavlConfig", "CREMA_D_LABELS", "MSP_IMPROV_ATTRIBUTES"]
+__all__ = [
+    "VavlConfig",
+    "CREMA_D_LABELS",
+    "MSP_IMPROV_ATTRIBUTES",
+    "audio_backbone_width",
+    "visual_backbone_width",
+]

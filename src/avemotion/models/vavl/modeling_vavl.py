@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +42,7 @@ except ImportError:
         pass
 
 
-from .configuration_vavl import VavlConfig
+from .configuration_vavl import VavlConfig, audio_backbone_width, visual_backbone_width
 from .conformer import (
     ConformerEncoder,
     ConformerFeedForward,
@@ -308,40 +309,55 @@ class VavlPreTrainedModel(EmotionModelHubMixin, PreTrainedModel):
     @classmethod
     def from_backbones(
         cls,
-        audio: str | None = None,
-        visual: str | None = None,
+        audio: str | os.PathLike | None = None,
+        visual: str | os.PathLike | None = None,
         audio_num_layers: int | None = None,
         config: VavlConfig | None = None,
         **config_kwargs: Any,
     ) -> VavlPreTrainedModel:
-        """Build a model whose backbones are loaded from pretrained names or local directories.
+        """Build a model whose backbones are loaded from pretrained names or local directories; the VAVL layers and
+        heads are freshly initialised.
 
         Args:
             audio: a `Wav2Vec2Model` checkpoint (name or directory), e.g. `"facebook/wav2vec2-large-robust"`.
-            visual: an `EfficientNetModel` checkpoint (name or directory).
-            audio_num_layers: keep only the first N transformer layers of the audio backbone (VAVL keeps 12).
-            config: a base config; otherwise `VavlConfig(**config_kwargs)`. Backbone configs are replaced by the
-                loaded backbones' configs; `audio_feature_dim`/`visual_feature_dim` follow them.
+            visual: an `EfficientNetModel` checkpoint (name or directory), e.g. the directory written by
+                `avemotion convert-hsemotion --checkpoint enet_b2_8_best.pt` (HSEmotion's face model, 1408-d).
+            audio_num_layers: keep only the first N transformer layers of the audio backbone (VAVL keeps 12 of
+                wav2vec2-large-robust's 24).
+            config: a base config (e.g. `VavlConfig.from_preset("crema-d")`), updated in place; otherwise
+                `VavlConfig(**config_kwargs)`. The backbone configs become those of the loaded backbones,
+                `audio_feature_dim`/`visual_feature_dim` their widths, and `audio_backbone_name`/`visual_backbone_name`
+                the names given here.
         """
-        config = config if config is not None else VavlConfig(**config_kwargs)
-        audio_backbone = visual_backbone = None
+        if config is not None and config_kwargs:
+            raise ValueError("Pass either `config` or config keyword arguments to from_backbones, not both.")
+        if audio_num_layers is not None and (audio is None or int(audio_num_layers) < 1):
+            raise ValueError(f"audio_num_layers={audio_num_layers} needs an audio backbone and a value >= 1")
+        backbones: dict[str, Any] = {}
         if audio is not None:
-            extra = {"num_hidden_layers": audio_num_layers} if audio_num_layers else {}
+            extra = {"num_hidden_layers": int(audio_num_layers)} if audio_num_layers else {}
             audio_backbone = Wav2Vec2Model.from_pretrained(audio, **extra)
-            config.audio_backbone_config = audio_backbone.config
-            config.audio_backbone_name = str(audio)
-            config.audio_feature_dim = audio_backbone.config.hidden_size
+            backbones.update(audio_backbone_config=audio_backbone.config, audio_backbone_name=str(audio))
+            backbones["audio_feature_dim"] = audio_backbone_width(audio_backbone.config)
+            backbones["_audio"] = audio_backbone
         if visual is not None:
             visual_backbone = EfficientNetModel.from_pretrained(visual)
-            config.visual_backbone_config = visual_backbone.config
-            config.visual_backbone_name = str(visual)
-            config.visual_feature_dim = visual_backbone.config.hidden_dim
+            backbones.update(visual_backbone_config=visual_backbone.config, visual_backbone_name=str(visual))
+            backbones["visual_feature_dim"] = visual_backbone_width(visual_backbone.config)
+            backbones["_visual"] = visual_backbone
+        loaded = {key: backbones.pop(key) for key in ("_audio", "_visual") if key in backbones}
+        if config is None:
+            config = VavlConfig(**{**config_kwargs, **backbones})
+        else:
+            for key, value in backbones.items():
+                setattr(config, key, value)
+            config.validate_architecture()
         model = cls(config)
         base = model.base_model
-        if audio_backbone is not None:
-            base.audio_backbone.load_state_dict(audio_backbone.state_dict())
-        if visual_backbone is not None:
-            base.visual_backbone.load_state_dict(visual_backbone.state_dict())
+        if "_audio" in loaded:
+            base.audio_backbone.load_state_dict(loaded["_audio"].state_dict())
+        if "_visual" in loaded:
+            base.visual_backbone.load_state_dict(loaded["_visual"].state_dict())
         base.apply_backbone_freezing()
         return model
 
@@ -354,6 +370,7 @@ class VavlModel(VavlPreTrainedModel):
 
     def __init__(self, config: VavlConfig):
         super().__init__(config)
+        config.check_backbone_widths()  # also for a config changed after it was built
         self.audio_backbone = Wav2Vec2Model(config.audio_backbone_config) if config.audio_backbone_config else None
         self.visual_backbone = (
             EfficientNetModel(config.visual_backbone_config) if config.visual_backbone_config else None
