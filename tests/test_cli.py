@@ -3,6 +3,7 @@ their traceback; `predict` reports an unusable `--model` as one line naming it a
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,3 +126,61 @@ def test_help_lists_debug_and_every_subcommand(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--debug" in out and all(name in out for name in cli.SUBCOMMANDS)
+
+
+@pytest.fixture(scope="module")
+def interview(tmp_path_factory):
+    """2 s of video at 10 fps with a sound track; the face is there in the first second only."""
+    from media_testing import face_frames, tone, write_video
+
+    frames, _ = face_frames(20, without_face=range(10, 20), height=120, width=160, face_size=80)
+    path = tmp_path_factory.mktemp("interview") / "interview.mp4"
+    return str(write_video(path, frames, fps=10, audio=tone(2.0, 16000, frequency=300), audio_rate=16000))
+
+
+def _image(path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int32)
+
+
+def test_predict_plot_draws_the_result_along_time(vavl_dir, interview, tmp_path, capsys):
+    """`--plot` writes the timeline of the printed result: the windows' modalities in the band (audio only where the
+    face is gone), the x-axis over the clip; the image is the one `plot_timeline` draws from the JSON result."""
+    from avemotion.plotting import plot_timeline, save_figure
+    from avemotion.plotting._figures import modality_key
+
+    out = tmp_path / "plots" / "timeline.png"
+    argv = ["predict", "--model", vavl_dir, "--json", interview, "--plot", str(out)]  # windows of 1 s
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)["result"]
+    assert f"plot: wrote {out}" in captured.err
+    modalities = [modality_key(window["modalities"]) for window in result["windows"]]
+    assert modalities[0] == "audio+video" and set(modalities[1:]) == {"audio"}  # no face after 1 s
+    config = json.loads((Path(vavl_dir) / "config.json").read_text())
+    labels = [config["id2label"][key] for key in sorted(config["id2label"], key=int)]
+    figure = plot_timeline(result, labels=labels, title="interview.mp4")
+    band, emotions = figure.axes[1], figure.axes[0]
+    assert [bar.get_gid() for bar in sorted(band.patches, key=lambda bar: bar.get_x())] == modalities
+    assert emotions.get_xlim() == pytest.approx((0.0, result["windows"][-1]["end"]))
+    assert result["windows"][-1]["end"] == pytest.approx(2.0, abs=0.15)  # the clip's length (+ the AAC padding)
+    drawn = _image(out)
+    assert drawn.shape == (420, 1000, 3) and drawn.std() > 40
+    np.testing.assert_array_equal(drawn, _image(save_figure(figure, tmp_path / "expected.png")))
+
+
+def test_predict_plot_names_one_file_per_input(vavl_dir, interview, wav, tmp_path, capsys):
+    out = tmp_path / "plot.png"
+    assert main(["predict", "--model", vavl_dir, interview, wav, wav, "--plot", str(out)]) == 0
+    names = ["plot-interview.png", "plot-speech.png", "plot-speech-2.png"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(names)
+    for name in names:
+        assert _image(tmp_path / name).shape == (420, 1000, 3)
+    assert (_image(tmp_path / names[1]) == _image(tmp_path / names[2])).all()  # the same file, the same picture
+    assert cli_predict.plot_paths("o", ["text #0", "text #1"]) == [Path("o-text-0.png"), Path("o-text-1.png")]
+    assert cli_predict.plot_paths("dir/o.svg", ["a/clip.mp4"]) == [Path("dir/o.svg")]  # one input: OUT itself
+    capsys.readouterr()
+    assert main(["predict", "--model", vavl_dir, wav, "--plot", str(tmp_path / "x.nope")]) == 2
+    error = _error_line(capsys)
+    assert "--plot" in error and "unknown image format 'nope'" in error

@@ -106,3 +106,84 @@ def test_examples_entry_point_takes_both_spellings_and_defaults(monkeypatch):
     cli_train.main(["--dataset", "d", "--output-dir", "o", "--num_train_epochs", "2"], model_type="mlfusion")
     (namespace,) = seen
     assert (namespace.output_dir, namespace.num_train_epochs, namespace.model_type) == ("o", 2, "mlfusion")
+
+
+def _captured_figures(monkeypatch) -> dict:
+    """file name -> figure, for each figure `write_evaluation_figures` saves (still saved)."""
+    from avemotion.plotting import evaluation
+
+    figures, save = {}, evaluation.save_figure
+
+    def capture(figure, path, dpi=100):
+        figures[path.name] = figure
+        return save(figure, path, dpi)
+
+    monkeypatch.setattr(evaluation, "save_figure", capture)
+    return figures
+
+
+def test_evaluate_figures_writes_a_confusion_matrix_per_branch(tmp_path, monkeypatch):
+    import json
+
+    import numpy as np
+    from PIL import Image
+    from training_testing import toy_dataset
+    from vavl_testing import tiny_vavl_config
+
+    from avemotion import VavlForEmotionRecognition
+    from avemotion.cli import main
+
+    VavlForEmotionRecognition(tiny_vavl_config()).save_pretrained(tmp_path / "model")
+    toy_dataset(12, 0, unpaired=0.3).save_to_disk(str(tmp_path / "data"))
+    figures = _captured_figures(monkeypatch)
+    argv = ["evaluate", "--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "data"), "--split", "train"]
+    assert main([*argv, "--output", str(tmp_path / "e.json"), "--figures", str(tmp_path / "figures")]) == 0
+    report = json.loads((tmp_path / "e.json").read_text())
+    branches = ["combined", "audio_visual", "audio", "visual"]
+    assert sorted(path.name for path in (tmp_path / "figures").iterdir()) == sorted(
+        f"confusion_matrix_{branch}.png" for branch in branches
+    )
+    for branch in branches:
+        ax = figures[f"confusion_matrix_{branch}.png"].axes[0]
+        assert [label.get_text() for label in ax.get_xticklabels()] == ["angry", "happy", "neutral"]
+        counts = np.zeros((3, 3), dtype=int)
+        for text in ax.texts:
+            column, row = (round(v) for v in text.get_position())
+            counts[row, column] = int(text.get_text().split("\n")[0])
+        assert counts.tolist() == report[branch]["confusion_matrix"]  # the cells are the report's counts
+        assert counts.sum() == report[branch]["num_samples"]
+        image = np.asarray(Image.open(tmp_path / "figures" / f"confusion_matrix_{branch}.png").convert("L"))
+        assert image.shape[1] >= 400 and (image < 245).mean() > 0.1
+
+
+def test_evaluate_figures_of_a_regression_model_are_scatter_plots_with_the_ccc(tmp_path, monkeypatch):
+    import json
+
+    from training_testing import toy_dataset
+    from vavl_testing import tiny_vavl_config
+
+    from avemotion import VavlForEmotionRecognition
+    from avemotion.cli import main
+
+    config = tiny_vavl_config(
+        problem_type="regression", id2label={0: "arousal", 1: "valence"}, label2id={"arousal": 0, "valence": 1},
+        label_scale=[1.0, 5.0],
+    )  # fmt: skip
+    VavlForEmotionRecognition(config).save_pretrained(tmp_path / "model")
+    data = toy_dataset(10, 0).map(lambda row: {"arousal": 1.0 + 2 * row["label"], "valence": 5.0 - row["label"]})
+    data.save_to_disk(str(tmp_path / "data"))
+    figures = _captured_figures(monkeypatch)
+    assert main(["evaluate", "--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "data"), "--split",
+                 "train", "--label_column", "arousal,valence", "--output", str(tmp_path / "e.json"), "--figures",
+                 str(tmp_path / "figures")]) == 0  # fmt: skip
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert sorted(figures) == ["scatter_audio.png", "scatter_audio_visual.png", "scatter_combined.png",
+                               "scatter_visual.png"]  # fmt: skip
+    for branch in ("combined", "audio"):
+        axes = figures[f"scatter_{branch}.png"].axes
+        assert [ax.get_title() for ax in axes] == [
+            f"arousal: CCC {report[branch]['ccc_arousal']:.3f}",
+            f"valence: CCC {report[branch]['ccc_valence']:.3f}",
+        ]
+        truth = axes[0].collections[0].get_offsets()[:, 0]
+        assert sorted(set(truth.round(6))) == [1.0, 3.0, 5.0]  # drawn on the corpus scale

@@ -409,3 +409,56 @@ def test_push_of_a_truncated_model_is_one_error_line(tmp_path, hub, capsys):
     assert cli_main(["push", "--model", str(tmp_path / "model"), "--repo_id", "org/t"]) == 2
     assert f"{tmp_path / 'model'}: the model cannot be loaded" in _error_line(capsys)
     assert "org/t" not in hub.store
+
+
+def test_push_uploads_the_card_figures_it_embeds(tmp_path, hub):
+    """The card shows the confusion matrix of the branch named by metric_for_best_model and the training curves of
+    the run (its training_log.jsonl, next to best_model/); both images are in the pushed folder."""
+    import io
+
+    from PIL import Image
+
+    run = tmp_path / "run"
+    _saved_model(run / "best_model")
+    matrix = [[3, 1, 0], [0, 2, 2], [1, 0, 3]]
+    report = {**REPORT, "audio": {**REPORT["audio"], "confusion_matrix": matrix}}
+    (run / "best_model" / "eval_results.json").write_text(json.dumps({"eval": report, "metric_for_best_model": "x"}))
+    (run / "best_model" / "training_args.json").write_text(json.dumps({"metric_for_best_model": "audio/macro_f1"}))
+    records = [{"epoch": e, "train_loss": {"joint": 1.0 / e}, "eval": report} for e in (1, 2)]
+    (run / "training_log.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    assert cli_main(["push", "--model", str(run / "best_model"), "--repo_id", "org/figures"]) == 0
+    files = hub.store["org/figures"]
+    readme = files["README.md"].decode()
+    assert "![confusion matrix, audio branch](confusion_matrix.png)" in readme
+    assert "![training curves](training_curves.png)" in readme and "`audio/macro_f1` per epoch" in readme
+    for name in ("confusion_matrix.png", "training_curves.png"):
+        image = Image.open(io.BytesIO(files[name]))
+        assert image.format == "PNG" and image.size[0] >= 400
+    # without a log or a confusion matrix: no figures, and the card names none
+    _saved_model(tmp_path / "plain")
+    assert cli_main(["push", "--model", str(tmp_path / "plain"), "--repo_id", "org/plain"]) == 0
+    assert not {"confusion_matrix.png", "training_curves.png"} & set(hub.store["org/plain"])
+    assert ".png" not in hub.store["org/plain"]["README.md"].decode()
+
+
+def test_trained_output_has_its_card_figures(tmp_path):
+    """The output directory of a training run: the card embeds the selected branch's confusion matrix and the
+    training curves, written next to it; best_model/ and checkpoints are saved without figures (saved often)."""
+    from training_testing import toy_dataset
+
+    from avemotion.plotting import read_training_log
+    from avemotion.training import EmotionTrainer, TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), num_train_epochs=2, per_device_train_batch_size=8,
+                             disable_tqdm=True, metric_for_best_model="audio/accuracy")  # fmt: skip
+    trainer = EmotionTrainer(VavlForEmotionRecognition(tiny_vavl_config()), args, toy_dataset(8, 0), toy_dataset(6, 1))
+    trainer.train()
+    out = tmp_path / "out"
+    readme = (out / "README.md").read_text()
+    assert "![confusion matrix, audio branch](confusion_matrix.png)" in readme
+    assert "![training curves](training_curves.png)" in readme
+    assert (out / "confusion_matrix.png").stat().st_size > 5000 and (out / "training_curves.png").is_file()
+    assert len(read_training_log(out / "training_log.jsonl")) == 2
+    assert (
+        not list((out / "best_model").glob("*.png")) and ".png" not in (out / "best_model" / "README.md").read_text()
+    )

@@ -4,6 +4,9 @@ A file that cannot be used (unreadable, no sound track where one is needed, no f
 its own line and the other files go on (the pipeline's `errors="skip"`); the exit status is 1 when any file failed.
 A `--model` that cannot be loaded (no such directory, no processor or weights, a truncated `model.safetensors`) is
 one error line naming it (exit status 2, see `avemotion.cli`).
+
+`--plot OUT.png` draws each result along time (`avemotion.plotting.plot_timeline`): with one input into OUT.png, with
+several into `OUT-<input stem>.png` each (`plot_paths`; a repeated stem gets `-2`, `-3`, ...).
 """
 
 from __future__ import annotations
@@ -31,7 +34,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--stride_seconds", type=float, help="hop between windows (default: the window)")
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda:0")
+    parser.add_argument(
+        "--plot", default=None, metavar="OUT.png",
+        help="draw each input's emotions along time (windows, modalities used) into OUT.png; with several inputs "
+        "into OUT-<input stem>.png each (needs matplotlib: pip install 'avemotion[plot]')",
+    )  # fmt: skip
     return parser
+
+
+def plot_paths(out: str | Path, names: list[str]) -> list[Path]:
+    """Where `--plot OUT` draws each input: OUT itself for one input; else `OUT-<stem of the input>` with OUT's
+    suffix (`.png` when it has none), a stem used twice getting `-2`, `-3`, ... . Transcripts without a file
+    (`text #k`) are named `text-k`."""
+    out = Path(out)
+    suffix = out.suffix or ".png"
+    if len(names) == 1:
+        return [out.with_suffix(suffix)]
+    paths, seen = [], {}
+    for name in names:
+        stem = re.sub(r"[^\w.-]+", "-", Path(name).stem).strip("-.") or "input"
+        seen[stem] = seen.get(stem, 0) + 1
+        unique = stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"
+        paths.append(out.with_name(f"{out.stem}-{unique}{suffix}"))
+    return paths
+
+
+def _media_seconds(path: str) -> float | None:
+    """The duration of a media file as its container declares it (None when it does not say, or for text)."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            return container.duration / av.time_base if container.duration else None
+    except (OSError, ValueError, av.error.FFmpegError):
+        return None
+
+
+def _write_plot(path: Path, name: str, item: Any, result: Any, config: Any) -> None:
+    """Draw one input's result into `path` (see `plot_paths`)."""
+    from avemotion.plotting import plot_timeline, save_figure
+
+    media = item if isinstance(item, str) else (item.get("video") or item.get("audio"))
+    duration = None  # a windowed result spans its windows; a short clip's one bar spans the file
+    if media and not (isinstance(result, dict) and "windows" in result):
+        duration = _media_seconds(media)
+    labels = [config.id2label[key] for key in sorted(config.id2label, key=int)]
+    scale = getattr(config, "label_scale", None) if config.problem_type == "regression" else None
+    figure = plot_timeline(result, duration=duration, scale=scale, labels=labels, title=Path(name).name)
+    written = save_figure(figure, path)
+    print(f"plot: wrote {written}", file=sys.stderr)
 
 
 def _inputs(args: argparse.Namespace) -> list[tuple[str, Any]]:
@@ -129,6 +180,25 @@ def _is_error(result: Any) -> bool:
     return isinstance(result, dict) and set(result) == {"error", "input"}
 
 
+def _check_plot(out: str | None, names: list[str]) -> list[Path] | None:
+    """The `--plot` paths (`plot_paths`), after checking that matplotlib is there and the format is one it writes."""
+    if out is None:
+        return None
+    from avemotion.plotting import require_matplotlib
+
+    try:
+        require_matplotlib()
+    except ImportError as error:
+        raise ValueError(f"--plot: {error}") from error
+    from matplotlib.figure import Figure
+
+    formats = Figure().canvas.get_supported_filetypes()
+    suffix = Path(out).suffix.lower().lstrip(".")
+    if suffix and suffix not in formats:
+        raise ValueError(f"--plot {out}: unknown image format {suffix!r}; use one of {sorted(formats)}")
+    return plot_paths(out, names)
+
+
 def run(args: argparse.Namespace) -> int:
     from avemotion.pipelines.audio_visual_emotion import check_seconds
 
@@ -147,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
             f"stride_seconds ({args.stride_seconds}) must not exceed window_seconds ({args.window_seconds})"
         )
     inputs = _inputs(args)
+    plots = _check_plot(args.plot, [name for name, _ in inputs])
     pipe = load_pipeline(args.model, args.device)
     options = {"top_k": None, "batch_size": args.batch_size, "errors": "skip"}
     for name in ("window_seconds", "stride_seconds"):
@@ -158,7 +229,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{'input':<40} {'modalities':<16} prediction")
     results = pipe((item for _, item in inputs), **options)
     progress = tqdm(inputs, desc="predict", unit="file", disable=len(inputs) < 2, file=sys.stderr)
-    for (name, _), result in zip(progress, results):
+    for index, ((name, item), result) in enumerate(zip(progress, results)):
+        if plots and not _is_error(result):
+            _write_plot(plots[index], name, item, result, pipe.model.config)
         if _is_error(result):
             failures += 1
             if args.json:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .files import atomic_write_text, file_problem, load_weights, recover_directory, replace_directory
+from .hub import CARD_FIGURES
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ SAVING_DIR = ".saving.tmp"  # save_model's staging folder inside the directory i
 STAGING_DIRS = (SAVING_DIR, f".{BEST_DIR}.tmp", f".{BEST_DIR}.old")
 # what a previous run leaves in output_dir (refused without overwrite_output_dir; deleted with it)
 RUN_ARTIFACTS = (CHECKPOINTS_DIR, BEST_DIR, LOG_FILE, RESULTS_FILE, TEST_RESULTS_FILE, ARGS_FILE, "config.json",
-                 "model.safetensors", "model.safetensors.index.json", *STAGING_DIRS)  # fmt: skip
+                 "model.safetensors", "model.safetensors.index.json", *CARD_FIGURES, *STAGING_DIRS)  # fmt: skip
 WEIGHT_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin")
 
 
@@ -76,9 +77,10 @@ class CheckpointingMixin:
     # ------------------------------------------------------------------------------------------ saving
 
     def save_model(self, directory: str | Path, metrics: dict[str, Any] | None = None) -> None:
-        """Save the unwrapped model (`save_pretrained`), the processor (if any) and a model card into `directory`
-        (from the main process). Each file is written in a staging folder and renamed into place; weight files of
-        an earlier save that this one does not write are removed."""
+        """Save the unwrapped model (`save_pretrained`), the processor (if any) and a model card with its figures (the
+        confusion matrix of the selected branch, the training curves: `hub.write_card_figures`) into `directory`
+        (from the main process). Each file is written in a staging folder and renamed into place; weight files and
+        card figures of an earlier save that this one does not write are removed."""
         acc = self.accelerator
         acc.wait_for_everyone()
         state_dict = acc.get_state_dict(self.model)  # a collective under some distributed back-ends
@@ -87,9 +89,9 @@ class CheckpointingMixin:
             directory.mkdir(parents=True, exist_ok=True)
             staging = directory / SAVING_DIR
             shutil.rmtree(staging, ignore_errors=True)
-            self._write_model_dir(staging, state_dict, metrics)
+            self._write_model_dir(staging, state_dict, metrics, figures=True)
             written = {path.name for path in staging.iterdir()}
-            for pattern in WEIGHT_PATTERNS:
+            for pattern in (*WEIGHT_PATTERNS, *CARD_FIGURES):
                 for stale in directory.glob(pattern):
                     if stale.name not in written:
                         stale.unlink()
@@ -110,15 +112,30 @@ class CheckpointingMixin:
             replace_directory(staging, self.output_dir / BEST_DIR)
         acc.wait_for_everyone()
 
-    def _write_model_dir(self, directory: Path, state_dict: dict, metrics: dict[str, Any] | None) -> None:
-        """A directory `pipeline`/`from_pretrained` can load: config, weights, processor (if any), model card."""
+    def _write_model_dir(
+        self, directory: Path, state_dict: dict, metrics: dict[str, Any] | None, figures: bool = False
+    ) -> None:
+        """A directory `pipeline`/`from_pretrained` can load: config, weights, processor (if any), model card (with
+        its figures for `figures`: the output directory's save, not `best_model/` or checkpoints, which are saved
+        more often)."""
         model = self.accelerator.unwrap_model(self.model)
         model.save_pretrained(directory, save_function=self.accelerator.save, state_dict=state_dict)
         if self.processor is not None:
             self.processor.save_pretrained(directory)
-        self.model_card(metrics).save(str(directory / "README.md"))
+        markdown = self._card_figures(directory, metrics) if figures else None
+        self.model_card(metrics, figures=markdown).save(str(directory / "README.md"))
 
-    def model_card(self, metrics: dict[str, Any] | None = None):
+    def _card_figures(self, directory: Path, metrics: dict[str, Any] | None) -> str:
+        """Write the card's figures (`hub.write_card_figures`) into `directory`; returns the markdown embedding them."""
+        from .hub import class_names_of, write_card_figures
+
+        config = self.accelerator.unwrap_model(self.model).config
+        return write_card_figures(
+            directory, metrics, class_names=class_names_of(config), metric_name=self.metric_name,
+            log_records=self.state["log_history"], split="evaluation",
+        )  # fmt: skip
+
+    def model_card(self, metrics: dict[str, Any] | None = None, figures: str | None = None):
         """The model card of a directory this trainer writes (`avemotion.training.hub.build_model_card`): evaluation
         metrics per branch, the training options (local paths reduced to their base names)."""
         from .hub import build_model_card
@@ -141,7 +158,7 @@ class CheckpointingMixin:
             )
         return build_model_card(
             config.model_type, self.output_dir.name, metrics=metrics, training_data=training_data,
-            hyperparameters=hyperparameters, split="evaluation",
+            hyperparameters=hyperparameters, split="evaluation", figures=figures,
         )  # fmt: skip
 
     def _save_model_hook(self, models: list, weights: list, output_dir: str) -> None:

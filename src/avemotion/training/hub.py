@@ -1,5 +1,6 @@
-"""Model cards from `hub_cards/<model_type>.md` (the package `avemotion.hub_cards`) and pushing a trained model (+
-processor + card) to the Hub.
+"""Model cards from `hub_cards/<model_type>.md` (the package `avemotion.hub_cards`), their figures (the confusion
+matrix of the selected branch and the training curves, written next to the card: `write_card_figures`) and pushing a
+trained model (+ processor + card + figures) to the Hub.
 
 Nothing uploaded names a local path: `sanitize_local_paths` replaces every string that is one (config fields such as
 `_name_or_path` or `audio_backbone_name`, processor fields, hyper-parameters like `resume_from_checkpoint`) by the Hub
@@ -22,6 +23,10 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 _TABLE_METRICS = ("accuracy", "unweighted_accuracy", "macro_f1", "micro_f1")
+# the figures a model card embeds, written into the model directory (and so uploaded with it)
+CONFUSION_MATRIX_FILE = "confusion_matrix.png"
+TRAINING_CURVES_FILE = "training_curves.png"
+CARD_FIGURES = (CONFUSION_MATRIX_FILE, TRAINING_CURVES_FILE)
 _BRANCH_TITLES = {"combined": "combined (per-row best available)", "audio_visual": "audio-visual (fusion head)"}
 
 
@@ -140,6 +145,78 @@ def hyperparameters_table(hyperparameters: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def selected_branch(metrics: Mapping[str, Any] | None, metric_name: str | None = None) -> str | None:
+    """The branch a model was selected on: the `<branch>` of `metric_for_best_model` (`"<branch>/<metric>"`) when
+    the report has it, else `combined`, else the report's first branch; None for a report without branches."""
+    branches = [name for name, values in (metrics or {}).items() if isinstance(values, Mapping)]
+    if metric_name and "/" in metric_name and metric_name.split("/")[0] in branches:
+        return metric_name.split("/")[0]
+    return "combined" if "combined" in branches else (branches[0] if branches else None)
+
+
+def write_card_figures(
+    directory: str | Path,
+    metrics: Mapping[str, Any] | None = None,
+    *,
+    class_names: list[str] | None = None,
+    metric_name: str | None = None,
+    log_records: list[dict[str, Any]] | None = None,
+    split: str = "test",
+) -> str:
+    """Write the model card's figures into `directory` and return the markdown that embeds them (by file name, so
+    the card shows them wherever the folder goes, the Hub included): `confusion_matrix.png`, the confusion matrix of
+    the selected branch (`selected_branch`; categorical models), and `training_curves.png`, the losses and the
+    selection metric per epoch from the run's `training_log.jsonl` records. Returns "" (nothing written) without
+    matplotlib or without data to draw."""
+    from avemotion.plotting import plot_confusion_matrix, plot_training_curves, require_matplotlib, save_figure
+
+    try:
+        require_matplotlib()
+    except ImportError as error:
+        logger.info("model card without figures: %s", error)
+        return ""
+    directory, parts = Path(directory), []
+    branch = selected_branch(metrics, metric_name)
+    values = metrics[branch] if branch else {}
+    try:
+        if class_names and "confusion_matrix" in values:
+            title = f"{branch} branch, {split} split"
+            save_figure(plot_confusion_matrix(values["confusion_matrix"], class_names, title=title),
+                        directory / CONFUSION_MATRIX_FILE)  # fmt: skip
+            parts.append(f"Confusion matrix of the `{branch}` branch (the one the model was selected on) on the {split} "
+                         f"split (counts, and the share of each true class):\n\n![confusion matrix, {branch} branch]"
+                         f"({CONFUSION_MATRIX_FILE})")  # fmt: skip
+        if any(isinstance(record, Mapping) and "epoch" in record for record in log_records or ()):
+            save_figure(plot_training_curves(log_records, metric_name), directory / TRAINING_CURVES_FILE)
+            parts.append(f"Training curves (loss per training step, and `{metric_name or 'the evaluation metric'}` "
+                         f"per epoch):\n\n![training curves]({TRAINING_CURVES_FILE})")  # fmt: skip
+    except ValueError as error:  # figures that cannot be drawn never stop a save or a push
+        logger.warning("model card figures left out: %s", error)
+    return "\n\n".join(parts)
+
+
+def training_log_records(model_dir: str | Path) -> list[dict[str, Any]] | None:
+    """The `training_log.jsonl` records of the run `model_dir` comes from: the run's output directory itself, its
+    `best_model/`, or one of its `checkpoints/`; None when there is no log (or it cannot be read)."""
+    from avemotion.plotting import read_training_log
+
+    from .checkpointing import BEST_DIR, CHECKPOINTS_DIR, LOG_FILE
+
+    model_dir = Path(model_dir)
+    candidates = [model_dir / LOG_FILE]
+    if model_dir.name == BEST_DIR:
+        candidates.append(model_dir.parent / LOG_FILE)
+    if model_dir.parent.name == CHECKPOINTS_DIR:
+        candidates.append(model_dir.parent.parent / LOG_FILE)
+    for path in candidates:
+        if path.is_file():
+            try:
+                return read_training_log(path)
+            except (OSError, ValueError) as error:
+                logger.warning("%s: not used for the training curves (%s)", path, error)
+    return None
+
+
 def build_model_card(
     model_type: str,
     repo_id: str,
@@ -169,6 +246,7 @@ def build_model_card(
         hub_ids: local directory -> Hub id, for `sanitize_local_paths`: local paths in `metrics` and
             `hyperparameters` (`resume_from_checkpoint`, `output_dir`, backbone directories) become their Hub id when
             known, else their base name, so a card never publishes a local path.
+        template_kwargs: more template variables, e.g. `figures`: the markdown of `write_card_figures`.
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -237,7 +315,9 @@ def push_to_hub(
 ) -> str:
     """Push a saved model directory to `repo_id` as one commit that makes the repo hold exactly: the model
     (re-saved through `save_pretrained`, so the upload has exactly the checkpoint files and `auto_map` code), its
-    processor and a generated model card. Files of the repo that this upload does not contain are deleted in the
+    processor and a generated model card with its figures (`write_card_figures`: the confusion matrix of the branch
+    named by `hyperparameters["metric_for_best_model"]` from `metrics`, and the training curves from the run's
+    `training_log.jsonl`, when matplotlib is installed). Files of the repo that this upload does not contain are deleted in the
     same commit (`.gitattributes` is kept). Returns the commit URL.
 
     Args:
@@ -261,20 +341,32 @@ def push_to_hub(
 
     model, processor = _load_model_and_processor(Path(model_dir), processor_dir)
     hub_ids = {**(hub_ids or {}), str(Path(model_dir)): repo_id}
-    card = build_model_card(
-        model.config.model_type, repo_id, metrics, training_data, hyperparameters, split, template_path=template_path,
-        hub_ids=hub_ids,
-    )  # fmt: skip
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
         sanitize_saved_configs(folder, hub_ids)  # the uploaded copy only
+        figures = write_card_figures(
+            folder, metrics, class_names=class_names_of(model.config), split=split,
+            metric_name=(hyperparameters or {}).get("metric_for_best_model"),
+            log_records=training_log_records(model_dir),
+        )  # fmt: skip
+        card = build_model_card(
+            model.config.model_type, repo_id, metrics, training_data, hyperparameters, split,
+            template_path=template_path, hub_ids=hub_ids, figures=figures,
+        )  # fmt: skip
         card.save(str(Path(folder) / "README.md"))
         commit, stale = _commit_folder(api, repo_id, folder, private, commit_message)
     if stale:
         logger.info("%s: deleted %d file(s) the new upload does not contain: %s", repo_id, len(stale), stale)
     return str(getattr(commit, "commit_url", commit))
+
+
+def class_names_of(config: Any) -> list[str] | None:
+    """A categorical model's class names in id order; None for a regression model."""
+    if getattr(config, "problem_type", None) == "regression" or not getattr(config, "id2label", None):
+        return None
+    return [config.id2label[key] for key in sorted(config.id2label, key=int)]
 
 
 def _load_model_and_processor(model_dir: Path, processor_dir: str | Path | None) -> tuple[Any, Any]:

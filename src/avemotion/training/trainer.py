@@ -596,7 +596,12 @@ class EmotionTrainer(CheckpointingMixin):
     def evaluate(self, dataset=None) -> dict[str, Any]:
         """Metrics per output branch (`combined`, `audio_visual`, `audio`, `visual`, or the fusion model's heads):
         WA, UA, macro/micro-F1 and confusion matrix, or CCC per attribute; plus `loss` and `num_samples`."""
-        branches, references, loss = self.predict(dataset)
+        return self.evaluation_report(*self.predict(dataset))
+
+    def evaluation_report(
+        self, branches: dict[str, np.ndarray], references: np.ndarray, loss: float
+    ) -> dict[str, Any]:
+        """The report of `evaluate` from the outputs of `predict` (per-branch (N, K) outputs, references, loss)."""
         config = self.accelerator.unwrap_model(self.model).config
         problem_type = "regression" if self.is_regression else "single_label_classification"
         id2label = {int(k): v for k, v in (config.id2label or {}).items()}
