@@ -7,6 +7,10 @@
    trainer, selected on the validation split (speaker-independent).
 4. Print the per-modality test metrics next to the corpus's accuracy ceilings, and run
    `pipeline("audio-visual-emotion")` on a held-out test clip.
+5. Pictures for the README: a 12 s clip of six synthetic speakers' turns (one per class), analysed in 2 s windows,
+   drawn with `avemotion.plotting.plot_timeline` (`timeline.png`), and a screenshot of the demo app
+   (examples/app.py) analysing it in headless Chromium (`app.png`; skipped, with a note, where Chromium or Playwright
+   is not installed).
 
 Runs in a few minutes on 2 CPU cores. `python examples/demo_synthetic.py --help` lists the options.
 """
@@ -14,20 +18,31 @@ Runs in a few minutes on 2 CPU cores. `python examples/demo_synthetic.py --help`
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
 import datasets
 import numpy as np
+import soundfile as sf
 import torch
 from transformers import pipeline
 
 import avemotion  # noqa: F401  (registers the models and the pipeline task)
 from avemotion import AvEmotionProcessor, VavlConfig, VavlForEmotionRecognition
 from avemotion.data import cache_features, load_corpus
-from avemotion.data.synthetic import CEILINGS, SyntheticFeatureExtractor, write_synthetic_corpus
+from avemotion.data.synthetic import (
+    CEILINGS,
+    SAMPLING_RATE,
+    SyntheticFeatureExtractor,
+    draw_face,
+    synth_audio,
+    write_mp4,
+    write_synthetic_corpus,
+)
 from avemotion.training import TrainingArguments, train_and_evaluate
 
 BRANCHES = [("audio", "audio only"), ("visual", "video only"), ("audio_visual", "audio-visual (fusion head)")]
@@ -55,10 +70,10 @@ def build_model(id2label: dict[int, str]) -> VavlForEmotionRecognition:
     return VavlForEmotionRecognition(config)
 
 
-def standardize(corpus: datasets.DatasetDict) -> datasets.DatasetDict:
+def standardize(corpus: datasets.DatasetDict) -> tuple[datasets.DatasetDict, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Standardise every feature dimension with the training split's statistics (as VAVL does for its visual
     features; log-mel values are otherwise far from unit scale, which slows learning and inflates the
-    reconstruction loss)."""
+    reconstruction loss). Returns the corpus and `{feature: (mean, std)}` (saved with the model for the app)."""
     stats = {}
     for name in ("audio_features", "visual_features"):
         frames = np.concatenate([np.asarray(x, np.float32) for x in corpus["train"][name] if x is not None])
@@ -70,7 +85,68 @@ def standardize(corpus: datasets.DatasetDict) -> datasets.DatasetDict:
                 row[name] = ((np.asarray(row[name], np.float32) - mean) / std).tolist()
         return row
 
-    return corpus.map(apply, desc="standardising features")
+    return corpus.map(apply, desc="standardising features"), stats
+
+
+def write_turns_clip(folder: Path, labels: list[int], seconds: float = 2.0, seed: int = 0) -> tuple[Path, Path]:
+    """A clip of synthetic turns, `seconds` each with the class `labels[i]`: `clip.mp4` (64x64 faces at 8 fps) and
+    `clip.wav` (16 kHz). Returns both paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fps, waves, frames = 8, [], []
+    for index, label in enumerate(labels):
+        rng = np.random.default_rng([seed, 1000 + index])
+        waveform, envelope = synth_audio(label, seconds, rng)
+        waves.append(waveform)
+        frames.append(draw_face(label, envelope(np.arange(int(seconds * fps)) / fps), 64, rng))
+    video, audio = folder / "clip.mp4", folder / "clip.wav"
+    write_mp4(video, np.concatenate(frames), fps)
+    sf.write(audio, np.concatenate(waves), SAMPLING_RATE, subtype="PCM_16")
+    return video, audio
+
+
+def load_app():
+    """examples/app.py as a module."""
+    spec = importlib.util.spec_from_file_location("avemotion_demo_app", Path(__file__).with_name("app.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_pictures(model_dir: Path, output: Path, label_names: list[str], seed: int, screenshot: bool) -> dict:
+    """`timeline.png` and (with Chromium and Playwright) `app.png` of a clip of six turns, one per class."""
+    try:
+        app = load_app()
+    except ImportError as error:  # gradio or matplotlib missing: the `demo` extra
+        print(f"\npictures skipped: {error} (pip install 'avemotion[demo]')")
+        return {}
+    from avemotion.plotting import save_figure
+
+    order = np.random.default_rng(seed).permutation(len(label_names)).tolist()
+    video, audio = write_turns_clip(output / "app-clip", order, seconds=2.0, seed=seed)
+    analysis = app.analyse(str(model_dir), video=str(video), audio=str(audio), window_seconds=2.0)
+    truth = " ".join(label_names[i] for i in order)
+    found = " ".join(max(w["predictions"], key=lambda p: p["score"])["label"] for w in analysis.main["windows"])
+    print(f"\napp on a 12 s clip of six turns (2 s windows):\n  true:      {truth}\n  predicted: {found}")
+    pictures = {
+        "timeline": str(save_figure(app.timeline_figure(analysis, "six synthetic turns"), output / "timeline.png"))
+    }
+    print(f"timeline: {pictures['timeline']}")
+    if not screenshot:
+        return pictures
+    reason = None
+    if app.find_chromium() is None:
+        reason = "no Chromium installed (`make system-deps` installs Debian's chromium as root)"
+    elif importlib.util.find_spec("playwright") is None:
+        reason = "playwright is not installed (the `demo` extra)"
+    if reason:
+        print(f"app screenshot skipped: {reason}")
+        return pictures
+    with app.serve(str(model_dir)) as url:
+        app.capture_screenshot(url, output / "app.png", video=str(video), audio=str(audio), window_seconds=2.0)
+    pictures["app"] = str(output / "app.png")
+    print(f"app screenshot: {pictures['app']}")
+    return pictures
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -81,6 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-pictures", action="store_true", help="skip timeline.png and app.png")
+    parser.add_argument("--no-screenshot", action="store_true", help="skip app.png (the headless-Chromium screenshot)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(args.seed)
@@ -96,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     corpus = cache_features(corpus, SyntheticFeatureExtractor(), cache_dir=output / "features-cache")
     columns = ["audio_features", "visual_features", "label"]
     corpus = datasets.DatasetDict({name: split.select_columns(columns) for name, split in corpus.items()})
-    corpus = standardize(corpus)
+    corpus, stats = standardize(corpus)
 
     label_names = corpus["train"].features["label"].names
     model = build_model(dict(enumerate(label_names)))
@@ -132,6 +210,10 @@ def main(argv: list[str] | None = None) -> dict:
     trained = VavlForEmotionRecognition.from_pretrained(output / "vavl").eval()
     trained.save_pretrained(model_dir)
     AvEmotionProcessor().save_pretrained(model_dir)
+    # the features' standardisation, so that the demo app (examples/app.py) computes the features this model takes
+    standardization = {name: {"mean": mean.tolist(), "std": std.tolist()} for name, (mean, std) in stats.items()}
+    features = {"extractor": "avemotion.data.synthetic", "standardize": standardization}
+    (model_dir / "synthetic_features.json").write_text(json.dumps(features))
     classify = pipeline("audio-visual-emotion", model=str(model_dir))
     clip = corpus["test"][0]
     inputs = {"audio_features": clip["audio_features"], "visual_features": clip["visual_features"]}
@@ -141,8 +223,12 @@ def main(argv: list[str] | None = None) -> dict:
         shown = ", ".join(f"{p['label']} {p['score']:.2f}" for p in prediction)
         print(f"  {'+'.join(prediction[0]['modalities']):<12} -> {shown}")
 
+    pictures = {}
+    if not args.no_pictures:
+        pictures = write_pictures(model_dir, output, label_names, args.seed, screenshot=not args.no_screenshot)
+
     summary = {"test": test, "best_epoch": result["best_epoch"], "fusion_beats_each_modality": beats,
-               "ceilings": CEILINGS, "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+               "ceilings": CEILINGS, "pictures": pictures, "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
     (output / "demo_metrics.json").write_text(json.dumps(summary, indent=2))
     print(f"\ndone in {summary['seconds']} s; metrics in {output / 'demo_metrics.json'}, model in {model_dir}")
     return summary
