@@ -314,3 +314,31 @@ def test_pre_extracted_features_input():
     assert pipe({"visual_features": visual})[0]["modalities"] == ["video"]
     with pytest.raises(ValueError, match="must have 16 values per frame"):
         pipe({"audio_features": np.zeros((3, 5), np.float32)})
+
+
+@pytest.mark.parametrize("audio_layer", ["weighted_sum", "last"])
+def test_fusion_model_takes_pre_extracted_audio_features_in_its_layout(tmp_path, audio_layer):
+    """Cached speech features of the fusion model give the same result as the waveform: (frames, dim) for one layer,
+    (layers, frames, dim) for `audio_layer="weighted_sum"` (the model's `input_spec` says which); the other layout
+    is an error naming the expected shape."""
+    trainer = BertWordPieceTokenizer(lowercase=True)
+    trainer.train_from_iterator(["i am so happy today", "this is sad and angry"], vocab_size=60)
+    trainer.save_model(str(tmp_path))
+    tokenizer = BertTokenizerFast(vocab=str(tmp_path / "vocab.txt"))
+    config = tiny_mlfusion_config(fusion_members=["audio_frame", "text"], audio_layer=audio_layer)
+    model = MultiLevelFusionForEmotionRecognition(config).eval()
+    pipe = pipeline("audio-visual-emotion", model=_save(model, tmp_path / "mlf", tokenizer))
+    waveform = (np.random.default_rng(0).standard_normal(8000) * 0.1).astype(np.float32)
+    values = pipe.processor(audio=waveform, sampling_rate=16000, return_tensors="pt")["input_values"]
+    with torch.no_grad():
+        encoded = pipe.model.base_model.audio_encoder(values, output_hidden_states=True)
+    stacked = torch.stack(encoded.hidden_states)[:, 0].numpy()  # (layers, frames, dim)
+    # "last" is `last_hidden_state` (with a stable-layer-norm encoder it differs from hidden_states[-1])
+    features = stacked if audio_layer == "weighted_sum" else encoded.last_hidden_state[0].numpy()
+    from_waveform = pipe({"audio": {"array": waveform, "sampling_rate": 16000}, "text": "so happy"})
+    from_features = pipe({"audio_features": features, "text": "so happy"})
+    assert from_features[0]["modalities"] == ["audio", "text"]
+    assert _scores(from_features) == pytest.approx(_scores(from_waveform), abs=1e-5)
+    wrong = stacked[-1] if audio_layer == "weighted_sum" else stacked
+    with pytest.raises(ValueError, match=r"this model takes 'audio_features' as \("):
+        pipe({"audio_features": wrong})

@@ -210,9 +210,10 @@ def _normalize_dict(inputs: Any, index: int, sampling_rate: int | None) -> Emoti
         value = inputs.get(name)
         if value is not None:
             value = np.asarray(value.detach().cpu() if torch.is_tensor(value) else value, dtype=np.float32)
-            if value.ndim != 2 or not np.isfinite(value).all():
+            if value.ndim not in (2, 3) or not np.isfinite(value).all():  # the model's spec fixes which (later)
                 raise ValueError(
-                    f"{item.name}: {name!r} must be a finite (frames, dim) array, got shape {value.shape}"
+                    f"{item.name}: {name!r} must be a finite (frames, dim) array (or (layers, frames, dim) for a "
+                    f"model that takes every hidden state), got shape {value.shape}"
                 )
             setattr(item, name, value)
     item.segments = dict(inputs.get("segments") or {})
@@ -626,16 +627,18 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
                 )
         encoded, used = self._model_inputs(item, None, None), []
         for modality, spec in modalities.items():
-            if "features" in spec and not (modality == "text" and item.text is not None):
+            field_name = FEATURE_FIELDS.get(modality)  # text: tokens of a transcript (or its empty placeholder)
+            if field_name is not None and "features" in spec:
                 self._drop_inputs(encoded, spec)
-                value = getattr(item, FEATURE_FIELDS.get(modality, ""), None)
+                value = getattr(item, field_name)
                 encoded.update(self._feature_inputs(item.name, spec, value))
                 used += [modality] if value is not None else []
             elif modality == "text" and item.text is not None:
                 used.append(modality)
         frames = item.audio_features if item.audio_features is not None else item.visual_features
         rate = 50.0 if item.audio_features is not None else (item.fps or 30.0)
-        meta = {"start": 0.0, "end": len(frames) / rate, "modalities": used, "notes": [], "name": item.name}
+        end = frames.shape[-2] / rate
+        meta = {"start": 0.0, "end": end, "modalities": used, "notes": [], "name": item.name}
         return {**encoded, "is_last": True, "meta": meta}
 
     @staticmethod
@@ -646,16 +649,22 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
 
     @staticmethod
     def _feature_inputs(name: str, spec: dict[str, Any], value: np.ndarray | None) -> dict[str, torch.Tensor]:
-        """`{features key: (1, frames, dim), mask key: (1, frames)}`; an absent value is one zero frame, masked."""
+        """`{features key: (1, [layers,] frames, dim), mask key: (1, frames)}` (`layers` where the spec declares
+        `feature_layers`); an absent value is one zero frame, masked."""
         key, mask_key = spec["features"]
-        dim = spec["feature_dim"]
-        if value is not None and value.shape[1] != dim:
-            raise ValueError(f"{name}: {key!r} must have {dim} values per frame, got {value.shape[1]}")
+        dim, layers = spec["feature_dim"], spec.get("feature_layers")
+        shape = (layers, 1, dim) if layers else (1, dim)
+        if value is not None:
+            if value.ndim != len(shape) or (layers and value.shape[0] != layers):
+                expected = f"({layers} layers, frames, {dim})" if layers else f"(frames, {dim})"
+                raise ValueError(f"{name}: this model takes {key!r} as {expected}, got shape {value.shape}")
+            if value.shape[-1] != dim:
+                raise ValueError(f"{name}: {key!r} must have {dim} values per frame, got {value.shape[-1]}")
         present = value is not None
-        value = value if present else np.zeros((1, dim), np.float32)
+        value = value if present else np.zeros(shape, np.float32)
         encoded = {key: torch.from_numpy(value)[None]}
         if mask_key is not None:
-            encoded[mask_key] = torch.full((1, len(value)), int(present), dtype=torch.long)
+            encoded[mask_key] = torch.full((1, value.shape[-2]), int(present), dtype=torch.long)
         return encoded
 
     def _windows(

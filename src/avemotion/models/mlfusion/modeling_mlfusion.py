@@ -925,7 +925,7 @@ class MultiLevelFusionForEmotionRecognition(MultiLevelFusionPreTrainedModel):
 
     def input_spec(self) -> dict[str, Any]:
         """What generic code (collator, trainer, pipeline) needs to feed the model, as plain data: per modality its
-        input and mask keys, its cached-feature keys and width; the segment inputs `(segments key, mask key)` of the
+        input and mask keys, its cached-feature keys, width and stacked layers (None: one layer); the segment inputs `(segments key, mask key)` of the
         granularities that a fusion member reads; the analysis window for long media (None: the caller's default).
         Cached text features share `text_attention_mask` with the token ids."""
         config = self.config
@@ -935,6 +935,10 @@ class MultiLevelFusionForEmotionRecognition(MultiLevelFusionPreTrainedModel):
                     "inputs": ("input_values", "attention_mask"),
                     "features": ("audio_features", "audio_features_mask"),
                     "feature_dim": config.audio_config.hidden_size,
+                    # cached features of `audio_layer="weighted_sum"` stack every hidden state: (layers, frames, dim)
+                    "feature_layers": (
+                        config.audio_config.num_hidden_layers + 1 if config.audio_layer == "weighted_sum" else None
+                    ),
                     "sampling_rate": config.sampling_rate,
                 },
                 "text": {
