@@ -70,7 +70,7 @@ def test_words_after_a_double_dash_and_values_are_left_alone():
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("command", ["predict", "export-onnx"])
+@pytest.mark.parametrize("command", sorted(avemotion_cli.SUBCOMMANDS))
 def test_command_help_shows_the_underscore_spelling(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

@@ -7,6 +7,7 @@ width, depth, kernels, expansion ratios and 4 stages, checked at 260 px where TF
 """
 
 import argparse
+import collections
 import math
 import os
 import pickle
@@ -450,4 +451,156 @@ def test_tensors_must_stay_inside_their_storage(tmp_path):
         for name, data in files.items():
             archive.writestr(name, data)
     with pytest.raises(ValueError, match="runs past its storage"):
+        load_pickled_module(path)
+
+
+# ------------------------------------------- memory: nothing a small file declares is allocated before it is checked
+# Each crafted file declares 2**40 elements (4 TiB as float32): had the check come after the allocation, the test
+# would fail with a MemoryError/RuntimeError instead of the ValueError naming the file.
+
+
+def _module_with_buffers(**buffers) -> nn.Module:
+    module = nn.Module()
+    for name, tensor in buffers.items():
+        module.register_buffer(name, tensor)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("tensor", "match"),
+    [
+        (
+            lambda: torch.zeros(1).expand(2**40),
+            r"size \(1099511627776,\), stride \(0,\) on storage 0 repeats elements",
+        ),
+        (lambda: torch.zeros(2, 3).expand(2**40, 2, 3), r"repeats elements \(stride 0\)"),
+        # positive but overlapping strides: four dims of 1024 over 4096 bytes
+        (
+            lambda: torch.zeros(4096, dtype=torch.uint8).as_strided((1024,) * 4, (1,) * 4),
+            r"has 1099511627776 elements, more than the 4096 of its storage",
+        ),
+    ],
+    ids=["stride-0", "stride-0-leading", "overlapping-strides"],
+)
+def test_tensors_with_more_elements_than_their_storage_are_refused(tmp_path, tensor, match):
+    path = tmp_path / "expanded.pt"
+    torch.save(_module_with_buffers(big=tensor()), path)
+    assert path.stat().st_size < 20_000
+    with pytest.raises(ValueError, match=match) as info:
+        convert_hsemotion_checkpoint(path, tmp_path / "out")
+    assert str(path) in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_storage_named_many_times_cannot_multiply_the_copies(tmp_path):
+    path = tmp_path / "shared.pt"
+    shared = torch.zeros(256)  # 1024 storage bytes; each name of it is one copy of 256 elements
+    root = nn.Module()
+    for index in range(5):
+        root.add_module(f"m{index}", _module_with_buffers(t=shared))
+    torch.save(root, path)
+    with pytest.raises(ValueError, match=r"shared\.pt: the pickled object\.m4: _buffers\['t'\] \(\(256,\)\) brings"):
+        load_pickled_module(path)
+    root.m4 = nn.Module()  # four names of it: within the archive's storage bytes
+    torch.save(root, path)
+    assert len(load_pickled_module(path).state_dict()) == 4
+
+
+class _SetStateSource:
+    def __init__(self, storage):
+        self.storage = storage
+
+    def __reduce__(self):
+        return torch._utils._rebuild_tensor_v2, (self.storage, 0, (0,), (1,), False, collections.OrderedDict())
+
+
+class _SetStateGrown(_SetStateSource):
+    """A 0-element tensor whose pickled state would make `Tensor.__setstate__` call `set_()` with 2**40 elements of
+    another (empty) storage: torch would grow it to 4 TiB of uninitialised memory."""
+
+    def __reduce__(self):
+        return (*super().__reduce__(), (_SetStateSource(self.storage), 0, (2**40,), (1,)))
+
+
+def test_setting_the_state_of_a_tensor_is_refused(tmp_path):
+    path = tmp_path / "setstate.pt"
+    empty = torch.storage.TypedStorage(
+        wrap_storage=torch.empty(0).untyped_storage(), dtype=torch.float32, _internal=True
+    )
+    module = nn.Module()
+    module._buffers["big"] = _SetStateGrown(empty)
+    torch.save(module, path)
+    with pytest.raises(
+        UnsafePickleError, match=r"setstate\.pt: refusing to set the state of a Tensor \(pickle BUILD\)"
+    ):
+        convert_hsemotion_checkpoint(path)
+
+
+def _storage_record() -> bytes:
+    """Protocol 2: the persistent id ('storage', torch.FloatStorage, '0', 'cpu', 2)."""
+    record = _text("storage") + pickle.GLOBAL + b"torch\nFloatStorage\n" + _text("0") + _text("cpu") + b"K\x02"
+    return pickle.MARK + record + pickle.TUPLE + pickle.BINPERSID
+
+
+@pytest.mark.parametrize(
+    ("target", "kind"),
+    [(_storage_record, "_Storage"), (lambda: pickle.EMPTY_DICT, "dict"), (lambda: pickle.EMPTY_LIST, "list")],
+    ids=["storage", "dict", "list"],
+)
+def test_setting_the_state_of_anything_but_a_stand_in_is_refused(tmp_path, target, kind):
+    path = tmp_path / "build.pt"
+    _torch_zip(path, pickle.PROTO + b"\x02" + target() + pickle.EMPTY_DICT + pickle.BUILD + pickle.STOP)
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("archive/data/0", bytes(8))
+    with pytest.raises(UnsafePickleError, match=rf"build\.pt: refusing to set the state of a {kind} \(pickle BUILD"):
+        load_pickled_module(path)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (b"\x8a\x06\x00\x00\x00\x00\x00\x01", r"bytearray\(\) of a int: expected plain data"),  # bytearray(2**40)
+        (_storage_record(), r"bytearray\(\) of a _Storage: expected plain data"),
+    ],
+    ids=["an-int", "a-storage"],
+)
+def test_builtin_constructors_take_plain_data_only(tmp_path, args, match):
+    path = tmp_path / "bytearray.pt"
+    call = pickle.GLOBAL + b"builtins\nbytearray\n" + pickle.MARK + args + pickle.TUPLE + pickle.REDUCE
+    _torch_zip(path, pickle.PROTO + b"\x02" + call + pickle.STOP)
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("archive/data/0", bytes(8))
+    with pytest.raises(ValueError, match=rf"bytearray\.pt: not a readable torch pickle \(ValueError: {match}"):
+        load_pickled_module(path)
+
+
+def test_compressed_archives_are_refused_before_anything_is_decompressed(tmp_path):
+    plain, bomb = tmp_path / "plain.pt", tmp_path / "bomb.pt"
+    torch.save(_module_with_buffers(big=torch.zeros(4096)), plain)
+    with zipfile.ZipFile(plain) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    assert bomb.stat().st_size < plain.stat().st_size
+    with pytest.raises(ValueError, match=r"bomb\.pt: archive entry 'plain/data\.pkl' is compressed \(zip method 8\)"):
+        convert_hsemotion_checkpoint(bomb)
+    assert load_pickled_module(plain).buffers["big"].shape == (4096,)  # torch.save's own files are stored
+
+
+def test_entry_sizes_must_fit_the_file_and_data_pkl_is_capped(tmp_path, monkeypatch):
+    from avemotion.models.hsemotion import timm_pickle
+
+    path = tmp_path / "sizes.pt"
+    torch.save(_module_with_buffers(big=torch.zeros(4096)), path)
+    data = bytearray(path.read_bytes())
+    # the central directory entry of the storage (stored, 16384 bytes) claims 2**31 bytes uncompressed
+    header = data.rindex(b"PK\x01\x02", 0, data.index(b"sizes/data/0", data.index(b"PK\x01\x02")) + 1)
+    data[header + 24 : header + 28] = (2**31).to_bytes(4, "little")
+    broken = tmp_path / "claims.pt"
+    broken.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"claims\.pt: archive entry 'sizes/data/0' claims 2147483648 bytes"):
+        load_pickled_module(broken)
+    monkeypatch.setattr(timm_pickle, "MAX_DATA_PKL_BYTES", 100)
+    with pytest.raises(ValueError, match=r"sizes\.pt: sizes/data\.pkl holds \d+ bytes; expected at most 100"):
         load_pickled_module(path)

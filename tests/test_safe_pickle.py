@@ -254,3 +254,21 @@ def test_corrupt_or_missing_files_name_the_file(tmp_path):
     data = _pickle(_global("numpy", "dtype", stack=True) + _call("no-such-type"))
     with pytest.raises(PickleReadError, match="bad.pkl: not a readable pickle"):
         restricted_load(data, NUMPY_GLOBALS, name="bad.pkl")
+
+
+def test_bytes_of_a_size_is_refused_before_allocating(tmp_path):
+    """`bytes(2**40)` would zero-fill a terabyte: a size is not data."""
+    import pickle
+
+    from avemotion.utils.safe_pickle import BUILTIN_GLOBALS, PickleReadError, restricted_load
+
+    for kind in (b"bytes", b"bytearray"):
+        payload = b"cbuiltins\n" + kind + b"\n(\x8a\x06\x00\x00\x00\x00\x00\x01tR."  # kind(2**40), LONG1
+        path = tmp_path / "big.pkl"
+        path.write_bytes(b"\x80\x02" + payload)
+        with pytest.raises(PickleReadError, match=r"refusing .*\(1099511627776\): a size, not data"):
+            restricted_load(path, BUILTIN_GLOBALS)
+    data = {"raw": b"\x00\x01", "buffer": bytearray(b"ab")}
+    for protocol in range(6):
+        (tmp_path / "ok.pkl").write_bytes(pickle.dumps(data, protocol=protocol))
+        assert restricted_load(tmp_path / "ok.pkl", BUILTIN_GLOBALS) == data

@@ -11,7 +11,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "avemotion"
 
 # The layer of each top-level part of the package; nothing imports a higher layer.
-LAYERS = {"utils": 0, "models": 1, "processing": 1, "metrics": 1, "hub_cards": 1, "data": 2, "training": 3}
+LAYERS = {"utils": 0, "plotting": 0, "models": 1, "processing": 1, "metrics": 1, "hub_cards": 1, "data": 2}
+LAYERS |= {"training": 3}
 LAYERS |= {"pipelines": 3, "cli": 4, "__init__": 5}
 MODEL_NAMES = {"vavl", "mlfusion", "hsemotion"}
 GENERIC = ("training", "pipelines", "data")
@@ -36,7 +37,9 @@ def _layer(module: str) -> int | None:
         return None
     if len(parts) == 1:
         return LAYERS["__init__"]
-    return LAYERS.get(parts[1], 0)
+    # a new part of the package must be given its layer here (and in the README's layout table)
+    assert parts[1] in LAYERS, f"{module}: avemotion.{parts[1]} has no layer in tests/test_structure.py LAYERS"
+    return LAYERS[parts[1]]
 
 
 def _imported(module: str, path: Path, node: ast.AST) -> list[str]:
@@ -127,3 +130,8 @@ def test_checker_finds_planted_problems():
     assert _names_a_model(ast.parse("model.config.model_type == 'vavl'").body[0].value)
     assert _names_a_model(ast.parse("'vavl.visual_backbone.'").body[0].value)
     assert _names_a_model(ast.parse("model.vavl").body[0].value)
+
+
+def test_a_new_part_of_the_package_needs_a_layer():
+    with pytest.raises(AssertionError, match="has no layer"):
+        _layer("avemotion.newpart.module")

@@ -8,8 +8,8 @@ What a user with the corpus and the weights runs (CREMA-D in its official layout
         [--push_to_hub ORG/vavl-crema-d-p1]
 
 Steps (each writes a folder under OUTPUT_DIR; the numbered commands are the public `avemotion` CLI):
- 1. `face-model/`: `avemotion convert-hsemotion --checkpoint enet_b2_8_best.pt --image_size 224`: HSEmotion's
-    EfficientNet-B2 (AffectNet) as a transformers `EfficientNetModel` (1408-d pooled features of 224x224 crops).
+ 1. `face-model/`: `avemotion convert-hsemotion --checkpoint enet_b2_8_best.pt --output_dir OUTPUT_DIR/face-model
+    --image_size 224`: HSEmotion's EfficientNet-B2 (AffectNet) as a transformers `EfficientNetModel` (1408-d pooled features of 224x224 crops).
     Skipped with `--face_model DIR` (an already converted directory).
  2. `base-model/`: `VavlForEmotionRecognition.from_backbones(audio=facebook/wav2vec2-large-robust, visual=face-model,
     audio_num_layers=12, config=VavlConfig.from_preset("crema-d"))` (frozen backbones, wav2vec2 cut to 12 of its 24

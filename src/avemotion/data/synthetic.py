@@ -397,7 +397,7 @@ class SyntheticBuilder(CremaDBuilder):
             if num_clips is None:
                 raise ValueError(
                     f"synthetic: {str(root)!r} holds no synthetic corpus (no labels.csv). Write one with "
-                    "`avemotion synth --output-dir DIR`, or pass num_clips=N to load_corpus to write it there."
+                    "`avemotion synth --output_dir DIR`, or pass num_clips=N to load_corpus to write it there."
                 )
             write_synthetic_corpus(root, num_clips=num_clips, seed=seed, unpaired_fraction=unpaired_fraction)
         options.setdefault("labels_csv", root / "labels.csv")
@@ -408,8 +408,10 @@ class SyntheticBuilder(CremaDBuilder):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output-dir", required=True, help="an empty directory to write the corpus into")
-    parser.add_argument("--num-clips", type=int, default=200)
+    parser.add_argument(
+        "--output_dir", "--output-dir", required=True, help="an empty directory to write the corpus into"
+    )
+    parser.add_argument("--num_clips", "--num-clips", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-speakers", type=int, default=10)
     parser.add_argument(

@@ -204,7 +204,7 @@ def export_onnx(
     source = Path(source_dir) if source_dir is not None else loaded_from
     output = Path(output_dir)
     if source is not None and output.resolve() == source.resolve():
-        raise ValueError(f"--output-dir must differ from the model directory {source}")
+        raise ValueError(f"--output_dir must differ from the model directory {source}")
     graph, specs, output_names = spec.build_graph(), spec.inputs, spec.outputs
     output.mkdir(parents=True, exist_ok=True)
 

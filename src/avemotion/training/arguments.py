@@ -225,6 +225,13 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, *dataclass_types: t
     sub-command's). This is argparse's own `parents=[...]` copy, which the public API offers only where the parser is
     created (`ArgumentParser(parents=...)`), and a sub-command's parser is created by the command."""
     parser._add_container_actions(dataclass_argument_parser(*dataclass_types))
+    for action in parser._actions:  # help shows the underscore spelling only; both stay registered for parsing
+        strings = action.option_strings
+        action.option_strings = [
+            s
+            for s in strings
+            if not (s.startswith("--") and "-" in s[2:] and "--" + s[2:].replace("-", "_") in strings)
+        ]
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:

@@ -38,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="LOCAL_DIR=ORG/NAME",
-        help="name a local directory found in the configs or training arguments (e.g. a backbone downloaded with "
-        "--local-dir) by its Hub id in the upload; repeatable. Other local paths become their base name",
+        help="name a local directory found in the configs or training arguments (e.g. a backbone downloaded into a "
+        "local folder) by its Hub id in the upload; repeatable. Other local paths become their base name",
     )
     parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the stored login)")
     parser.add_argument("--template", default=None, help="model card template (default: hub_cards/<model_type>.md)")

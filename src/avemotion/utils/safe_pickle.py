@@ -175,6 +175,18 @@ def _check_dtype_state(dtype: Any, state: Any) -> str | None:
     return None
 
 
+def _sized_by_content(kind: type, file_name: str) -> Any:
+    """`bytes`/`bytearray` for an unpickler: built from data only. `bytes(n)` with an integer would zero-fill n bytes
+    (a few bytes of pickle asking for gigabytes); no pickle protocol writes that call."""
+
+    def build(*args: Any) -> Any:
+        if args and isinstance(args[0], int):
+            raise PickleReadError(f"{file_name}: refusing {kind.__name__}({args[0]!r}): a size, not data")
+        return kind(*args)
+
+    return build
+
+
 class RestrictedUnpickler(pickle._Unpickler):
     """An unpickler that resolves only the exact `(module, name)` pairs of `allowed`.
 
@@ -228,6 +240,8 @@ class RestrictedUnpickler(pickle._Unpickler):
             self._allowed[key] = value
         if inspect.ismodule(value):
             raise self._refuse(module, name, "a module")
+        if value is bytes or value is bytearray:
+            return _sized_by_content(value, self.file_name)
         return value
 
     dispatch = dict(pickle._Unpickler.dispatch)

@@ -7,7 +7,13 @@ load at all. `load_pickled_module` reads the same file through `avemotion.utils.
 - a class named under `timm.` or `torch.nn.` (any release's module path, by exact class name) becomes a stand-in
   (`PickledObject`) that records the module and class names and the pickled state; nothing is imported or resolved;
 - tensors are rebuilt by our own functions from the archive's storage records (persistent ids
-  `('storage', <torch.XStorage>, key, location, numel)`), bounds-checked, never through torch's rebuild functions;
+  `('storage', <torch.XStorage>, key, location, numel)`), never through torch's rebuild functions: each stays inside
+  its storage, has no stride 0 (an expanded view) and no more elements than its storage; all tensors together hold
+  no more elements than the archive has storage bytes, so a small file cannot make the copies large;
+- BUILD (`__setstate__`) runs only on stand-ins: on a tensor it would be `Tensor.set_()` (re-pointing it at any
+  size of uninitialised memory), so it is refused there and on everything else; storages are not resizable;
+- the archive's entries must be stored uncompressed, as `torch.save` writes them (no decompression bomb), each no
+  larger than the file, `data.pkl` at most `MAX_DATA_PKL_BYTES`;
 - every other global (`os.system`, `builtins.eval`, dotted names, ...) is refused before anything is called
   (`UnsafePickleError`), as is any other persistent id.
 
@@ -21,6 +27,7 @@ import codecs
 import collections
 import io
 import math
+import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +59,8 @@ STORAGE_DTYPES: dict[str, torch.dtype] = {
     "BoolStorage": torch.bool,
 }
 _MODULE_STATE_KEYS = ("_parameters", "_buffers", "_modules")
+# The largest `data.pkl` read (HSEmotion's B2 pickle is ~100 KB: it holds structure, the tensors are separate entries).
+MAX_DATA_PKL_BYTES = 64 * 2**20
 
 
 class PickledObject:
@@ -107,7 +116,7 @@ class _StorageType:
 
 @dataclass(frozen=True)
 class _Storage:
-    """One storage of the archive: a flat tensor of its elements."""
+    """One storage of the archive: a flat tensor of its elements, on memory that cannot be resized."""
 
     key: str
     data: torch.Tensor
@@ -130,7 +139,13 @@ def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, *
     size = _check_ints("size", size)
     stride = _check_ints("stride", stride, len(size))
     numel = storage.data.numel()
-    if math.prod(size) > 0:
+    what = f"tensor of size {size}, stride {stride} on storage {storage.key}"
+    if any(s == 0 and n > 1 for n, s in zip(size, stride)):
+        raise ValueError(f"{what} repeats elements (stride 0); expected a stride > 0 on every dimension of size > 1")
+    count = math.prod(size)
+    if count > numel:
+        raise ValueError(f"{what} has {count} elements, more than the {numel} of its storage")
+    if count > 0:
         last = offset + sum((n - 1) * s for n, s in zip(size, stride))
         if last >= numel:
             raise ValueError(f"tensor of size {size} at offset {offset} runs past its storage of {numel} elements")
@@ -146,10 +161,25 @@ def _rebuild_parameter(data: Any, *_ignored: Any) -> torch.Tensor:
     return data
 
 
+def _plain_data_only(constructor: Any) -> Any:
+    """`constructor` called on plain data only: `bytes(2**34)` would zero-fill 16 GB from a few bytes of pickle, and
+    `list(tensor)` iterates a tensor of shape (2**40, 0). A pickle from `torch.save` never does either."""
+
+    def construct(*args: Any, **kwargs: Any) -> Any:
+        for arg in (*args, *kwargs.values()):
+            if isinstance(arg, (torch.Tensor, _Storage, PickledObject)) or (
+                constructor in (bytes, bytearray) and isinstance(arg, int)
+            ):
+                raise ValueError(f"{constructor.__name__}() of a {type(arg).__name__}: expected plain data")
+        return constructor(*args, **kwargs)
+
+    return construct
+
+
 def _builtin_globals() -> dict[tuple[str, str], Any]:
-    """`BUILTIN_GLOBALS` (plain containers), resolved from the three modules it names."""
+    """`BUILTIN_GLOBALS` (plain containers), resolved from the three modules it names, callable on plain data only."""
     modules = {"builtins": builtins, "collections": collections, "_codecs": codecs}
-    return {(module, name): getattr(modules[module], name) for module, name in BUILTIN_GLOBALS}
+    return {(module, name): _plain_data_only(getattr(modules[module], name)) for module, name in BUILTIN_GLOBALS}
 
 
 _TORCH_GLOBALS: dict[tuple[str, str], Any] = {
@@ -175,6 +205,22 @@ class _ModuleUnpickler(RestrictedUnpickler):
         super().__init__(file, _TORCH_GLOBALS, name=name)
         self._archive, self._prefix = archive, prefix
         self._storages: dict[str, _Storage] = {}
+
+    dispatch = dict(RestrictedUnpickler.dispatch)
+
+    def load_build(self) -> None:
+        instance = self.stack[-2]
+        if not isinstance(instance, PickledObject):
+            # `Tensor.__setstate__` is `set_()`: a file could re-point a tensor at any size of uninitialised memory
+            kind = pickled_name(instance) or type(instance).__name__
+            raise UnsafePickleError(
+                f"{self.file_name}: refusing to set the state of a {kind} (pickle BUILD); only stand-ins of "
+                "timm/torch.nn objects take a state; the file was not loaded",
+                self.file_name,
+            )
+        RestrictedUnpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     def find_class(self, module: str, name: str) -> Any:
         if "." not in name and name.isidentifier() and _is_stand_in(module, name):
@@ -203,8 +249,9 @@ class _ModuleUnpickler(RestrictedUnpickler):
                 raise PickleReadError(
                     f"{self.file_name}: storage {key} holds {info.file_size} bytes, its record says {numel} x {itemsize}"
                 )
-            raw = bytearray(self._archive.read(info))
-            data = torch.frombuffer(raw, dtype=storage_type.dtype) if raw else torch.empty(0, dtype=storage_type.dtype)
+            raw = bytearray(self._archive.read(info) or bytes(itemsize))  # an empty storage: a 0-element view
+            # on a bytearray, torch's storage is not resizable: nothing can grow it past what the file holds
+            data = torch.frombuffer(raw, dtype=storage_type.dtype)[:numel]
             self._storages[key] = _Storage(key, data)
         return self._storages[key]
 
@@ -241,7 +288,23 @@ class ModuleRecord:
         return found
 
 
-def _tensor_dict(value: Any, where: str, what: str) -> dict[str, torch.Tensor]:
+class _ElementBudget:
+    """How many tensor elements may still be copied out of the archive: at most its storage bytes in all. A pickle
+    can name one storage (or one tensor) many times; each name is a copy."""
+
+    def __init__(self, limit: int):
+        self.limit = self.left = limit
+
+    def take(self, tensor: torch.Tensor, what: str) -> None:
+        if tensor.numel() > self.left:
+            raise ValueError(
+                f"{what} ({tuple(tensor.shape)}) brings the tensors past {self.limit} elements, the archive's "
+                "storage bytes; expected tensors that do not re-use storage many times over"
+            )
+        self.left -= tensor.numel()
+
+
+def _tensor_dict(value: Any, where: str, what: str, budget: _ElementBudget) -> dict[str, torch.Tensor]:
     if not isinstance(value, dict):
         raise ValueError(f"{where}: {what} is a {type(value).__name__}, not a dict")
     tensors = {}
@@ -250,11 +313,12 @@ def _tensor_dict(value: Any, where: str, what: str) -> dict[str, torch.Tensor]:
             continue
         if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
             raise ValueError(f"{where}: {what}[{name!r:.40}] is a {type(tensor).__name__}, not a tensor")
+        budget.take(tensor, f"{where}: {what}[{name!r:.40}]")  # before the copy is allocated
         tensors[name] = tensor.contiguous().clone()
     return tensors
 
 
-def _to_record(value: Any, where: str, depth: int = 0) -> ModuleRecord:
+def _to_record(value: Any, where: str, budget: _ElementBudget, depth: int = 0) -> ModuleRecord:
     if depth > 64:
         raise ValueError(f"{where}: modules nested more than 64 deep")
     if not isinstance(value, PickledObject) or not isinstance(value.state, dict):
@@ -266,18 +330,18 @@ def _to_record(value: Any, where: str, depth: int = 0) -> ModuleRecord:
             f"{where} ({type(value).pickled_name}) has no nn.Module state (_parameters/_buffers/_modules)"
         )
     non_persistent = state.get("_non_persistent_buffers_set") or set()
-    buffers = _tensor_dict(state["_buffers"], where, "_buffers")
+    buffers = _tensor_dict(state["_buffers"], where, "_buffers", budget)
     record = ModuleRecord(
         class_module=type(value).pickled_module,
         class_name=type(value).pickled_name,
         attributes={k: v for k, v in state.items() if isinstance(k, str) and not k.startswith("_")},
-        parameters=_tensor_dict(state["_parameters"], where, "_parameters"),
+        parameters=_tensor_dict(state["_parameters"], where, "_parameters", budget),
         buffers={name: tensor for name, tensor in buffers.items() if name not in non_persistent},
     )
     for name, child in state["_modules"].items():
         if not isinstance(name, str):
             raise ValueError(f"{where}: sub-module name {name!r:.40} is not a string")
-        record.children[name] = None if child is None else _to_record(child, f"{where}.{name}", depth + 1)
+        record.children[name] = None if child is None else _to_record(child, f"{where}.{name}", budget, depth + 1)
     return record
 
 
@@ -292,11 +356,31 @@ def load_pickled_module(path: str | Path) -> ModuleRecord:
         raise ValueError(
             f"{path}: not a zip-format torch file (torch.save since PyTorch 1.6); the legacy format is not supported"
         )
+    file_size = path.stat().st_size
     with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():  # before anything is read: sizes from the zip headers alone mean nothing
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ValueError(
+                    f"{path}: archive entry {info.filename!r:.80} is compressed (zip method {info.compress_type}); "
+                    "torch.save stores entries uncompressed"
+                )
+            if info.file_size != info.compress_size or info.file_size > file_size:
+                raise ValueError(
+                    f"{path}: archive entry {info.filename!r:.80} claims {info.file_size} bytes, more than it or the "
+                    f"file ({file_size} bytes) holds"
+                )
         pickles = [name for name in archive.namelist() if name.endswith("data.pkl") and name.count("/") <= 1]
         if len(pickles) != 1:
             raise ValueError(f"{path}: expected one data.pkl in the torch archive, found {len(pickles)}")
         prefix = pickles[0][: -len("data.pkl")]
+        if archive.getinfo(pickles[0]).file_size > MAX_DATA_PKL_BYTES:
+            raise ValueError(
+                f"{path}: {pickles[0]} holds {archive.getinfo(pickles[0]).file_size} bytes; expected at most "
+                f"{MAX_DATA_PKL_BYTES} (the pickle holds the structure, tensors are stored beside it)"
+            )
+        storage_bytes = sum(
+            info.file_size for info in archive.infolist() if info.filename.startswith(prefix + "data/")
+        )
         if prefix + "byteorder" in archive.namelist():
             byteorder = archive.read(prefix + "byteorder").decode("ascii", "replace").strip()
             if byteorder != "little":
@@ -308,4 +392,4 @@ def load_pickled_module(path: str | Path) -> ModuleRecord:
             raise
         except Exception as error:  # corrupt data, or an allowed callable given bad arguments
             raise PickleReadError(f"{path}: not a readable torch pickle ({type(error).__name__}: {error})") from error
-    return _to_record(root, f"{path}: the pickled object")
+    return _to_record(root, f"{path}: the pickled object", _ElementBudget(storage_bytes))

@@ -19,8 +19,8 @@ the batch. The original attends across the clips of a batch; `from_pretrained(OU
 restores that mixing, which reproduces the original outputs for the same batches in the same order.
 
 Usage:
-    avemotion convert-vavl --checkpoint-dir DIR --output-dir OUT --preset crema-d
-    python -m avemotion.models.vavl.convert_vavl_original_checkpoint --checkpoint-dir DIR --output-dir OUT \
+    avemotion convert-vavl --checkpoint_dir DIR --output_dir OUT --preset crema-d
+    python -m avemotion.models.vavl.convert_vavl_original_checkpoint --checkpoint_dir DIR --output_dir OUT \
         --task classification --labels angry,sad,disgust,fear,neutral,happy
 """
 
@@ -397,8 +397,12 @@ def convert_vavl_checkpoint(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--checkpoint-dir", required=True, help="directory with the original VAVL .pt files")
-    parser.add_argument("--output-dir", required=True, help="where to write the transformers checkpoint")
+    parser.add_argument(
+        "--checkpoint_dir", "--checkpoint-dir", required=True, help="directory with the original VAVL .pt files"
+    )
+    parser.add_argument(
+        "--output_dir", "--output-dir", required=True, help="where to write the transformers checkpoint"
+    )
     parser.add_argument(
         "--preset", choices=["crema-d", "msp-improv"], help="label set and loss of the paper's set-ups"
     )
