@@ -193,6 +193,10 @@ def test_model_card_has_metrics_per_branch_and_hyperparameters():
     assert card.data.license == "apache-2.0" and "vavl" in card.data.tags
     assert {r.metric_type for r in card.data.eval_results} >= {"accuracy", "macro_f1"}
     assert metrics_table({"loss": 1.0}) == ""
+    # the fusion model's card shows the same table, and says so when a checkpoint has no results
+    fusion = str(build_model_card("mlfusion", "org/mlf-test", REPORT))
+    assert "| audio | 0.5000 | 0.4500 | 0.4000 | 0.5000 | 12 |" in fusion and "No results are recorded" not in fusion
+    assert "No results are recorded" in str(build_model_card("mlfusion", "org/mlf-test"))
 
 
 def test_card_templates_are_package_data(monkeypatch, caplog):
