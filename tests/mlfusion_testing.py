@@ -1,9 +1,11 @@
 """Tiny multi-level fusion configs and inputs for tests."""
 
+from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import BertConfig, Wav2Vec2Config
+from tokenizers import BertWordPieceTokenizer
+from transformers import BertConfig, BertTokenizerFast, Wav2Vec2Config
 
 from avemotion import MultiLevelFusionConfig
 
@@ -88,3 +90,11 @@ def make_batch(seconds=(0.5, 0.36), tokens=(7, 4), with_segments=True, generator
                 mask[row, :n] = True
             out[f"{name}_segments"], out[f"{name}_segments_mask"] = segments, mask
     return out
+
+
+def tiny_tokenizer(directory: Path) -> BertTokenizerFast:
+    """A 60-token WordPiece tokenizer trained on two sentences, its vocab.txt written into `directory`."""
+    trainer = BertWordPieceTokenizer(lowercase=True)
+    trainer.train_from_iterator(["i am so happy today", "this is sad and angry"], vocab_size=60)
+    trainer.save_model(str(directory))
+    return BertTokenizerFast(vocab=str(Path(directory) / "vocab.txt"))

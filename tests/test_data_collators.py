@@ -62,8 +62,7 @@ def test_collated_batch_matches_single_rows_in_vavl():
 
 
 def test_text_and_segments_for_the_multilevel_fusion_model(tmp_path):
-    from tokenizers import BertWordPieceTokenizer
-    from transformers import BertTokenizerFast
+    from mlfusion_testing import tiny_tokenizer
 
     rows = [
         # IEMOCAP builder's columns: segments as {"start", "end", "label"} dicts
@@ -87,10 +86,7 @@ def test_text_and_segments_for_the_multilevel_fusion_model(tmp_path):
     assert "syllable_segments" not in batch and "attention_mask" not in batch
 
     # raw text: tokenised (and truncated) with a tokenizer; without one, mixing text and ids is an error
-    trainer = BertWordPieceTokenizer(lowercase=True)
-    trainer.train_from_iterator(["i am so happy today", "this is sad and angry"], vocab_size=60)
-    trainer.save_model(str(tmp_path))
-    tokenizer = BertTokenizerFast(vocab=str(tmp_path / "vocab.txt"))
+    tokenizer = tiny_tokenizer(tmp_path)
     text_rows = [{"text": "i am so happy today", "label": 0}, {"text": None, "label": 1}, {"text": "sad", "label": 2}]
     batch = AvEmotionCollator(tokenizer=tokenizer, max_text_length=4)(text_rows)
     expected = tokenizer("i am so happy today", truncation=True, max_length=4)["input_ids"]

@@ -11,13 +11,12 @@ import pytest
 import soundfile
 import torch
 from media_testing import face_frames, tone, write_video
-from mlfusion_testing import tiny_bert_config
+from mlfusion_testing import tiny_bert_config, tiny_tokenizer
 from mlfusion_testing import tiny_config as tiny_mlfusion_config
 from mlfusion_testing import tiny_wav2vec2_config as tiny_mlfusion_wav2vec2_config
 from test_pipeline import _save
-from tokenizers import BertWordPieceTokenizer
 from torch import nn
-from transformers import BertTokenizerFast, pipeline
+from transformers import pipeline
 from vavl_testing import AUDIO_DIM, VISUAL_DIM, tiny_efficientnet_config, tiny_vavl_config, tiny_wav2vec2_config
 
 from avemotion import (
@@ -385,10 +384,7 @@ def test_vavl_pipeline_batches_mixed_modalities_like_single_inputs(tmp_path, med
 
 
 def test_mlfusion_pipeline_batches_mixed_modalities_like_single_inputs(tmp_path, media):
-    trainer = BertWordPieceTokenizer(lowercase=True)
-    trainer.train_from_iterator(["i am so happy today", "this is sad and angry"], vocab_size=60)
-    trainer.save_model(str(tmp_path))
-    tokenizer = BertTokenizerFast(vocab=str(tmp_path / "vocab.txt"))
+    tokenizer = tiny_tokenizer(tmp_path)
     torch.manual_seed(0)
     model = MultiLevelFusionForEmotionRecognition(
         tiny_mlfusion_config(fusion_members=["audio_frame", "text", "early_frame"], **MLF_DROPOUT)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from media_testing import face_frames
-from mlfusion_testing import make_batch
+from mlfusion_testing import make_batch, tiny_tokenizer
 from mlfusion_testing import tiny_config as tiny_fusion_config
 from torch import nn
 from transformers import pipeline
@@ -280,13 +280,7 @@ def test_dynamo_exporter_gives_the_same_graph_behaviour(tmp_path):
 
 
 def test_fusion_pipeline_through_onnx_runtime(tmp_path):
-    from tokenizers import BertWordPieceTokenizer
-    from transformers import BertTokenizerFast
-
-    trainer = BertWordPieceTokenizer(lowercase=True)
-    trainer.train_from_iterator(["i am so happy today", "this is sad and angry"], vocab_size=60)
-    trainer.save_model(str(tmp_path))
-    tokenizer = BertTokenizerFast(vocab=str(tmp_path / "vocab.txt"))
+    tokenizer = tiny_tokenizer(tmp_path)
     torch.manual_seed(0)
     # a granularity ablation: the pipeline's phone/syllable segments are inputs this model does not read
     model = MultiLevelFusionForEmotionRecognition(

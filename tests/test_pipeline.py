@@ -11,9 +11,9 @@ import soundfile
 import torch
 from media_testing import face_frames, tone, write_video
 from mlfusion_testing import tiny_config as tiny_mlfusion_config
-from tokenizers import BertWordPieceTokenizer
+from mlfusion_testing import tiny_tokenizer
 from torch import nn
-from transformers import BertTokenizerFast, pipeline
+from transformers import pipeline
 from vavl_testing import tiny_efficientnet_config, tiny_vavl_config, tiny_wav2vec2_config
 
 from avemotion import (
@@ -220,10 +220,7 @@ def test_regression_outputs_are_on_the_corpus_scale(tmp_path, media):
 
 
 def test_audio_text_model_uses_the_transcript(tmp_path, media):
-    trainer = BertWordPieceTokenizer(lowercase=True)
-    trainer.train_from_iterator(["i am so happy today", "this is sad and angry"], vocab_size=60)
-    trainer.save_model(str(tmp_path))
-    tokenizer = BertTokenizerFast(vocab=str(tmp_path / "vocab.txt"))
+    tokenizer = tiny_tokenizer(tmp_path)
     model = MultiLevelFusionForEmotionRecognition(tiny_mlfusion_config(fusion_members=["audio_frame", "text"])).eval()
     mlfusion = pipeline("audio-visual-emotion", model=_save(model, tmp_path / "mlf", tokenizer))
     both = mlfusion({"audio": media["wav"], "text": "i am so happy", "video": media["clip"]})
@@ -237,10 +234,7 @@ def test_audio_text_model_uses_the_transcript(tmp_path, media):
 def test_segment_reading_model_takes_a_transcript_alone(tmp_path, media):
     # the pipeline sends all-zero segment rows (and no audio) for a transcript: a text-only batch, not a
     # forgotten-audio error of the model
-    trainer = BertWordPieceTokenizer(lowercase=True)
-    trainer.train_from_iterator(["i am so happy today", "this is sad and angry"], vocab_size=60)
-    trainer.save_model(str(tmp_path))
-    tokenizer = BertTokenizerFast(vocab=str(tmp_path / "vocab.txt"))
+    tokenizer = tiny_tokenizer(tmp_path)
     config = tiny_mlfusion_config(fusion_members=["audio_word", "early_word", "text"])
     model = MultiLevelFusionForEmotionRecognition(config).eval()
     mlfusion = pipeline("audio-visual-emotion", model=_save(model, tmp_path / "mlf", tokenizer))
@@ -321,10 +315,7 @@ def test_fusion_model_takes_pre_extracted_audio_features_in_its_layout(tmp_path,
     """Cached speech features of the fusion model give the same result as the waveform: (frames, dim) for one layer,
     (layers, frames, dim) for `audio_layer="weighted_sum"` (the model's `input_spec` says which); the other layout
     is an error naming the expected shape."""
-    trainer = BertWordPieceTokenizer(lowercase=True)
-    trainer.train_from_iterator(["i am so happy today", "this is sad and angry"], vocab_size=60)
-    trainer.save_model(str(tmp_path))
-    tokenizer = BertTokenizerFast(vocab=str(tmp_path / "vocab.txt"))
+    tokenizer = tiny_tokenizer(tmp_path)
     config = tiny_mlfusion_config(fusion_members=["audio_frame", "text"], audio_layer=audio_layer)
     model = MultiLevelFusionForEmotionRecognition(config).eval()
     pipe = pipeline("audio-visual-emotion", model=_save(model, tmp_path / "mlf", tokenizer))

@@ -358,16 +358,11 @@ def test_span_notes_merge_and_stay_short():
 
 
 def test_audio_text_model_skips_errors_in_batches_and_drops_too_short_audio(tmp_path):
-    from mlfusion_testing import tiny_config
-    from tokenizers import BertWordPieceTokenizer
-    from transformers import BertTokenizerFast
+    from mlfusion_testing import tiny_config, tiny_tokenizer
 
     from avemotion import MultiLevelFusionForEmotionRecognition
 
-    trainer = BertWordPieceTokenizer(lowercase=True)
-    trainer.train_from_iterator(["i am so happy today", "this is sad and angry"], vocab_size=60)
-    trainer.save_model(str(tmp_path))
-    tokenizer = BertTokenizerFast(vocab=str(tmp_path / "vocab.txt"))
+    tokenizer = tiny_tokenizer(tmp_path)
     torch.manual_seed(0)
     model = MultiLevelFusionForEmotionRecognition(tiny_config(fusion_members=["audio_frame", "text"])).eval()
     mlfusion = pipeline("audio-visual-emotion", model=_save(model, tmp_path / "mlf", tokenizer))

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import pytest
 from test_hsemotion_conversion import _save_old_timm_model
-from test_training_hub import HubStub
 from transformers import Wav2Vec2Model
 from vavl_testing import tiny_wav2vec2_config
 
@@ -30,22 +28,6 @@ def _recipe():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    stub = HubStub()
-    stub.thread.start()
-    import huggingface_hub.constants as constants
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setenv("HF_ENDPOINT", stub.url)
-    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
-    monkeypatch.setattr(constants, "ENDPOINT", stub.url)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    yield stub
-    stub.server.shutdown()
-    stub.server.server_close()
 
 
 def test_recipe_runs_end_to_end_and_pushes(tmp_path, monkeypatch, hub):
