@@ -255,3 +255,20 @@ def test_haar_on_an_opencv_without_cascades_is_a_clear_error(monkeypatch):
 def test_haar_with_a_missing_cascade_file_names_it(tmp_path):
     with pytest.raises(ValueError, match=r"Cannot load the Haar cascade .*nothing\.xml"):
         HaarCascadeFaceDetector(cascade=str(tmp_path / "nothing.xml"))
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_normalisation_gives_the_numpy_expressions_values(rescale, normalize):
+    # the in-place torch passes must give exactly the values of the straightforward NumPy expression
+    crops = np.random.default_rng(0).integers(0, 256, (5, 7, 9, 3), dtype=np.uint8)
+    settings = {"do_rescale": rescale, "rescale_factor": 1 / 255, "do_normalize": normalize,
+                "image_mean": [0.5, 0.4, 0.3], "image_std": [0.2, 0.25, 0.3]}  # fmt: skip
+    expected = crops.astype(np.float32)
+    if rescale:
+        expected *= np.float32(1 / 255)
+    if normalize:
+        expected = (expected - np.float32([0.5, 0.4, 0.3])) / np.float32([0.2, 0.25, 0.3])
+    pixels = AvEmotionImageProcessor._normalize(crops, settings)
+    assert pixels.shape == (5, 3, 7, 9) and pixels.dtype == np.float32 and pixels.flags.c_contiguous
+    np.testing.assert_array_equal(pixels, expected.transpose(0, 3, 1, 2))
