@@ -151,7 +151,9 @@ def late_fuse_logits(
     """
     if not logits:
         raise ValueError("late_fuse_logits needs at least one member")
-    stacked = torch.stack(logits)  # (K, B, C)
+    dtype = logits[0].dtype
+    # in float32 at least: bfloat16 log-posteriors would round the small differences between members away
+    stacked = torch.stack(logits).to(torch.promote_types(dtype, torch.float32))  # (K, B, C)
     weight = torch.ones(len(logits), dtype=stacked.dtype, device=stacked.device)
     if weights is not None:
         if len(weights) != len(logits):
@@ -168,9 +170,9 @@ def late_fuse_logits(
     # zero-weight members may hold NaN logits; take them out before the weighted sum
     log_probs = torch.log_softmax(stacked, dim=-1).masked_fill(weight == 0, 0.0)
     if mode in ("mean_prob", "weighted"):
-        return torch.logsumexp(log_probs + torch.log(weight), dim=0)
+        return torch.logsumexp(log_probs + torch.log(weight), dim=0).to(dtype)
     if mode == "mean_logprob":
-        return torch.log_softmax((weight * log_probs).sum(dim=0), dim=-1)
+        return torch.log_softmax((weight * log_probs).sum(dim=0), dim=-1).to(dtype)
     raise ValueError(f"late fusion mode must be 'mean_prob', 'mean_logprob' or 'weighted', got {mode!r}")
 
 
@@ -211,7 +213,9 @@ class MultiLevelFusionAttention(nn.Module):
         weights = None
         if output_attentions or self.config._attn_implementation == "eager":
             scores = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(self.head_size)
-            weights = torch.softmax(scores.masked_fill(~keep, torch.finfo(scores.dtype).min), dim=-1)
+            scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+            # softmax in float32 (a no-op for a float32 model): half-precision probabilities lose the small ones
+            weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
             attended = torch.matmul(nn.functional.dropout(weights, dropout, self.training), value)
         else:
             attended = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=keep, dropout_p=dropout)
@@ -532,6 +536,9 @@ class MultiLevelFusionModel(MultiLevelFusionPreTrainedModel):
         if input_values.dim() != 2:
             raise ValueError(f"`input_values` must be (batch, samples), got shape {tuple(input_values.shape)}")
         layer = self.config.audio_layer
+        # a bfloat16/float16 model takes the feature extractor's float32 waveforms (autocast: the encoder stays
+        # float32)
+        input_values = input_values.to(self.audio_encoder.dtype)
 
         def encode(values: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
             with torch.no_grad() if self.config.freeze_audio_encoder else contextlib.nullcontext():
@@ -591,6 +598,7 @@ class MultiLevelFusionModel(MultiLevelFusionPreTrainedModel):
             raise ValueError(
                 f"`{name}` must be {shape} with dim {width} for layer choice {layer!r}, got {tuple(features.shape)}"
             )
+        features = features.to(self.dtype)  # float32 cached features into a bfloat16/float16 model
         if expected_dim == 4:
             if features.shape[1] != weights.shape[0]:
                 raise ValueError(f"`{name}` must stack {weights.shape[0]} hidden states, got {features.shape[1]}")

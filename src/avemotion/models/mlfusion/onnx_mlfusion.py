@@ -121,6 +121,11 @@ class FramelessRowsEncoder(nn.Module):
         self.encoder = encoder
         self.config = encoder.config
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The wrapped encoder's dtype (the model casts its waveforms to it)."""
+        return self.encoder.dtype
+
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any):
         if attention_mask is not None:
             has_frame = feature_frames_mask(self.config, 1, attention_mask)  # (B, 1): at least one frame

@@ -152,8 +152,10 @@ def segment_frame_bounds(
 
 
 def pool_segments_matrix(hidden_states: torch.Tensor, pooling_matrix: torch.Tensor) -> torch.Tensor:
-    """`(batch, num_segments, dim)` segment means: `pooling_matrix (B, N, T) @ hidden_states (B, T, D)`."""
-    return torch.bmm(pooling_matrix.to(hidden_states.dtype), hidden_states)
+    """`(batch, num_segments, dim)` segment means: `pooling_matrix (B, N, T) @ hidden_states (B, T, D)`, in float32
+    at least (bfloat16 would round the weights `1 / frames`), returned in the dtype of `hidden_states`."""
+    dtype = torch.promote_types(hidden_states.dtype, torch.float32)
+    return torch.bmm(pooling_matrix.to(dtype), hidden_states.to(dtype)).to(hidden_states.dtype)
 
 
 def pool_segments_cumsum(hidden_states: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:

@@ -171,7 +171,8 @@ class ConformerRelativeSelfAttention(nn.Module):
         scores = (content_scores + pos_scores) / self.scale
         if key_padding_mask is not None:
             scores = scores.masked_fill(~key_padding_mask[:, None, None, :], torch.finfo(scores.dtype).min)
-        probs = self.dropout(torch.softmax(scores, dim=-1))
+        # softmax in float32 (a no-op for a float32 model): bfloat16/float16 scores lose the small probabilities
+        probs = self.dropout(torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype))
         context = torch.matmul(probs, value).transpose(1, 2).reshape(hidden_states.shape)
         return self.linear_out(context)
 

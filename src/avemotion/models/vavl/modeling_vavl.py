@@ -424,6 +424,8 @@ class VavlModel(VavlPreTrainedModel):
         if input_values.dim() != 2:
             raise ValueError(f"`input_values` must be (batch, samples), got shape {tuple(input_values.shape)}")
         frozen = self.config.freeze_audio_backbone
+        # a bfloat16/float16 model takes the processor's float32 waveforms (autocast: the backbone stays float32)
+        input_values = input_values.to(self.audio_backbone.dtype)
         with torch.no_grad() if frozen else contextlib.nullcontext():
             return run_audio_backbone(self.audio_backbone, input_values, attention_mask)
 
@@ -450,20 +452,32 @@ class VavlModel(VavlPreTrainedModel):
                 f"{tuple(pixel_values_videos.shape)}"
             )
         batch, frames = pixel_values_videos.shape[:2]
-        if frames_mask is None:
-            frames_mask = torch.ones(batch, frames, dtype=torch.bool, device=pixel_values_videos.device)
-        real_frames = pixel_values_videos[frames_mask.bool()]
+        real = None if frames_mask is None or bool(frames_mask.all()) else frames_mask.bool()
+        # every frame real: a view, not a copy of the (possibly GB-sized) video batch
+        real_frames = pixel_values_videos.flatten(0, 1) if real is None else pixel_values_videos[real]
         chunk = max(1, self.config.visual_backbone_chunk_size)
         frozen = self.config.freeze_visual_backbone
+        dtype = self.visual_backbone.dtype  # a bfloat16/float16 model takes float32 crops, cast chunk by chunk
         with torch.no_grad() if frozen else contextlib.nullcontext():
             pooled = [
-                self.visual_backbone(real_frames[i : i + chunk]).pooler_output.flatten(1)
+                self.visual_backbone(real_frames[i : i + chunk].to(dtype)).pooler_output.flatten(1)
                 for i in range(0, real_frames.shape[0], chunk)
             ]
-        features = pixel_values_videos.new_zeros(batch, frames, self.config.visual_feature_dim)
-        if pooled:
-            features[frames_mask.bool()] = torch.cat(pooled).to(features.dtype)
+        values = torch.cat(pooled).to(dtype) if pooled else None
+        if real is None and values is not None:
+            return values.view(batch, frames, -1)
+        features = pixel_values_videos.new_zeros(batch, frames, self.config.visual_feature_dim, dtype=dtype)
+        if values is not None:
+            features[real] = values
         return features
+
+    def _normalize_visual_features(self, features: torch.Tensor) -> torch.Tensor:
+        """`(x - mean) / (std + 1e-6)` of (B, T, visual_feature_dim) features with the stored statistics, returned
+        in the features' dtype. Computed in float32: a bfloat16/float16 model then rounds once, at the end, not after
+        the subtraction, the sum and the division (identical for a float32 model)."""
+        dtype = features.dtype
+        mean, std = self.visual_features_mean.float(), self.visual_features_std.float()
+        return ((features.float() - mean) / (std + 1e-6)).to(dtype)
 
     def _encode(
         self, features: torch.Tensor, mask: torch.Tensor | None, encoder: VavlModalityEncoder
@@ -600,6 +614,7 @@ class VavlModel(VavlPreTrainedModel):
         elif audio_features is not None:
             _check_features("audio_features", audio_features, self.config.audio_feature_dim)
             audio_mask = _check_mask("audio_features_mask", audio_features_mask, audio_features)
+            audio_features = audio_features.to(self.audio_encoder.projection.weight.dtype)
 
         visual_mask = None
         if pixel_values_videos is not None:
@@ -608,8 +623,9 @@ class VavlModel(VavlPreTrainedModel):
         elif visual_features is not None:
             _check_features("visual_features", visual_features, self.config.visual_feature_dim)
             visual_mask = _check_mask("visual_features_mask", visual_features_mask, visual_features)
+            visual_features = visual_features.to(self.visual_encoder.projection.weight.dtype)
         if visual_features is not None and self.config.normalize_visual_features:
-            visual_features = (visual_features - self.visual_features_mean) / (self.visual_features_std + 1e-6)
+            visual_features = self._normalize_visual_features(visual_features)
             if visual_mask is not None:
                 # standardised padding would no longer be zero; keep it zero as the original's pad_sequence does
                 visual_features = visual_features.masked_fill(~visual_mask.unsqueeze(-1), 0.0)
