@@ -25,6 +25,7 @@ SCHEDULES = ("auto", "joint")
 # deprecated schedule names -> the name that replaces them (accepted with a FutureWarning)
 SCHEDULE_ALIASES = {"vavl": "auto"}
 OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZER_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")
 
 
 @dataclass
@@ -45,8 +46,21 @@ class TrainingArguments:
             jointly). `"joint"`: one step on the model's `loss` updating every parameter. The former name
             `"vavl"` is a deprecated alias of `"auto"` (a `FutureWarning`; it is stored as `"auto"`).
         num_train_epochs: passes over the training data.
-        per_device_train_batch_size / per_device_eval_batch_size: rows per batch on each process.
+        per_device_train_batch_size / per_device_eval_batch_size: rows per batch on each process. The default (32,
+            the recipe's) leaves a large GPU mostly idle on cached features (the per-batch cost is launches, not
+            arithmetic): raise it there (e.g. 128-512), or set `auto_find_batch_size` and start high. The learning
+            rate is the recipe's for 32 rows per update; with a larger batch, consider scaling it.
+        auto_find_batch_size: on an out-of-memory error (CUDA, XPU, MPS or CPU), start the run again from the
+            initial weights with half the batch and twice the gradient accumulation (rows per update kept), as
+            often as needed (`accelerate.utils.find_executable_batch_size`). Not with `resume_from_checkpoint`.
         optimizer: `"adam"` (coupled L2 weight decay, as the original), `"adamw"` or `"sgd"`.
+        optimizer_implementation: `"auto"` (fused Adam/AdamW where this torch has the kernels: CUDA, CPU, ...; else
+            foreach), `"fused"` (Adam/AdamW), `"foreach"` or `"for_loop"` (PyTorch's per-parameter reference, used
+            before this option existed). Foreach results are bitwise the for-loop's; fused ones differ by float
+            rounding (training losses within 1e-6 on small models; a parameter whose gradient is zero up to rounding,
+            such as an attention key bias, can move differently by up to the learning rate, since Adam normalises
+            its gradient). Fused is one kernel per update instead of about ten per parameter, and lets a non-finite
+            loss skip its update on the device (one host read per batch, not per step). Not fused with sgd.
         learning_rate: learning rate of every parameter not matched by `parameter_group_lr`.
         parameter_group_lr: parameter-name prefix -> learning rate, e.g. `{"vavl.audio_backbone": 1e-5}`; the longest
             matching prefix wins.
@@ -55,7 +69,20 @@ class TrainingArguments:
         warmup_steps / warmup_ratio: warm-up length in optimiser updates (steps win over the ratio).
         gradient_accumulation_steps: batches whose gradients are summed before each update (per VAVL sub-step).
         max_grad_norm: clip the gradient norm of each update (None: no clipping).
-        mixed_precision: `"no"`, `"fp16"` (loss-scaled) or `"bf16"`.
+        mixed_precision: `"no"`, `"fp16"` (loss-scaled) or `"bf16"`. Weights, gradients and optimizer state stay
+            float32; the forward runs under autocast (accelerate's), the losses are float32. bf16 pays on a GPU once
+            a batch is large enough for arithmetic to dominate: autocast adds a cast per weight and forward, which at
+            small batches (launch-bound) costs more than it saves.
+        tf32: let float32 matrix products and convolutions on CUDA use TF32 (True), forbid it (False), or leave
+            PyTorch's setting (None). TF32 changes results at about 1e-3 relative.
+        torch_compile / torch_compile_mode: `torch.compile` the model's forward (in place: it keeps its class and
+            `save_pretrained`); the mode (`"default"`, `"reduce-overhead"`, `"max-autotune"`) or None. Compiling
+            takes a while on the first batches and again for each new input shape: pad to a few lengths with
+            `pad_to_multiple_of`.
+        pad_to_multiple_of: round each batch's padded time length (frames, samples, tokens) up to a multiple of
+            this (default collator), so that shapes repeat (CUDA graphs, `torch.compile`, cuDNN/oneDNN plan caches).
+            The masks make the padding invisible: outputs and losses equal the unpadded ones to float rounding
+            (tested on cached features, waveforms and token ids).
         seed: seeds parameters' initialisation (CLI), dropout and the shuffling order.
         shuffle: shuffle the training data each epoch (the original did not).
         freeze_backbones: True/False overrides the model config's backbone freeze flags; None keeps them.
@@ -81,6 +108,7 @@ class TrainingArguments:
         logging_steps: log the running loss every N updates (0: only per epoch).
         disable_tqdm: no progress bars.
         dataloader_num_workers: worker processes per data loader.
+        dataloader_pin_memory: page-locked training batches on CUDA, copied to the GPU asynchronously.
     """
 
     output_dir: str = "avemotion-output"
@@ -89,7 +117,9 @@ class TrainingArguments:
     num_train_epochs: int = 20
     per_device_train_batch_size: int = 32
     per_device_eval_batch_size: int | None = None
+    auto_find_batch_size: bool = False
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    optimizer_implementation: Literal["auto", "fused", "foreach", "for_loop"] = "auto"
     learning_rate: float = 5e-5
     parameter_group_lr: dict[str, float] = field(default_factory=dict)
     weight_decay: float = 5e-7
@@ -103,6 +133,10 @@ class TrainingArguments:
     gradient_accumulation_steps: int = 1
     max_grad_norm: float | None = None
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    tf32: bool | None = None
+    torch_compile: bool = False
+    torch_compile_mode: str | None = None
+    pad_to_multiple_of: int | None = None
     seed: int = 42
     shuffle: bool = True
     freeze_backbones: bool | None = None
@@ -119,6 +153,7 @@ class TrainingArguments:
     logging_steps: int = 0
     disable_tqdm: bool = False
     dataloader_num_workers: int = 0
+    dataloader_pin_memory: bool = True
 
     def __post_init__(self):
         if self.schedule in SCHEDULE_ALIASES:
@@ -133,6 +168,14 @@ class TrainingArguments:
         checks = {
             "schedule": (self.schedule in SCHEDULES, f"one of {SCHEDULES}"),
             "optimizer": (self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}"),
+            "optimizer_implementation": (
+                self.optimizer_implementation in OPTIMIZER_IMPLEMENTATIONS,
+                f"one of {OPTIMIZER_IMPLEMENTATIONS}",
+            ),
+            "pad_to_multiple_of": (
+                self.pad_to_multiple_of is None or self.pad_to_multiple_of >= 1,
+                "an integer >= 1 or None",
+            ),  # fmt: skip
             "mixed_precision": (self.mixed_precision in ("no", "fp16", "bf16"), "'no', 'fp16' or 'bf16'"),
             "save_strategy": (self.save_strategy in ("epoch", "steps", "no"), "'epoch', 'steps' or 'no'"),
             "num_train_epochs": (self.num_train_epochs >= 1, "an integer >= 1"),
@@ -146,6 +189,9 @@ class TrainingArguments:
         for name, (ok, expected) in checks.items():
             if not ok:
                 raise ValueError(f"TrainingArguments.{name} must be {expected}, got {getattr(self, name)!r}")
+        if self.optimizer == "sgd" and self.optimizer_implementation == "fused":
+            raise ValueError("TrainingArguments.optimizer_implementation='fused' is for adam/adamw; use 'foreach' "
+                             "with optimizer='sgd'")  # fmt: skip
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ValueError(f"TrainingArguments.max_grad_norm must be positive or None, got {self.max_grad_norm}")
         for prefix, lr in self.parameter_group_lr.items():
@@ -197,6 +243,7 @@ CUSTOM_TYPES: dict[str, tuple[Callable[[str], Any], str]] = {
     "parameter_group_lr": (parse_parameter_groups, "PREFIX=LR[,PREFIX=LR...]"),
     "label_column": (parse_label_column, "COLUMN[,COLUMN...]"),
     "freeze_backbones": (parse_optional_bool, "{true,false,none}"),
+    "tf32": (parse_optional_bool, "{true,false,none}"),
 }
 
 
@@ -213,9 +260,9 @@ def dataclass_argument_parser(*dataclass_types: type):
                 continue
             convert, metavar = CUSTOM_TYPES[item.name]
             default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
+            names = dict.fromkeys((f"--{item.name}", f"--{item.name.replace('_', '-')}"))  # one for `tf32`
             parser.add_argument(
-                f"--{item.name}", f"--{item.name.replace('_', '-')}", dest=item.name, type=convert, default=default,
-                metavar=metavar, help=item.metadata.get("help"),
+                *names, dest=item.name, type=convert, default=default, metavar=metavar, help=item.metadata.get("help"),
             )  # fmt: skip
     return parser
 

@@ -63,16 +63,32 @@ class CheckpointingMixin:
                 "(resume_from_checkpoint='last') to continue it, or another --output_dir"
             )
         if acc.is_main_process:
-            for name in found:
-                path = self.output_dir / name
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-            for pattern in WEIGHT_PATTERNS:
-                for path in self.output_dir.glob(pattern):
-                    path.unlink()
+            self._delete_run_files(found)
             logger.warning(
                 "overwrite_output_dir: deleted the previous run's %s in %s", ", ".join(found), self.output_dir
             )
         acc.wait_for_everyone()
+
+    def _delete_run_files(self, found: list[str]) -> None:
+        for name in found:
+            path = self.output_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        for pattern in WEIGHT_PATTERNS:
+            for path in self.output_dir.glob(pattern):
+                path.unlink()
+
+    def _clear_run_files(self) -> None:
+        """Delete what an attempt of this run wrote in output_dir (`auto_find_batch_size` starts again); refused
+        when resuming, where those files are the resumed run's."""
+        if self.args.resume_from_checkpoint:
+            raise ValueError(
+                "auto_find_batch_size: out of memory while resuming from a checkpoint; resume with the batch size "
+                "and gradient_accumulation_steps that fit (the checkpoint's run is kept as it is)"
+            )
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            self._delete_run_files(self._previous_run())
+        self.accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------------------------------ saving
 

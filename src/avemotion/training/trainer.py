@@ -39,10 +39,11 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
-from accelerate.utils import set_seed
+from accelerate.utils import find_executable_batch_size, set_seed
 from torch.utils.data import DataLoader
 
 from avemotion.metrics import branch_metrics
+from avemotion.utils.inference import compile_model, set_tf32
 
 from .arguments import TrainingArguments
 from .batches import RowIndexedCollator, RowIndexedDataset, check_labels, default_collator
@@ -55,7 +56,6 @@ from .schedules import (
     placeholder_batch,
     resolve_schedule,
     rows_with,
-    select_rows,
     step_keys,
 )
 
@@ -114,6 +114,40 @@ def branch_tensors(outputs: Any, branches: list[str], batch_size: int, num_label
     return result
 
 
+def optimizer_implementation(name: str, device: torch.device, optimizer: str = "adam") -> dict[str, bool]:
+    """The `torch.optim` keyword arguments of `TrainingArguments.optimizer_implementation` for `optimizer` on
+    `device`: `"fused"` (Adam/AdamW: one kernel per update over all its parameters), `"foreach"` (a few batched
+    kernels per update), `"for_loop"` (a few kernels per parameter: PyTorch's reference). `"auto"`: fused Adam/AdamW
+    where this torch has the kernels for the device (CUDA, CPU, XPU, MPS, ...), else foreach. Foreach results are
+    bitwise the for-loop's; fused ones differ by float rounding (losses within 1e-6 on the tests' models)."""
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    if name == "fused" and optimizer == "sgd":
+        # torch's fused SGD takes momentum buffers all at once: a step over parameters some of which have one (the
+        # shared encoder, updated by an earlier step) and some not fails
+        raise ValueError("optimizer_implementation='fused' is for adam/adamw; use 'foreach' with sgd")
+    if name == "auto":
+        supported = device.type in _get_fused_kernels_supported_devices()
+        name = "fused" if supported and optimizer in ("adam", "adamw") else "foreach"
+    if name == "fused":
+        return {"fused": True}
+    return {"foreach": name == "foreach"}
+
+
+class _SchedulerSlot:
+    """The learning-rate scheduler as accelerate checkpoints it (registered once; `auto_find_batch_size` builds a
+    new scheduler per attempt): its state dict is the current scheduler's, so checkpoints are unchanged."""
+
+    def __init__(self, trainer: EmotionTrainer):
+        self.trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.trainer.lr_scheduler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.trainer.lr_scheduler.load_state_dict(state)
+
+
 class EmotionTrainer(CheckpointingMixin):
     """Train and evaluate an avemotion task model with `accelerate`.
 
@@ -146,7 +180,9 @@ class EmotionTrainer(CheckpointingMixin):
         self.args = args
         self.processor = processor
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
-        self.data_collator = data_collator or default_collator(args.label_column, audio_sampling_rate(model))
+        self.data_collator = data_collator or default_collator(
+            args.label_column, audio_sampling_rate(model), args.pad_to_multiple_of
+        )
         self.accelerator = Accelerator(
             mixed_precision=args.mixed_precision,
             log_with=None if args.report_to == "none" else args.report_to,
@@ -155,6 +191,7 @@ class EmotionTrainer(CheckpointingMixin):
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
         )
+        set_tf32(args.tf32)
         set_seed(args.seed)
         set_backbones_trainable(model, args.freeze_backbones)
         self.steps: tuple[TrainingStep, ...] = resolve_schedule(args.schedule, model)
@@ -170,6 +207,7 @@ class EmotionTrainer(CheckpointingMixin):
         )
         self.output_dir = Path(args.output_dir)
         self.model = model
+        self._config = model.config
         self.state: dict[str, Any] = {
             "epoch": 0,
             "step_in_epoch": 0,
@@ -187,6 +225,7 @@ class EmotionTrainer(CheckpointingMixin):
         self.accelerator.register_load_state_pre_hook(self._load_model_hook)
         self._nonfinite_steps: list[tuple[str, torch.Tensor | None]] = []
         self._batch_rows: torch.Tensor | None = None
+        self._scheduler_slot: _SchedulerSlot | None = None
 
     # ------------------------------------------------------------------------------------------ setup
 
@@ -210,17 +249,17 @@ class EmotionTrainer(CheckpointingMixin):
         if not groups:
             raise ValueError("The model has no trainable parameter (everything frozen?)")
         param_groups = [{"params": params, "lr": lr} for lr, params in groups.items()]
-        if args.optimizer == "adam":
-            return torch.optim.Adam(
+        implementation = optimizer_implementation(args.optimizer_implementation, self.accelerator.device,
+                                                  args.optimizer)  # fmt: skip
+        if args.optimizer in ("adam", "adamw"):
+            optimizer_class = torch.optim.Adam if args.optimizer == "adam" else torch.optim.AdamW
+            return optimizer_class(
                 param_groups, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
-                weight_decay=args.weight_decay,
+                weight_decay=args.weight_decay, **implementation,
             )  # fmt: skip
-        if args.optimizer == "adamw":
-            return torch.optim.AdamW(
-                param_groups, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
-                weight_decay=args.weight_decay,
-            )  # fmt: skip
-        return torch.optim.SGD(param_groups, momentum=args.sgd_momentum, weight_decay=args.weight_decay)
+        return torch.optim.SGD(
+            param_groups, momentum=args.sgd_momentum, weight_decay=args.weight_decay, **implementation
+        )
 
     def _dataloader(self, dataset, train: bool) -> DataLoader:
         batch_size = self.args.per_device_train_batch_size if train else self.args.per_device_eval_batch_size
@@ -230,6 +269,8 @@ class EmotionTrainer(CheckpointingMixin):
             shuffle=train and self.args.shuffle,
             collate_fn=RowIndexedCollator(self.data_collator, self.num_labels, self.is_regression),
             num_workers=self.args.dataloader_num_workers,
+            # page-locked batches: the trainer's host-to-device copies are asynchronous (non_blocking)
+            pin_memory=self.args.dataloader_pin_memory and self.accelerator.device.type == "cuda",
             # own generator: torch draws each iterator's base seed from it, not from the global RNG, whose state a
             # checkpoint restores (a resumed run creates its iterator after restoring, the original one before)
             generator=torch.Generator().manual_seed(self.args.seed),
@@ -249,36 +290,139 @@ class EmotionTrainer(CheckpointingMixin):
                 "eval_dataset is empty (0 rows): give rows to evaluate on, or none (eval_dataset=None, "
                 "--eval_split none) to train without evaluation (the last epoch's model is kept)"
             )
-        acc = self.accelerator
+        acc, args = self.accelerator, self.args
+        if args.torch_compile:  # in place: the model keeps its class, config and save_pretrained
+            compile_model(self.model, args.torch_compile_mode or True)
         self.optimizer = self._create_optimizer(self.model)
-        train_loader = self._dataloader(self.train_dataset, train=True)
-        self.model, self.optimizer, self.train_loader = acc.prepare(self.model, self.optimizer, train_loader)
+        self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        # the trainer places the training batches itself: each step's rows are chosen on the host copy (no device
+        # sync), then the batch is copied asynchronously (non_blocking, from pinned memory on CUDA)
+        loader = self._dataloader(self.train_dataset, train=True)
+        self.train_loader = acc.prepare_data_loader(loader, device_placement=False)
         self.eval_loader = None
         if self.eval_dataset is not None:
             self.eval_loader = acc.prepare(self._dataloader(self.eval_dataset, train=False))
-        self.updates_per_epoch = math.ceil(len(self.train_loader) / self.args.gradient_accumulation_steps)
-        total = self.updates_per_epoch * self.args.num_train_epochs
-        warmup = self.args.warmup_steps or math.ceil(self.args.warmup_ratio * total)
-        # stepped by the trainer once per update (not through accelerate, which would step it once per process)
+        self.updates_per_epoch = math.ceil(len(self.train_loader) / args.gradient_accumulation_steps)
+        total = self.updates_per_epoch * args.num_train_epochs
+        warmup = args.warmup_steps or math.ceil(args.warmup_ratio * total)
+        # stepped by the trainer once per update (not through accelerate, which would step it once per process);
+        # on the torch optimizer, whose step the trainer calls (see _prepare_step_tables)
         self.lr_scheduler = get_scheduler(
-            self.args.lr_scheduler_type, self.optimizer, num_warmup_steps=warmup, num_training_steps=total
-        )
-        acc.register_for_checkpointing(self.lr_scheduler)
+            args.lr_scheduler_type, getattr(self.optimizer, "optimizer", self.optimizer), num_warmup_steps=warmup,
+            num_training_steps=total,
+        )  # fmt: skip
+        if self._scheduler_slot is None:
+            self._scheduler_slot = _SchedulerSlot(self)
+            acc.register_for_checkpointing(self._scheduler_slot)
+        self._prepare_step_tables()
+        if acc.trackers == [] and args.report_to != "none":
+            acc.init_trackers("avemotion", config={k: str(v) for k, v in args.to_dict().items()})
+        self._prepared = True
+
+    def _prepare_step_tables(self) -> None:
+        """What each step touches, computed once (not per step): its parameters and the others (whose gradients an
+        update drops), its batch keys; the running buffers and their saved copies; the per-step loss sums."""
         self._named = [(self._parameter_names[id(p)], p) for g in self.optimizer.param_groups for p in g["params"]]
+        self._parameters = [p for _, p in self._named]
+        self._owned = {step.name: [p for n, p in self._named if step.owns(n)] for step in self.steps}
+        self._others = {step.name: [p for n, p in self._named if not step.owns(n)] for step in self.steps}
+        owned_ids = {name: {id(p) for p in params} for name, params in self._owned.items()}
+        self._group_params = {
+            name: [[p for p in group["params"] if id(p) in ids] for group in self.optimizer.param_groups]
+            for name, ids in owned_ids.items()
+        }
+        self._keys = {step.name: step_keys(step, self.modalities) | {"labels"} for step in self.steps}
         # running statistics (BatchNorm) that a forward updates: restored when a step's loss is not finite
         self._running_buffers = [
             b for m in self.model.modules() if getattr(m, "track_running_stats", False) for b in m.buffers(False)
         ]
+        self._running_saved = [b.clone() for b in self._running_buffers]
         self._stash: dict[str, list[torch.Tensor | None]] = {}
-        if acc.trackers == [] and self.args.report_to != "none":
-            acc.init_trackers("avemotion", config={k: str(v) for k, v in self.args.to_dict().items()})
-        self._prepared = True
+        # (steps, 2) float64 on the device: per step, the sum of its finite losses and their count since the last
+        # read (`_read_loss_sums`), so that a step's loss is not read on the host
+        self._step_index = {step.name: index for index, step in enumerate(self.steps)}
+        self._loss_totals = torch.zeros(len(self.steps), 2, dtype=torch.float64, device=self.accelerator.device)
+        # accelerate's optimizer wrapper adds loss scaling (fp16) and XLA's gradient all-reduce; without them its
+        # step is the torch optimizer's, plus a package look-up per call: step the torch optimizer directly then
+        self._plain_optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
+        plain = getattr(self.accelerator, "scaler", None) is None and self.accelerator.distributed_type != "XLA"
+        self._step_optimizer = self._plain_optimizer if plain else self.optimizer
+        self._device_checks = self._use_device_checks()
+        for parameter in self._parameters:  # later, every update or skip leaves them None (see _restore_gradients)
+            parameter.grad = None
+
+    def _step_groups(self, step: TrainingStep) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups restricted to the step's parameters (current learning rates): its
+        update visits these only, not every parameter of the model. Its state (keyed by parameter) and its
+        checkpoints stay those of the whole optimizer."""
+        groups = self._plain_optimizer.param_groups
+        return [{**group, "params": params} for group, params in zip(groups, self._group_params[step.name]) if params]
+
+    def _use_device_checks(self) -> bool:
+        """Whether a non-finite loss is handled on the device (read once per batch), not read after each step: with
+        one process, no fp16 loss scaling, no gradient accumulation and a fused optimizer, whose step skips the
+        update when given `found_inf` (as GradScaler does), which is what the host check would decide."""
+        optimizer = self._plain_optimizer
+        return (
+            self.accelerator.num_processes == 1
+            and getattr(self.accelerator, "scaler", None) is None
+            and self.args.gradient_accumulation_steps == 1
+            and bool(optimizer.defaults.get("fused"))
+            and getattr(optimizer, "_step_supports_amp_scaling", False)
+        )
 
     # ------------------------------------------------------------------------------------------ training
 
     def train(self) -> dict[str, Any]:
         """Train; returns the evaluation report of the selected (best) model, or of the last epoch without an
-        eval set. The selected model is saved to `output_dir` (with the processor, if any)."""
+        eval set. The selected model is saved to `output_dir` (with the processor, if any).
+
+        With `args.auto_find_batch_size`, a run that runs out of memory starts again from the initial weights with
+        half the batch and twice the gradient accumulation (same rows per update), until it fits."""
+        if not self.args.auto_find_batch_size:
+            return self._train_run()
+        args = self.args
+        start, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
+        model = self.accelerator.unwrap_model(self.model)
+        initial = {key: value.detach().to("cpu", copy=True) for key, value in model.state_dict().items()}
+
+        def attempt(batch_size: int) -> dict[str, Any]:
+            if batch_size != args.per_device_train_batch_size:
+                accumulation_now = accumulation * max(1, round(start / batch_size))
+                logger.warning("out of memory at per_device_train_batch_size=%d: retrying with %d and "
+                               "gradient_accumulation_steps=%d", args.per_device_train_batch_size, batch_size,
+                               accumulation_now)  # fmt: skip
+                self._reset_for_retry(initial, batch_size, accumulation_now)
+            return self._train_run()
+
+        current = start
+
+        def halve() -> int:  # (accelerate's default takes 10 % off; halving keeps the rows per update exact)
+            nonlocal current
+            current //= 2
+            return current
+
+        return find_executable_batch_size(attempt, starting_batch_size=start, reduce_batch_size_fn=halve)()
+
+    def _reset_for_retry(self, initial: dict[str, torch.Tensor], batch_size: int, accumulation: int) -> None:
+        """Back to the state before `train()` after an out-of-memory error: initial weights, no optimizer or loaders
+        (built again for `batch_size`), a fresh trainer state; the failed attempt's files in output_dir deleted."""
+        acc = self.accelerator
+        model = acc.unwrap_model(self.model)
+        for name in ("optimizer", "lr_scheduler", "train_loader", "eval_loader"):
+            setattr(self, name, None)
+        acc.free_memory()
+        model.load_state_dict(initial)
+        self.model, self._prepared, self._model_prepared = model, False, False
+        self.args.per_device_train_batch_size, self.args.gradient_accumulation_steps = batch_size, accumulation
+        self.state.update(epoch=0, step_in_epoch=0, global_step=0, best_metric=None, best_epoch=None,
+                          evaluations_without_improvement=0, nonfinite_skipped_batches=0,
+                          consecutive_nonfinite_batches=0, log_history=[])  # fmt: skip
+        self.state.pop("best_report", None)
+        self._clear_run_files()
+        set_seed(self.args.seed)
+
+    def _train_run(self) -> dict[str, Any]:
         acc, args = self.accelerator, self.args
         self._prepare()
         self._claim_output_dir()
@@ -344,7 +488,7 @@ class EmotionTrainer(CheckpointingMixin):
         if not skip:
             self.state["loss_sums"] = {step.name: [0.0, 0] for step in self.steps}
             self.state["epoch_nonfinite_skipped_batches"] = 0
-        sums = self.state["loss_sums"]
+        self._loss_totals.zero_()
         self.model.train()
         for index, batch in enumerate(loader, start=skip):
             self._batch_rows = batch.pop("row_indices", None)
@@ -353,105 +497,183 @@ class EmotionTrainer(CheckpointingMixin):
             self._nonfinite_steps = []
             losses = self._training_batch(batch, boundary)
             self._count_nonfinite(epoch, index, num_batches)
-            for name, value in losses.items():
-                sums[name][0] += value
-                sums[name][1] += 1
             self.state["step_in_epoch"] = index + 1
             progress.update(1)
-            progress.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
             if boundary:
                 self.lr_scheduler.step()
                 self.state["global_step"] += 1
                 step = self.state["global_step"]
-                if args.logging_steps and step % args.logging_steps == 0:
-                    acc.log({f"train/{k}_loss": v for k, v in losses.items()}, step=step)
+                if args.logging_steps and step % args.logging_steps == 0:  # the losses are read here only
+                    values = {k: float(v) for k, v in losses.items()}
+                    acc.log({f"train/{k}_loss": v for k, v in values.items()}, step=step)
+                    progress.set_postfix({k: f"{v:.3f}" for k, v in values.items()}, refresh=False)
                 if args.save_strategy == "steps" and step % args.save_steps == 0 and index + 1 < num_batches:
+                    self._read_loss_sums()
                     self._save_checkpoint()
         progress.close()
+        self._read_loss_sums()
+        sums = self.state["loss_sums"]
         # mean over the batches each step ran on, averaged over processes
         totals = torch.tensor([sums[k] for k in sums], dtype=torch.float64, device=acc.device)
         totals = acc.reduce(totals, reduction="sum")
         return {k: float(totals[i, 0] / totals[i, 1]) for i, k in enumerate(sums) if totals[i, 1] > 0}
 
+    def _read_loss_sums(self) -> None:
+        """Move the device's per-step loss sums into `state["loss_sums"]` (one host read; before a checkpoint is
+        written and at the end of the epoch)."""
+        sums = self.state["loss_sums"]
+        for step, (total, count) in zip(self.steps, self._loss_totals.tolist()):
+            sums[step.name][0] += total
+            sums[step.name][1] += int(count)
+        self._loss_totals.zero_()
+
     def _prepare_labels(self, batch: dict) -> dict:
         """Regression targets on the model's output scale: `(y - min) / (max - min)` when `label_scale` is set."""
-        scale = getattr(self.accelerator.unwrap_model(self.model).config, "label_scale", None)
+        scale = getattr(self._config, "label_scale", None)
         if self.is_regression and scale is not None:
             low, high = scale
             batch["labels"] = (batch["labels"].float() - low) / (high - low)
         return batch
 
-    def _step_active(self, batch: dict, step: TrainingStep) -> tuple[bool, torch.Tensor | None]:
-        """Whether `step` runs on this batch (on any process: all processes must run it together), and the rows."""
-        rows = rows_with(batch, step, self.modalities)
-        local = True if rows is None else bool(rows.any())
-        if self.accelerator.num_processes > 1:
-            flag = torch.tensor([float(local)], device=self.accelerator.device)
-            return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0), rows
-        return local, rows
+    def _plan_steps(self, batch: dict) -> list[tuple[TrainingStep, torch.Tensor | None, torch.Tensor | None, bool]]:
+        """The steps that run on `batch` (on any process: all processes must run a step together), each with its
+        rows (B,) bool (None: every row), their indices (None: every row of the batch has the step's modalities)
+        and whether this process has any. Computed on the host copy of the batch: no device sync."""
+        host = batch
+        if batch["labels"].device.type != "cpu":  # a batch given on the device: its labels and masks copied back
+            host = dict(batch)
+            for key in ("labels", *(k for m in self.modalities.values() for k in m.mask_keys)):
+                if isinstance(host.get(key), torch.Tensor):
+                    host[key] = host[key].cpu()
+        plan = []
+        for step in self.steps:
+            rows = rows_with(host, step, self.modalities)
+            if rows is None:
+                plan.append((step, None, None, True))
+                continue
+            present = rows.nonzero().flatten()
+            every = present.numel() == rows.numel()
+            plan.append((step, rows, None if every else present, present.numel() > 0))
+        if self.accelerator.num_processes > 1:  # one all-reduce for every step of the batch
+            flags = torch.tensor([float(has) for *_, has in plan], device=self.accelerator.device)
+            active = (self.accelerator.reduce(flags, reduction="sum") > 0).tolist()
+            return [entry for entry, on in zip(plan, active) if on]
+        return [entry for entry in plan if entry[3]]
 
-    def _training_batch(self, batch: dict, boundary: bool) -> dict[str, float]:
+    def _to_device(self, batch: dict) -> dict:
+        device = self.accelerator.device
+        return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    def _training_batch(self, batch: dict, boundary: bool) -> dict[str, torch.Tensor]:
         """Run every step of the schedule on `batch` (each on its rows); apply the updates at an accumulation
-        `boundary`, else stash each step's gradients. Returns the finite loss of each step that had rows here."""
-        acc = self.accelerator
+        `boundary`, else stash each step's gradients. Returns the finite loss (a 0-d device tensor) of each step that
+        had rows here; `_loss_totals` gets them too."""
         if "row_indices" in batch:  # a batch of `_dataloader` given directly (not through `_train_epoch`)
             self._batch_rows = batch.pop("row_indices")
-        losses = {}
-        for step in self.steps:
-            active, rows = self._step_active(batch, step)
-            if not active:
-                continue
+        plan = self._plan_steps(batch)
+        batch = self._to_device(batch)
+        losses, checks = {}, []
+        for step, rows, index, has_rows in plan:
             self._restore_gradients(step)
-            running = [b.clone() for b in self._running_buffers]
-            loss, has_rows = self._step_backward(batch, step, rows, boundary)
-            # the one host sync of a step (the loss value); every process runs the backward even on a non-finite
-            # loss, so that DDP's gradient all-reduce stays in step; the gradients are then dropped
-            value = float(loss.detach()) if has_rows else 0.0
-            finite = math.isfinite(value)
-            if finite and has_rows:
-                losses[step.name] = value
-            if step.outside_ddp and boundary and acc.num_processes > 1:
-                self._all_reduce_step_gradients(step)
-            if acc.num_processes > 1:  # skip on every process when any had a non-finite loss
-                flag = torch.tensor([float(not finite)], device=acc.device)
-                finite = bool(acc.reduce(flag, reduction="sum").item() == 0)
-            if not finite:
-                self._skip_step(step, rows, running)
+            if self._running_buffers:
+                torch._foreach_copy_(self._running_saved, self._running_buffers)
+            loss, has_rows = self._step_backward(batch, step, index, has_rows, boundary)
+            loss = loss.detach()
+            finite = torch.isfinite(loss) if has_rows else None
+            if has_rows:
+                self._add_loss(step, loss, finite)
+            if self._device_checks:  # the update is skipped on the device; read once at the end of the batch
+                self._device_step_end(step, finite, boundary)
+                if has_rows:
+                    checks.append((step, rows, finite, loss))
                 continue
-            if boundary:
-                self._apply_update(step)
-            else:
-                self._stash[step.name] = [p.grad for _, p in self._named]
+            # the host check (one read per step): every process runs the backward even on a non-finite loss, so
+            # that DDP's gradient all-reduce stays in step; the gradients are then dropped
+            ok = bool(finite) if has_rows else True
+            if ok and has_rows:
+                losses[step.name] = loss
+            self._host_step_end(step, rows, ok, boundary)
+        for step, _, _, loss in self._read_checks(checks):
+            losses[step.name] = loss
         return losses
 
+    def _add_loss(self, step: TrainingStep, loss: torch.Tensor, finite: torch.Tensor) -> None:
+        """Add a finite loss to the step's device sum and count (a non-finite one adds nothing)."""
+        value = torch.stack([torch.where(finite, loss.double(), 0.0), finite.double()])
+        self._loss_totals[self._step_index[step.name]].add_(value)
+
+    def _host_step_end(self, step: TrainingStep, rows: torch.Tensor | None, finite: bool, boundary: bool) -> None:
+        """After the backward, with the loss's finiteness read on the host: skip, update or stash."""
+        acc = self.accelerator
+        if step.outside_ddp and boundary and acc.num_processes > 1:
+            self._all_reduce_step_gradients(step)
+        if acc.num_processes > 1:  # skip on every process when any had a non-finite loss
+            flag = torch.tensor([float(not finite)], device=acc.device)
+            finite = bool(acc.reduce(flag, reduction="sum").item() == 0)
+        if not finite:
+            self._skip_step(step, rows)
+        elif boundary:
+            self._apply_update(step)
+        else:
+            self._stash[step.name] = [p.grad for p in self._parameters]
+
+    def _device_step_end(self, step: TrainingStep, finite: torch.Tensor | None, boundary: bool) -> None:
+        """After the backward, without reading the loss: the fused optimizer skips the update when `found_inf` is
+        set (parameters and its state untouched, as for GradScaler), and the running buffers the forward changed
+        are restored on the device. `boundary` is always true here (no gradient accumulation)."""
+        found_inf = None if finite is None else (~finite).float()
+        if found_inf is not None and self._running_buffers:
+            for buffer, saved in zip(self._running_buffers, self._running_saved):
+                buffer.copy_(torch.where(finite, buffer, saved))
+        self._apply_update(step, found_inf)
+
+    def _read_checks(self, checks: list) -> list:
+        """The one host read of a batch on the device path: which steps had a finite loss; the others are recorded
+        for `_count_nonfinite` (their updates were already skipped)."""
+        if not checks:
+            return []
+        flags = torch.stack([finite for _, _, finite, _ in checks]).tolist()
+        for (step, rows, _, _), ok in zip(checks, flags):
+            if not ok:
+                self._nonfinite_steps.append((step.name, rows))
+        return [check for check, ok in zip(checks, flags) if ok]
+
+    def _sub_batch(self, batch: dict, step: TrainingStep, index: torch.Tensor | None) -> dict:
+        """The step's keys and labels of its rows (`index`: their positions, None: every row)."""
+        keys = self._keys[step.name]
+        if index is None:
+            return {k: v for k, v in batch.items() if k in keys and isinstance(v, torch.Tensor)}
+        index = index.to(self.accelerator.device, non_blocking=True)
+        return {k: v.index_select(0, index) for k, v in batch.items() if k in keys and isinstance(v, torch.Tensor)}
+
     def _step_backward(
-        self, batch: dict, step: TrainingStep, rows: torch.Tensor | None, boundary: bool
+        self, batch: dict, step: TrainingStep, index: torch.Tensor | None, has_rows: bool, boundary: bool
     ) -> tuple[torch.Tensor, bool]:
-        """Forward and backward of `step` on its rows of `batch`, or on a zero-weighted placeholder row when this
-        process has none (every process must join the step's all-reduces). Returns the loss and whether it had rows."""
+        """Forward and backward of `step` on its rows of `batch` (`index`, see `_plan_steps`), or on a zero-weighted
+        placeholder row when this process has none (every process must join the step's all-reduces). Returns the
+        loss and whether it had rows."""
         acc, model = self.accelerator, self.model
         scale = 1.0 / self.args.gradient_accumulation_steps
-        has_rows = rows is None or bool(rows.any())
         if step.outside_ddp:
-            loss = self._outside_ddp_loss(batch, step, rows, has_rows)
-            self._backward_outside_ddp(loss * scale, step)
+            loss = self._outside_ddp_loss(batch, step, index, has_rows)
+            self._backward_outside_ddp(loss if scale == 1.0 else loss * scale, step)
             return loss, has_rows
         with contextlib.nullcontext() if boundary else acc.no_sync(model):
             if has_rows:
-                sub = batch if rows is None else select_rows(batch, rows, step_keys(step, self.modalities))
+                sub = batch if not step.rows else self._sub_batch(batch, step, index)
                 loss = model(**sub)[step.loss]
             else:
                 loss = model(**placeholder_batch(batch, step, self.modalities))[step.loss] * 0.0
-            acc.backward(loss * scale)
+            acc.backward(loss if scale == 1.0 else loss * scale)
         return loss, has_rows
 
-    def _skip_step(self, step: TrainingStep, rows: torch.Tensor | None, running: list[torch.Tensor]) -> None:
+    def _skip_step(self, step: TrainingStep, rows: torch.Tensor | None) -> None:
         """A non-finite loss: drop the step's gradients accumulated so far (later batches of an accumulation window
         still add theirs; the schedule advances) and restore the running statistics its forward changed;
         `_count_nonfinite` counts the batch and stops when it keeps happening."""
-        for _, parameter in self._named:
+        for parameter in self._parameters:
             parameter.grad = None
-        for buffer, saved in zip(self._running_buffers, running):
+        for buffer, saved in zip(self._running_buffers, self._running_saved):
             buffer.copy_(saved)
         self._nonfinite_steps.append((step.name, rows))
 
@@ -492,7 +714,7 @@ class EmotionTrainer(CheckpointingMixin):
         return text
 
     def _outside_ddp_loss(
-        self, batch: dict, step: TrainingStep, rows: torch.Tensor | None, has_rows: bool
+        self, batch: dict, step: TrainingStep, index: torch.Tensor | None, has_rows: bool
     ) -> torch.Tensor:
         """The loss of a step declared as a callable of the unwrapped model (e.g. VAVL's fusion step: the fusion head
         on detached representations of encoders run in eval mode), called on the step's rows as
@@ -500,8 +722,8 @@ class EmotionTrainer(CheckpointingMixin):
         step a gradient."""
         if not has_rows:
             zero = torch.zeros((), device=self.accelerator.device)
-            return sum((p.sum() for name, p in self._named if step.owns(name)), zero) * 0.0
-        sub = batch if rows is None else select_rows(batch, rows, step_keys(step, self.modalities))
+            return sum((p.sum() for p in self._owned[step.name]), zero) * 0.0
+        sub = batch if not step.rows else self._sub_batch(batch, step, index)
         with self.accelerator.autocast():
             return step.loss(**sub)
 
@@ -512,7 +734,7 @@ class EmotionTrainer(CheckpointingMixin):
         scaler = getattr(self.accelerator, "scaler", None)
         if scaler is not None:  # fp16: scaled like accelerator.backward, unscaled by the optimizer step
             loss = scaler.scale(loss)
-        params = [p for name, p in self._named if step.owns(name)]
+        params = self._owned[step.name]
         if not params or not loss.requires_grad:  # every parameter of the step frozen (e.g. its group at lr 0)
             return
         grads = torch.autograd.grad(loss, params, allow_unused=True)
@@ -522,33 +744,43 @@ class EmotionTrainer(CheckpointingMixin):
 
     def _all_reduce_step_gradients(self, step: TrainingStep) -> None:
         """Average the gradients of a step computed outside the DDP forward (a callable loss) over processes."""
-        for name, parameter in self._named:
-            if step.owns(name):
-                if parameter.grad is None:
-                    parameter.grad = torch.zeros_like(parameter)
-                parameter.grad = self.accelerator.reduce(parameter.grad, reduction="mean")
+        for parameter in self._owned[step.name]:
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+            parameter.grad = self.accelerator.reduce(parameter.grad, reduction="mean")
 
     def _restore_gradients(self, step: TrainingStep) -> None:
         """Gradients accumulated by this step over the previous batches of the update (None after an update)."""
         stash = self._stash.pop(step.name, None)
-        for index, (_, parameter) in enumerate(self._named):
-            parameter.grad = None if stash is None else stash[index]
+        if stash is None:
+            if self._stash or self.args.gradient_accumulation_steps > 1:  # another step's stash may be on them
+                for parameter in self._parameters:
+                    parameter.grad = None
+            return  # else every gradient is None already (dropped by the last update or skip)
+        for parameter, grad in zip(self._parameters, stash):
+            parameter.grad = grad
 
-    def _apply_update(self, step: TrainingStep) -> None:
+    def _apply_update(self, step: TrainingStep, found_inf: torch.Tensor | None = None) -> None:
         """Clip and apply the gradients of the parameters this step owns; drop every other gradient (DDP may have
-        filled unused parameters' gradients with zeros, which Adam would otherwise apply)."""
-        owned = []
-        for name, parameter in self._named:
-            if step.owns(name):
-                if parameter.grad is not None:
-                    owned.append(parameter)
-            else:
-                parameter.grad = None
+        filled unused parameters' gradients with zeros, which Adam would otherwise apply). `found_inf` (0-d float,
+        fused optimizers): 1 skips the update on the device."""
+        for parameter in self._others[step.name]:
+            parameter.grad = None
+        owned = [p for p in self._owned[step.name] if p.grad is not None]
         if owned:
             if self.args.max_grad_norm is not None:
                 self.accelerator.clip_grad_norm_(owned, self.args.max_grad_norm)
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+            if found_inf is not None:
+                self._plain_optimizer.found_inf = found_inf
+            groups, self._plain_optimizer.param_groups = self._plain_optimizer.param_groups, self._step_groups(step)
+            try:
+                self._step_optimizer.step()
+            finally:
+                self._plain_optimizer.param_groups = groups
+                if found_inf is not None:
+                    del self._plain_optimizer.found_inf
+        for parameter in self._owned[step.name]:  # the others' are None already
+            parameter.grad = None
 
     # ------------------------------------------------------------------------------------------ evaluation
 
@@ -574,7 +806,8 @@ class EmotionTrainer(CheckpointingMixin):
             self._model_prepared = True
         self.model.eval()
         outputs_per_branch: dict[str, list[np.ndarray]] = {name: [] for name in self.branches}
-        references, loss_sum, loss_rows = [], 0.0, 0
+        # the loss is summed on the device, read once at the end
+        references, loss_sum, loss_rows = [], torch.zeros((), dtype=torch.float64, device=acc.device), 0
         for batch in loader:
             batch.pop("row_indices", None)
             batch = self._prepare_labels(batch)
@@ -586,10 +819,11 @@ class EmotionTrainer(CheckpointingMixin):
                 outputs_per_branch[name].append(gathered[name].cpu().numpy())
             references.append(labels.cpu().numpy())
             if outputs.get("loss") is not None:
-                loss_sum += float(outputs["loss"]) * size
+                loss_sum = loss_sum + outputs["loss"].detach().double() * size
                 loss_rows += size
         self.model.train()
-        totals = acc.reduce(torch.tensor([loss_sum, loss_rows], dtype=torch.float64, device=acc.device), "sum")
+        totals = torch.stack([loss_sum, loss_sum.new_tensor(float(loss_rows))])
+        totals = acc.reduce(totals, "sum")
         loss = float(totals[0] / totals[1]) if totals[1] > 0 else math.nan
         return {k: np.concatenate(v) for k, v in outputs_per_branch.items()}, np.concatenate(references), loss
 
