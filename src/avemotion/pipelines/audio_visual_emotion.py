@@ -10,6 +10,7 @@ paired by time (presentation timestamps), not by position. Such inputs give one 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import numbers
@@ -24,8 +25,11 @@ from typing import Any
 import av
 import numpy as np
 import torch
-from transformers.pipelines.base import ChunkPipeline
+from torch.utils.data import DataLoader, IterableDataset
+from transformers.pipelines.base import ChunkPipeline, no_collate_fn, pad_collate_fn
+from transformers.pipelines.pt_utils import PipelineIterator, PipelinePackIterator
 
+from avemotion.pipelines.workers import PreprocessPool, can_fork
 from avemotion.processing.faces import NoFaceFoundError
 from avemotion.processing.media import (
     MEDIA_SUFFIXES,
@@ -40,6 +44,7 @@ from avemotion.processing.media import (
     resample,
 )
 from avemotion.processing.segments import SEGMENT_GRANULARITIES, pad_segments
+from avemotion.utils.inference import prepare_for_inference
 
 logger = logging.getLogger(__name__)
 
@@ -413,6 +418,31 @@ def _input_file(value: Any) -> str | None:
     return None
 
 
+def _describe_input(item: Any) -> str:
+    """How errors of a worker name an input: `input #k` and its file, if any."""
+    index, value = (item.index, item.value) if isinstance(item, _Numbered) else (0, item)
+    file = _input_file(value)
+    return f"input #{index}" + (f" ({file!r})" if file is not None else "")
+
+
+class _Windows(IterableDataset):
+    """The windows of a `PreprocessPool`, as the dataset of transformers' (in-process) DataLoader."""
+
+    def __init__(self, pool: PreprocessPool):
+        self.pool = pool
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.pool)
+
+
+def _closing(results: Iterator[Any], pool: PreprocessPool) -> Iterator[Any]:
+    """The results, stopping the pool's workers when they end, fail, or are closed (or dropped) early."""
+    try:
+        yield from results
+    finally:
+        pool.close()
+
+
 class AudioVisualEmotionPipeline(ChunkPipeline):
     """Emotion recognition from audio, video and/or text with an avemotion model and its `AvEmotionProcessor`.
 
@@ -432,6 +462,24 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
             naming its position (`input #k`) and file, raised when its turn comes, so a generator yields every result
             before it. `"skip"`: its result is `{"error": message, "input": file or "input #k"}` and the other inputs
             are processed.
+        batch_size (`int`, *optional*, defaults to 1): windows per model call.
+        num_workers (`int`, *optional*, defaults to 0): worker processes that preprocess (decode, detect faces, crop,
+            resample) the inputs of a list, generator or dataset while the model runs on earlier windows (see
+            `pipelines.workers`). 0: preprocessing runs in the calling process, between model calls. N >= 1: N
+            forked processes (one CPU thread each), results in input order and errors attributed as without workers;
+            a single (non-list) input is preprocessed in-process. Where processes cannot be forked (Windows) it runs
+            in-process, with a warning.
+
+    Model speed settings (at construction only; applied once to the model with
+    `avemotion.utils.inference.prepare_for_inference`):
+        channels_last (`bool`, *optional*, defaults to `True`): store 2-D convolution weights channels-last (the
+            EfficientNet face branch); outputs equal the default layout's to float rounding (tested to 1e-5).
+        torch_compile (`bool`, `str` or `dict`, *optional*, defaults to `False`): `torch.compile` the model (`True`, a
+            mode name such as `"max-autotune"`, or `torch.compile` keyword arguments). Opt-in: the first calls
+            compile, and new input shapes recompile.
+        tf32 (`bool`, *optional*): let float32 matrix products and convolutions on CUDA use TF32 (`True`; results
+            change at about 1e-3 relative) or force full float32 (`False`); `None` leaves PyTorch's process-wide
+            setting alone. `dtype=torch.bfloat16` (transformers' own `pipeline` argument) runs the model in bfloat16.
 
     Windows are aligned by time: audio samples and video frames by their presentation timestamps, so a gap in the
     video (variable frame rate, dropped frames) is a window without frames, which uses the audio only (noted), and a
@@ -452,10 +500,23 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
     _load_image_processor = False
     _load_tokenizer = False
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        channels_last: bool = True,
+        torch_compile: bool | str | dict[str, Any] = False,
+        tf32: bool | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         if self.processor is None:
             raise ValueError(f"{TASK} needs the model's AvEmotionProcessor (save it next to the model)")
+        if tf32 not in (None, True, False):
+            raise ValueError(f"tf32 must be True, False or None (leave PyTorch's setting), got {tf32!r}")
+        if isinstance(self.model, torch.nn.Module):  # an ONNX Runtime model has no such settings
+            prepare_for_inference(self.model, channels_last=channels_last, compile=torch_compile, allow_tf32=tf32)
+        elif torch_compile:
+            raise ValueError(f"torch_compile needs a PyTorch model, got {type(self.model).__name__}")
 
     @property
     def model_spec(self) -> dict[str, Any]:
@@ -539,6 +600,46 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
         elif isinstance(inputs, torch.utils.data.Dataset) and hasattr(inputs, "__len__"):  # e.g. KeyDataset
             inputs = (_Numbered(index, inputs[index]) for index in range(len(inputs)))
         return super().__call__(inputs, **kwargs)
+
+    def get_iterator(
+        self,
+        inputs: Any,
+        num_workers: int,
+        batch_size: int,
+        preprocess_params: dict[str, Any],
+        forward_params: dict[str, Any],
+        postprocess_params: dict[str, Any],
+    ) -> Iterator[Any]:
+        """transformers' chunk iterator (preprocess -> batched forward -> postprocess per input); with `num_workers`
+        >= 1 the windows of a list's or stream's inputs come from a `PreprocessPool` of that many processes (in input
+        order) instead of transformers' DataLoader, which runs a chunk pipeline's preprocessing in one worker."""
+        if not isinstance(num_workers, numbers.Integral) or isinstance(num_workers, bool) or num_workers < 0:
+            raise ValueError(
+                f"num_workers must be a whole number >= 0 (0: preprocess in-process), got {num_workers!r}"
+            )
+        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+        single = isinstance(inputs, list) and not (inputs and isinstance(inputs[0], _Numbered))
+        if num_workers and not single and not can_fork():
+            logger.warning("%s: num_workers=%d needs forked processes; preprocessing in-process", TASK, num_workers)
+            num_workers = 0
+        if not num_workers or single:
+            # the parent's DataLoader in the calling process (transformers would start one worker for num_workers=1)
+            return super().get_iterator(inputs, 0, batch_size, preprocess_params, forward_params, postprocess_params)
+        workers = min(int(num_workers), len(inputs)) if isinstance(inputs, list) else int(num_workers)
+        pool = PreprocessPool(
+            functools.partial(self.preprocess, **preprocess_params),
+            inputs,
+            workers,
+            describe=_describe_input,
+            windows_ahead=PreprocessPool.windows_ahead_for(batch_size, workers),
+        )
+        # the same batching, forward and regrouping as transformers' ChunkPipeline.get_iterator
+        feature_extractor = self.feature_extractor if self.feature_extractor is not None else self.image_processor
+        collate_fn = no_collate_fn if batch_size == 1 else pad_collate_fn(self.tokenizer, feature_extractor)
+        loader = DataLoader(_Windows(pool), num_workers=0, batch_size=batch_size, collate_fn=collate_fn)
+        model_iterator = PipelinePackIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
+        return _closing(PipelineIterator(model_iterator, self.postprocess, postprocess_params), pool)
 
     # -- preprocessing ------------------------------------------------------------------------------------------------
 
