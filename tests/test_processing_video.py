@@ -3,6 +3,7 @@
 import cv2
 import numpy as np
 import pytest
+import torch
 from media_testing import astronaut_face, face_frames, write_video
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
@@ -272,3 +273,22 @@ def test_normalisation_gives_the_numpy_expressions_values(rescale, normalize):
     pixels = AvEmotionImageProcessor._normalize(crops, settings)
     assert pixels.shape == (5, 3, 7, 9) and pixels.dtype == np.float32 and pixels.flags.c_contiguous
     np.testing.assert_array_equal(pixels, expected.transpose(0, 3, 1, 2))
+
+
+def test_uint8_face_crops_normalised_later_equal_the_pixel_values(clip):
+    # the pipeline moves uint8 crops and normalises them where the model runs: the same values as `preprocess`
+    processor = AvEmotionImageProcessor(max_frames=12)
+    frames = np.random.default_rng(1).integers(0, 256, (3, 40, 30, 3), dtype=np.uint8)
+    path = str(clip[0])
+    for videos in ([path], [path, frames]):
+        kwargs = {"face_detector": None} if len(videos) == 2 else {}
+        expected = processor(videos, return_tensors="pt", **kwargs)
+        crops = processor.face_crops(videos, return_tensors="pt", **kwargs)
+        assert crops["face_crops"].dtype == torch.uint8
+        assert crops["face_crops"].shape == expected["pixel_values_videos"].shape
+        torch.testing.assert_close(crops["visual_features_mask"], expected["visual_features_mask"], rtol=0, atol=0)
+        pixels = processor.normalize_crops(crops["face_crops"])
+        mask = expected["visual_features_mask"].bool()  # padding rows are zeros in the float pixels only
+        torch.testing.assert_close(pixels[mask], expected["pixel_values_videos"][mask], rtol=0, atol=0)
+    custom = processor.normalize_crops(crops["face_crops"], image_mean=[0.0] * 3, image_std=[1.0] * 3)
+    torch.testing.assert_close(custom, crops["face_crops"].float() / 255, rtol=1e-6, atol=1e-7)

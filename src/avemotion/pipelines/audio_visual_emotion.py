@@ -864,7 +864,9 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
         """The processor's face crops of a window's frames; None (noted) when no frame shows a face and the window has
         audio to fall back on."""
         try:
-            return self.processor(video=video, return_tensors="pt")
+            # uint8 crops: a quarter of the bytes through the workers' pipes and to the device; `_run_model`
+            # normalises them where the model runs
+            return self.processor.image_processor.face_crops(video, return_tensors="pt")
         except NoFaceFoundError as error:
             if not has_audio:
                 raise
@@ -898,12 +900,13 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
         return features["input_values"], features["audio_attention_mask"], {}
 
     def _video_inputs(self, item: EmotionInput, audio: np.ndarray | None, pixels: Any, spec: dict[str, Any]):
-        """`(face crops (1, frames, 3, H, W), mask (1, frames), {})`; no face crops: one zero frame, masked."""
+        """`(uint8 face crops (1, frames, 3, H, W), mask (1, frames), {})`; no face crops: one zero frame, masked
+        (uint8 too: a batch's items share a dtype)."""
         if pixels is None:
             size = self.processor.image_processor.size
-            frames = torch.zeros(1, 1, 3, size["height"], size["width"])
+            frames = torch.zeros(1, 1, 3, size["height"], size["width"], dtype=torch.uint8)
             return frames, torch.zeros(1, 1, dtype=torch.long), {}
-        return pixels["pixel_values_videos"], pixels["visual_features_mask"], {}
+        return pixels["face_crops"], pixels["visual_features_mask"], {}
 
     def _text_inputs(self, item: EmotionInput, audio: np.ndarray | None, pixels: Any, spec: dict[str, Any]):
         """`(input_ids (1, tokens), mask (1, tokens), other tokenizer outputs)`, cut to the spec's `max_length`; no
@@ -942,6 +945,10 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
                 if values in model_inputs and mask in model_inputs and not model_inputs[mask].any():
                     for name in (values, mask, *extra):
                         model_inputs.pop(name, None)
+        video = self.model_spec["modalities"].get("video")
+        crops = model_inputs.get(video["inputs"][0]) if video else None
+        if crops is not None and crops.dtype == torch.uint8:  # face crops: normalised on the model's device
+            model_inputs[video["inputs"][0]] = self.processor.image_processor.normalize_crops(crops)
         segment_keys = {key for keys in self.model_spec.get("segments", {}).values() for key in keys}
         segment_masks = {mask for _, mask in self.model_spec.get("segments", {}).values()}
         for name, value in model_inputs.items():
