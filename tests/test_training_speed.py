@@ -3,6 +3,7 @@ change nothing but the shapes, the optimizer implementations, one host read per 
 `tf32` / `torch_compile` options reaching torch."""
 
 import os
+import shutil
 import sys
 
 import pytest
@@ -368,3 +369,138 @@ def test_frames_are_read_from_arrow_as_the_numpy_formatter_gives_them():
     assert indexed._frame_rows([0, 1]) is None
     assert [type(row["audio_features"]) for _, row in indexed.__getitems__([0, 1])] == [np.ndarray, np.ndarray]
     assert RowIndexedDataset(ragged.with_format(None))._frames is None  # python lists: the formatter's
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float16", "float32"])
+def test_frames_of_any_float_width_are_read_as_the_numpy_formatter_gives_them(dtype):
+    """Frames stored as float64 or float16: the formatter gives float32 arrays (it casts floating values to float32),
+    and so does the Arrow path, with the same values; integer and float scalar columns stay the formatter's."""
+    import datasets
+    import numpy as np
+
+    from avemotion.training.batches import RowIndexedDataset
+
+    rng = np.random.default_rng(0)
+    frames = [None if i == 2 else rng.standard_normal((1 + i % 3, 4)).tolist() for i in range(6)]
+    features = datasets.Features({"audio_features": datasets.List(datasets.List(datasets.Value(dtype))),
+                                  "label": datasets.Value("int32"), "weight": datasets.Value("float64")})  # fmt: skip
+    data = datasets.Dataset.from_dict(
+        {"audio_features": frames, "label": list(range(6)), "weight": [0.5] * 6}, features=features
+    ).with_format("numpy")
+    indexed = RowIndexedDataset(data)
+    assert indexed._frames is not None
+    indices = [4, 2, 0, 5]
+    for (_, row), want in zip(indexed.__getitems__(indices), data.__getitems__(indices)):
+        assert row.keys() == want.keys()
+        for key, value in want.items():
+            if value is None:
+                assert row[key] is None
+            else:
+                assert type(row[key]) is type(value) and row[key].dtype == value.dtype, (key, row[key], value)
+                assert np.array_equal(row[key], value), key
+        if want["audio_features"] is not None:
+            assert row["audio_features"].dtype == np.float32 and row["audio_features"].flags.writeable
+
+
+def test_a_checkpoint_of_another_optimizer_implementation_resumes_with_the_current_one(tmp_path):
+    """A checkpoint written by a for-loop run resumed with the default (fused, device checks): the loaded groups are
+    fused and the second epoch's losses equal those of resuming it with the for-loop optimizer (1e-6); a fused
+    checkpoint resumed with for_loop runs the for-loop step (no group stays fused)."""
+    data = toy_dataset(8, 0)
+    _train(tmp_path / "run", data, optimizer_implementation="for_loop", save_strategy="epoch")
+    resumed = {}
+    for implementation in ("auto", "for_loop"):
+        run = tmp_path / implementation
+        shutil.copytree(tmp_path / "run", run)
+        trainer, _ = _train(run, data, model=_model(), optimizer_implementation=implementation, num_train_epochs=2,
+                            save_strategy="epoch", resume_from_checkpoint="last")  # fmt: skip
+        groups = trainer.optimizer.optimizer.param_groups
+        assert [bool(g["fused"]) for g in groups] == [implementation == "auto"] * len(groups)
+        assert trainer._device_checks is (implementation == "auto") and trainer.state["global_step"] == 4
+        resumed[implementation] = trainer.recorded
+    assert len(resumed["auto"]) == 2
+    _assert_same_losses(resumed["auto"], resumed["for_loop"])
+    # and back: the fused run's checkpoint (epoch 2) resumed with for_loop
+    trainer, _ = _train(tmp_path / "auto", data, model=_model(), optimizer_implementation="for_loop",
+                        num_train_epochs=3, resume_from_checkpoint="last")  # fmt: skip
+    assert not any(g["fused"] for g in trainer.optimizer.optimizer.param_groups) and not trainer._device_checks
+    assert all(s["step"].device.type == "cpu" for s in trainer.optimizer.optimizer.state.values())
+
+
+def test_a_previous_release_checkpoint_resumes_with_fused_adam(tmp_path):
+    """The previous release saved plain Adam (groups with fused/foreach None, or without the keys): resumed with
+    the default optimizer, it trains on with fused groups and device checks instead of failing at the first update
+    (a fused step's `found_inf` given to a non-fused group)."""
+    data = toy_dataset(8, 0)
+    _train(tmp_path, data, optimizer_implementation="for_loop", save_strategy="epoch")
+    (checkpoint,) = (tmp_path / "checkpoints").iterdir()
+    saved = torch.load(checkpoint / "optimizer.bin", weights_only=True)
+    for index, group in enumerate(saved["param_groups"]):
+        for key in ("fused", "foreach", "capturable", "differentiable"):
+            if index % 2:  # one group with the keys None, the other without them
+                group[key] = None
+            else:
+                group.pop(key, None)
+    torch.save(saved, checkpoint / "optimizer.bin")
+    trainer, params = _train(tmp_path, data, model=_model(), num_train_epochs=2, save_strategy="epoch",
+                             resume_from_checkpoint="last")  # fmt: skip
+    assert trainer.state["global_step"] == 4 and trainer._device_checks
+    assert all(g["fused"] is True for g in trainer.optimizer.optimizer.param_groups)
+    assert all(torch.isfinite(p).all() for p in params.values()) and len(trainer.recorded) == 2
+
+
+def test_batches_are_placed_on_the_device_with_their_nested_tensors(tmp_path, monkeypatch):
+    """A collator's nested dicts/lists/tuples of tensors go to the device too (as accelerate's placement does);
+    other values are left as they are."""
+    from accelerate import Accelerator
+
+    trainer = EmotionTrainer(_model(), _args(tmp_path), toy_dataset(4, 0))
+    batch = {"labels": torch.zeros(2), "extra": {"a": torch.ones(2, 3), "b": [torch.ones(1), "text"]},
+             "pair": (torch.ones(1), 3), "name": "x"}  # fmt: skip
+    monkeypatch.setattr(Accelerator, "device", property(lambda self: torch.device("meta")))
+    placed = trainer._to_device(batch)
+    assert placed["labels"].is_meta and placed["extra"]["a"].is_meta and placed["extra"]["b"][0].is_meta
+    assert placed["extra"]["b"][1] == "text" and placed["pair"][0].is_meta and placed["pair"][1] == 3
+    assert isinstance(placed["pair"], tuple) and placed["name"] == "x" and placed["extra"]["a"].shape == (2, 3)
+
+
+def test_auto_find_batch_size_keeps_the_rows_per_update_of_an_odd_batch(tmp_path, monkeypatch):
+    """Batch 5 out of memory (and 2 would fit): batch 1 with 5x accumulation, the same 5 rows per update (not 2 with
+    a rounded 2x: 4 rows), equal to a run started there; the sizes tried divide the rows per update; several
+    processes are refused."""
+    data = toy_dataset(10, 0)
+    original = EmotionTrainer._training_batch
+
+    def out_of_memory(self, batch, boundary):
+        if self.args.per_device_train_batch_size > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self, batch, boundary)
+
+    monkeypatch.setattr(EmotionTrainer, "_training_batch", out_of_memory)
+    model = _model()
+    trainer = EmotionTrainer(model, _args(tmp_path / "auto", per_device_train_batch_size=5,
+                                          auto_find_batch_size=True), data)  # fmt: skip
+    trainer.train()
+    assert (trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps) == (1, 5)
+    assert trainer.state["global_step"] == 2
+    monkeypatch.undo()
+    direct = _model()
+    EmotionTrainer(direct, _args(tmp_path / "direct", per_device_train_batch_size=1, gradient_accumulation_steps=5),
+                   data).train()  # fmt: skip
+    _assert_same(dict(model.named_parameters()), dict(direct.named_parameters()))
+    choose = trainer_module.smaller_batch_size
+    assert [choose(16, 16), choose(8, 16), choose(6, 6), choose(3, 6), choose(5, 5), choose(7, 7)] == [
+        8,
+        4,
+        3,
+        1,
+        1,
+        1,
+    ]
+    assert choose(12, 24) == 6 and choose(6, 12) == 3 and choose(1, 5) == 0
+
+    from accelerate import Accelerator
+
+    monkeypatch.setattr(Accelerator, "num_processes", property(lambda self: 2))
+    with pytest.raises(ValueError, match="auto_find_batch_size needs a single process"):
+        EmotionTrainer(_model(), _args(tmp_path / "multi", auto_find_batch_size=True), data)

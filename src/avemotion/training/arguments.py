@@ -51,8 +51,11 @@ class TrainingArguments:
             arithmetic): raise it there (e.g. 128-512), or set `auto_find_batch_size` and start high. The learning
             rate is the recipe's for 32 rows per update; with a larger batch, consider scaling it.
         auto_find_batch_size: on an out-of-memory error (CUDA, XPU, MPS or CPU), start the run again from the
-            initial weights with half the batch and twice the gradient accumulation (rows per update kept), as
-            often as needed (`accelerate.utils.find_executable_batch_size`). Not with `resume_from_checkpoint`.
+            initial weights with a smaller batch and more gradient accumulation, as often as needed
+            (`accelerate.utils.find_executable_batch_size`): the largest divisor of the rows per update (batch size
+            times accumulation) at most half the failed batch size, so the rows per update stay exactly the same
+            (16 -> 8 -> 4, 6 -> 3 -> 1, 5 -> 1). Not with `resume_from_checkpoint`, nor with several processes (a
+            `ValueError`: an out-of-memory error on one would leave the others waiting).
         optimizer: `"adam"` (coupled L2 weight decay, as the original), `"adamw"` or `"sgd"`.
         optimizer_implementation: `"auto"` (fused Adam/AdamW where this torch has the kernels: CUDA, CPU, ...; else
             foreach), `"fused"` (Adam/AdamW), `"foreach"` or `"for_loop"` (PyTorch's per-parameter reference, used

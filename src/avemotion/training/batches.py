@@ -15,7 +15,8 @@ class RowIndexedDataset(torch.utils.data.Dataset):
     The frames of a `datasets.Dataset` in numpy format (columns of lists of float lists: cached features, (T, D)
     per row, None for a row without them) are read from Arrow in one piece per column and batch rather than by the
     `datasets` numpy formatter, which converts each frame on its own (about 10x slower at the paper's sizes); the
-    rows are the same (float arrays (T, D), None), and any other case goes through the formatter."""
+    rows are the same (float32 arrays (T, D) whatever the stored float width, None), and any other case goes through
+    the formatter."""
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -81,7 +82,9 @@ def _frames_of(column) -> list[Any] | None:
     if inner.null_count or inner.values.null_count:
         return None
     outer_offsets, inner_offsets = column.offsets.to_numpy(), inner.offsets.to_numpy()
-    leaf = np.array(inner.values.to_numpy(zero_copy_only=False))  # one writable copy per column and batch
+    # one writable copy per column and batch, float32 whatever the stored float width, as the `datasets` numpy
+    # formatter gives floating values (its `_tensorize` casts them to float32)
+    leaf = np.array(inner.values.to_numpy(zero_copy_only=False), dtype=np.float32)
     nulls = column.is_null().to_numpy(zero_copy_only=False)
     rows = []
     for index, null in enumerate(nulls):

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
-from accelerate.utils import find_executable_batch_size, set_seed
+from accelerate.utils import find_executable_batch_size, send_to_device, set_seed
 from torch.utils.data import DataLoader
 
 from avemotion.metrics import branch_metrics
@@ -114,6 +114,14 @@ def branch_tensors(outputs: Any, branches: list[str], batch_size: int, num_label
     return result
 
 
+def smaller_batch_size(batch_size: int, rows_per_update: int) -> int:
+    """The batch size `auto_find_batch_size` tries after an out-of-memory error at `batch_size`: the largest divisor
+    of `rows_per_update` (the first attempt's batch size times its gradient accumulation) that is at most half of
+    `batch_size`, so that the gradient accumulation makes up exactly the same rows per update (16 -> 8 -> 4 ...,
+    6 -> 3 -> 1, an odd prime such as 5 -> 1). 0 (accelerate then stops) after batch size 1."""
+    return max((d for d in range(1, batch_size // 2 + 1) if rows_per_update % d == 0), default=0)
+
+
 def optimizer_implementation(name: str, device: torch.device, optimizer: str = "adam") -> dict[str, bool]:
     """The `torch.optim` keyword arguments of `TrainingArguments.optimizer_implementation` for `optimizer` on
     `device`: `"fused"` (Adam/AdamW: one kernel per update over all its parameters), `"foreach"` (a few batched
@@ -132,6 +140,25 @@ def optimizer_implementation(name: str, device: torch.device, optimizer: str = "
     if name == "fused":
         return {"fused": True}
     return {"foreach": name == "foreach"}
+
+
+# the keyword arguments that choose how a torch optimizer computes its update (not what it computes)
+_IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def keep_implementation_on_load(optimizer: torch.optim.Optimizer) -> None:
+    """Make `optimizer.load_state_dict` keep this optimizer's implementation: torch takes each group's
+    `fused`/`foreach`/... from the saved state, so a checkpoint of another implementation (the previous release's
+    plain Adam, `optimizer_implementation="for_loop"`) would switch it (and a fused step given `found_inf` on a
+    non-fused group fails). The saved groups get the current values before torch reads them, so that it also places
+    each `state["step"]` as the current implementation needs (float32 on the parameter's device when fused)."""
+    current = {key: optimizer.defaults[key] for key in _IMPLEMENTATION_KEYS if key in optimizer.defaults}
+
+    def pre_hook(_, state_dict: dict[str, Any]) -> dict[str, Any]:
+        groups = [{**group, **current} for group in state_dict["param_groups"]]
+        return {**state_dict, "param_groups": groups}
+
+    optimizer.register_load_state_dict_pre_hook(pre_hook)
 
 
 class _SchedulerSlot:
@@ -191,6 +218,12 @@ class EmotionTrainer(CheckpointingMixin):
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
         )
+        if args.auto_find_batch_size and self.accelerator.num_processes > 1:
+            # an out-of-memory error on one process would leave the others waiting in a collective operation
+            raise ValueError(
+                f"auto_find_batch_size needs a single process (got {self.accelerator.num_processes}); set "
+                "per_device_train_batch_size by hand for a distributed run"
+            )
         set_tf32(args.tf32)
         set_seed(args.seed)
         set_backbones_trainable(model, args.freeze_backbones)
@@ -253,13 +286,16 @@ class EmotionTrainer(CheckpointingMixin):
                                                   args.optimizer)  # fmt: skip
         if args.optimizer in ("adam", "adamw"):
             optimizer_class = torch.optim.Adam if args.optimizer == "adam" else torch.optim.AdamW
-            return optimizer_class(
+            optimizer = optimizer_class(
                 param_groups, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
                 weight_decay=args.weight_decay, **implementation,
             )  # fmt: skip
-        return torch.optim.SGD(
-            param_groups, momentum=args.sgd_momentum, weight_decay=args.weight_decay, **implementation
-        )
+        else:
+            optimizer = torch.optim.SGD(
+                param_groups, momentum=args.sgd_momentum, weight_decay=args.weight_decay, **implementation
+            )
+        keep_implementation_on_load(optimizer)  # a checkpoint of another implementation resumes with this one
+        return optimizer
 
     def _dataloader(self, dataset, train: bool) -> DataLoader:
         batch_size = self.args.per_device_train_batch_size if train else self.args.per_device_eval_batch_size
@@ -367,7 +403,8 @@ class EmotionTrainer(CheckpointingMixin):
             self.accelerator.num_processes == 1
             and getattr(self.accelerator, "scaler", None) is None
             and self.args.gradient_accumulation_steps == 1
-            and bool(optimizer.defaults.get("fused"))
+            # the groups the step runs on (a loaded state replaces them), not the constructor's defaults
+            and all(group.get("fused") for group in optimizer.param_groups)
             and getattr(optimizer, "_step_supports_amp_scaling", False)
         )
 
@@ -378,17 +415,19 @@ class EmotionTrainer(CheckpointingMixin):
         eval set. The selected model is saved to `output_dir` (with the processor, if any).
 
         With `args.auto_find_batch_size`, a run that runs out of memory starts again from the initial weights with
-        half the batch and twice the gradient accumulation (same rows per update), until it fits."""
+        a smaller batch and more gradient accumulation, the same rows per update (`smaller_batch_size`), until it
+        fits."""
         if not self.args.auto_find_batch_size:
             return self._train_run()
         args = self.args
         start, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
+        rows_per_update = start * accumulation
         model = self.accelerator.unwrap_model(self.model)
         initial = {key: value.detach().to("cpu", copy=True) for key, value in model.state_dict().items()}
 
         def attempt(batch_size: int) -> dict[str, Any]:
             if batch_size != args.per_device_train_batch_size:
-                accumulation_now = accumulation * max(1, round(start / batch_size))
+                accumulation_now = rows_per_update // batch_size  # exact: batch_size divides it
                 logger.warning("out of memory at per_device_train_batch_size=%d: retrying with %d and "
                                "gradient_accumulation_steps=%d", args.per_device_train_batch_size, batch_size,
                                accumulation_now)  # fmt: skip
@@ -397,12 +436,12 @@ class EmotionTrainer(CheckpointingMixin):
 
         current = start
 
-        def halve() -> int:  # (accelerate's default takes 10 % off; halving keeps the rows per update exact)
+        def reduce() -> int:  # (accelerate's default takes 10 % off, which changes the rows per update)
             nonlocal current
-            current //= 2
+            current = smaller_batch_size(current, rows_per_update)
             return current
 
-        return find_executable_batch_size(attempt, starting_batch_size=start, reduce_batch_size_fn=halve)()
+        return find_executable_batch_size(attempt, starting_batch_size=start, reduce_batch_size_fn=reduce)()
 
     def _reset_for_retry(self, initial: dict[str, torch.Tensor], batch_size: int, accumulation: int) -> None:
         """Back to the state before `train()` after an out-of-memory error: initial weights, no optimizer or loaders
@@ -434,6 +473,7 @@ class EmotionTrainer(CheckpointingMixin):
             )  # fmt: skip
         if args.resume_from_checkpoint:
             self._load_checkpoint(args.resume_from_checkpoint)
+            self._device_checks = self._use_device_checks()  # on the loaded groups
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.output_dir / ARGS_FILE, json.dumps(args.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -561,8 +601,9 @@ class EmotionTrainer(CheckpointingMixin):
         return [entry for entry in plan if entry[3]]
 
     def _to_device(self, batch: dict) -> dict:
-        device = self.accelerator.device
-        return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        """The batch on the device, nested dicts/lists/tuples too (as accelerate's device placement does); copied
+        asynchronously (non_blocking: from pinned memory on CUDA)."""
+        return send_to_device(batch, self.accelerator.device, non_blocking=True)
 
     def _training_batch(self, batch: dict, boundary: bool) -> dict[str, torch.Tensor]:
         """Run every step of the schedule on `batch` (each on its rows); apply the updates at an accumulation
