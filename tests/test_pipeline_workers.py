@@ -1,9 +1,12 @@
 """pipeline("audio-visual-emotion", num_workers=N): preprocessing in worker processes gives the results of in-process
 preprocessing (every input form, batched or not, errors attributed to their input), and leaves no process behind."""
 
+import collections
+import contextlib
 import itertools
 import json
 import multiprocessing
+import os
 from pathlib import Path
 
 import numpy as np
@@ -258,3 +261,121 @@ def test_predict_cli_with_workers_prints_the_same(vavl_dir, media, tmp_path, cap
         outputs.append([json.loads(line) for line in capsys.readouterr().out.strip().splitlines()])
     assert [line["input"] for line in outputs[1]] == files
     assert_same(outputs[1], outputs[0])
+
+
+class _Alarm(Exception):
+    """A test that would hang (pulling an endless stream forever) fails instead."""
+
+
+@pytest.fixture
+def alarm():
+    import signal
+
+    def ring(*_):
+        raise _Alarm("still running after 20 s")
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_an_unpicklable_stream_item_is_raised_in_its_turn_and_ends_the_pull(pipe, media, alarm):
+    pulled = []
+
+    def endless():
+        for index in itertools.count():
+            pulled.append(index)
+            yield (lambda: None) if index >= 2 else index  # a lambda cannot be pickled to a worker
+
+    pool = PreprocessPool(lambda item: iter([{"item": torch.tensor(item)}]), endless(), 2, describe=lambda item: (
+        f"input #{len(pulled) - 1}"))  # fmt: skip
+    received = []
+    with pytest.raises(TypeError, match=r"input #2: cannot be pickled to a worker process .*num_workers=0"):
+        received.extend(int(window["item"]) for window in pool)
+    assert received == [0, 1] and pulled == [0, 1, 2]  # the results before it; nothing pulled after it
+    # the pipeline: not a media error, so raised with errors="skip" too, after the results before it
+    stream = (value for value in itertools.chain([media["waveform"]] * 2, (lambda: 0 for _ in itertools.count())))
+    results = pipe(stream, num_workers=2, errors="skip", sampling_rate=RATE)
+    assert_same([next(results), next(results)], pipe([media["waveform"]] * 2, sampling_rate=RATE))
+    with pytest.raises(TypeError, match=r"input #2: cannot be pickled") as info:
+        next(results)
+    assert info.value.__cause__ is not None
+    assert _no_workers_left()
+
+
+def test_closing_early_terminates_busy_workers_at_once():
+    import time
+
+    started = multiprocessing.get_context("fork").Value("i", 0)  # inherited by the forked workers
+
+    def stuck(item):
+        with started.get_lock():
+            started.value += 1
+        yield {"item": item}
+        time.sleep(60)  # a slow decode: the workers are busy when the results are closed
+        yield {"item": item}
+
+    pool = PreprocessPool(stuck, list(range(6)), num_workers=3, inputs_ahead=1)
+    results = iter(pool)
+    assert next(results) == {"item": 0}
+    deadline = time.monotonic() + 10
+    while started.value < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert started.value == 3
+    begin = time.monotonic()
+    results.close()  # e.g. Ctrl-C or a consumer that stops early: the remaining work is discarded
+    assert time.monotonic() - begin < 3.0  # not one 2 s grace period per busy worker
+    assert _no_workers_left()
+
+
+Pair = collections.namedtuple("Pair", "values item")  # at module level: pickled by reference
+
+
+class Strict(tuple):
+    def __new__(cls, first, second):  # not tuple(iterable)
+        return super().__new__(cls, (first, second))
+
+
+def test_namedtuples_and_tuple_subclasses_in_windows():
+    def windows(item):
+        yield {"pair": Pair(torch.full((2,), float(item)), item), "strict": Strict(torch.ones(1), [torch.zeros(1)])}
+
+    received = list(PreprocessPool(windows, [1, 2], num_workers=2))
+    assert [type(window["pair"]) for window in received] == [Pair, Pair]
+    assert [window["pair"].item for window in received] == [1, 2]
+    assert torch.equal(received[1]["pair"].values, torch.full((2,), 2.0))
+    strict = received[0]["strict"]  # rebuilt as a plain tuple, its tensors intact
+    assert (
+        type(strict) is tuple and torch.equal(strict[0], torch.ones(1)) and torch.equal(strict[1][0], torch.zeros(1))
+    )
+
+
+def test_tokenizers_parallelism_is_turned_off_before_forking(monkeypatch):
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    seen = list(PreprocessPool(lambda item: iter([{"env": os.environ.get("TOKENIZERS_PARALLELISM")}]), [0], 1))
+    assert seen == [{"env": "false"}] and os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")  # the user's setting is kept
+    assert list(PreprocessPool(lambda item: iter([{"env": os.environ["TOKENIZERS_PARALLELISM"]}]), [0], 1)) == [
+        {"env": "true"}
+    ]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="lists open files with Linux's /proc")
+def test_a_pools_workers_do_not_hold_another_pools_pipes():
+    def open_pipes(item):
+        pipes = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):  # the listing's own descriptor is gone
+                pipes.append(os.readlink(f"/proc/self/fd/{fd}"))
+        yield {"pipes": pipes}
+
+    first = PreprocessPool(open_pipes, [0, 1], num_workers=2)
+    ends = [*first._connections, *(end for tasks in first._tasks for end in (tasks._reader, tasks._writer))]
+    first_pipes = {f"pipe:[{os.fstat(end.fileno()).st_ino}]" for end in ends}
+    second = list(PreprocessPool(open_pipes, [0, 1], num_workers=2))
+    for window in second:
+        assert not first_pipes & set(window["pipes"])
+    assert len(list(first)) == 2
+    assert _no_workers_left()

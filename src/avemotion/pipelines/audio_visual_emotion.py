@@ -468,7 +468,12 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
             `pipelines.workers`). 0: preprocessing runs in the calling process, between model calls. N >= 1: N
             forked processes (one CPU thread each), results in input order and errors attributed as without workers;
             a single (non-list) input is preprocessed in-process. Where processes cannot be forked (Windows) it runs
-            in-process, with a warning.
+            in-process, with a warning. A list's inputs are inherited by the workers; a generator's or dataset's are
+            pickled to them: one that cannot be pickled raises a `TypeError` naming it (`input #k`) in its turn,
+            whatever `errors` (use 0 workers for such inputs). An unexpected exception in a worker (other than the
+            `ValueError`/`OSError` of an unusable input, which `errors` handles) raises a `WorkerError` naming the
+            input, with the worker's exception as its `__cause__`, whatever `errors`; so does a worker that dies. A
+            worker that hangs (does not die) blocks the results: there is no timeout.
 
     Model speed settings (at construction only; applied once to the model with
     `avemotion.utils.inference.prepare_for_inference`):

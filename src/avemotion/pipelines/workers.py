@@ -9,14 +9,22 @@ decoding and face detection of many clips run one at a time. `PreprocessPool` ru
 - Each worker runs ahead by at most `windows_ahead` windows (a bounded queue feeding a sender thread), so memory stays
   bounded whatever the inputs' lengths: a long input's windows stream through.
 - Windows travel through a pipe: tensors as NumPy buffers, pickled out of band (no copy on the sending side, one into
-  the receiving buffer). Shared memory would save that copy, but a 12 s window of face crops is ~200 MB and CI
-  containers often have a 64 MB /dev/shm; pipes work everywhere (see bench/bench_video_preprocess.py).
-- Workers are forked (Linux, macOS): they inherit the pipeline (processor, model spec) and a list's or dataset's items,
-  which are then never pickled. A worker uses one torch and one OpenCV thread and never touches CUDA: it makes CPU
-  tensors only (after a fork, PyTorch refuses CUDA calls in the child).
+  the receiving buffer). Shared memory would save that copy, but a 12 s window of 30 fps face crops is ~50 MB (uint8;
+  the pipeline normalises them where the model runs) and CI containers often have a 64 MB /dev/shm; pipes work
+  everywhere (see bench/bench_video_preprocess.py).
+- Workers are forked (Linux, macOS): they inherit the pipeline (processor, model spec) and the items of an indexable
+  source (a list: `PreprocessPool` reads them by index in the worker), which are then never pickled. The items of any
+  other iterable (a generator; the pipeline reads a `datasets.Dataset` or a `KeyDataset` as a stream too) are pulled in
+  the main process and pickled to their worker; an item that cannot be pickled raises a `TypeError` naming it in its
+  turn, after the results before it, and ends the run (it is not a problem of the input's media, so it is raised
+  whatever the pipeline's `errors`; pass such inputs with `num_workers=0`). A worker uses one torch and one OpenCV
+  thread and never touches CUDA: it makes CPU tensors only (after a fork, PyTorch refuses CUDA calls in the child).
+  It closes its copies of the other workers' and of other live pools' pipe ends, so that each pipe's end is seen.
 - An exception other than those `preprocess` turns into error items is re-raised in the main process, naming the
-  input; a worker that dies is reported the same way. Workers exit at the end, when the results are closed early
-  (generator `close()` or garbage collection), on an exception, and when the main process dies.
+  input; a worker that dies is reported the same way. A worker that hangs (does not die) blocks the results: there is
+  no timeout. Workers exit at the end (asked to stop), and are terminated at once when the results are closed early
+  (generator `close()` or garbage collection: the remaining work is discarded) or on an exception; they exit when the
+  main process dies.
 """
 
 from __future__ import annotations
@@ -30,7 +38,9 @@ import pickle
 import queue
 import signal
 import threading
+import time
 import traceback
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +53,8 @@ __all__ = ["PreprocessPool", "WorkerError", "can_fork"]
 _FROM_SOURCE = "source"  # a task naming an item of the (inherited) indexable source by its index
 _STOP = None
 _POLL_SECONDS = 1.0  # how often an idle worker checks that the main process is alive
+_STOP_SECONDS = 2.0  # how long all the workers together get to exit (asked to, then terminated) before being killed
+_LIVE_POOLS: weakref.WeakSet = weakref.WeakSet()  # whose pipe ends a newly forked worker closes (see `_inherited`)
 
 
 class WorkerError(RuntimeError):
@@ -70,8 +82,19 @@ def _pack(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: _pack(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_pack(item) for item in value)
+        return _rebuild(value, [_pack(item) for item in value])
     return value
+
+
+def _rebuild(value: list | tuple, items: list[Any]) -> list | tuple:
+    """`value`'s container type holding `items`: a namedtuple by `_make`, another tuple or list subclass (whose
+    constructor may not take one iterable) as a plain tuple or list."""
+    kind = type(value)
+    if kind is list or kind is tuple:
+        return kind(items)
+    if isinstance(value, tuple):
+        return kind._make(items) if hasattr(kind, "_make") and hasattr(kind, "_fields") else tuple(items)
+    return list(items)
 
 
 def _unpack(value: Any) -> Any:
@@ -80,7 +103,7 @@ def _unpack(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: _unpack(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_unpack(item) for item in value)
+        return _rebuild(value, [_unpack(item) for item in value])
     return value
 
 
@@ -146,7 +169,7 @@ def _worker(
     `("error", details)` messages in order; `current` holds the number of the input it is preprocessing (so that
     the main process can name it if the worker dies: messages still queued here die with it)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle (it closes the pool)
-    for other in others:  # so that the main process sees the end of this worker's pipe when it exits
+    for other in others:  # so that each pipe's end is seen when its real holders exit or close it (see `_fork`)
         other.close()
     torch.set_num_threads(1)  # OpenCV was set to one thread before the fork (see `_opencv_threads`)
     outbox: queue.Queue = queue.Queue(maxsize=windows_ahead)
@@ -252,6 +275,9 @@ class PreprocessPool:
 
     def _start(self, preprocess: Callable[[Any], Iterable[Any]], num_workers: int, windows_ahead: int) -> None:
         context = multiprocessing.get_context("fork")
+        if "TOKENIZERS_PARALLELISM" not in os.environ:
+            # as transformers' ChunkPipeline.get_iterator: a Rust tokenizer's threads do not survive a fork
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
         self._tasks = [context.Queue() for _ in range(num_workers)]
         pipes = [context.Pipe(duplex=False) for _ in range(num_workers)]  # (main's end, worker's end)
         for reader, _ in pipes:
@@ -263,11 +289,23 @@ class PreprocessPool:
             self._fork(preprocess, pipes, windows_ahead)
         for _, writer in pipes:  # only the worker holds its writing end: its exit is an end of file here
             writer.close()
+        _LIVE_POOLS.add(self)
+
+    def _inherited(self) -> list[Any]:
+        """This pool's pipe ends held by the main process (the windows' and the task queues'): a worker of another
+        pool forked later closes its copies, so that closing the results here ends a sending worker's pipe."""
+        queues = [end for tasks in self._tasks for end in (tasks._reader, tasks._writer)]
+        return [*self._connections, *queues]
 
     def _fork(self, preprocess: Callable[[Any], Iterable[Any]], pipes: list[tuple[Any, Any]], ahead: int) -> None:
         context = multiprocessing.get_context("fork")
+        elsewhere = [end for pool in list(_LIVE_POOLS) if pool is not self for end in pool._inherited()]
         for index, (_, writer) in enumerate(pipes):
             others = [end for pair in pipes for end in pair if end is not writer]
+            others += [
+                end for i, tasks in enumerate(self._tasks) if i != index for end in (tasks._reader, tasks._writer)
+            ]
+            others += elsewhere
             process = context.Process(
                 target=_worker,
                 args=(
@@ -313,12 +351,17 @@ class PreprocessPool:
             else:
                 try:
                     task = ("pickled", pickle.dumps(item, protocol=5))
-                except Exception as error:  # noqa: BLE001 - e.g. an open file handle: raised in its turn
+                except Exception as error:  # noqa: BLE001 - e.g. an open file handle or a lambda
+                    # like the stream's own error: raised in its turn (after the results before it), and the run
+                    # ends there, so nothing more is pulled (an endless stream would be pulled forever)
                     message = (
-                        f"{self._describe(item)}: cannot be sent to a worker process ({error}); use num_workers=0"
+                        f"{self._describe(item)}: cannot be pickled to a worker process ({error}); use num_workers=0"
                     )
-                    self._schedule.append((TypeError(message), None))
-                    continue
+                    failure = TypeError(message)
+                    failure.__cause__ = error
+                    self._schedule.append((failure, None))
+                    self._exhausted = True
+                    return
             label, number = self._describe(item), self._assigned
             self._tasks[worker].put((number, *task))
             self._assigned += 1
@@ -370,22 +413,31 @@ class PreprocessPool:
         raise error from details.get("exception")
 
     def close(self) -> None:
-        """Stop the workers (idempotent): close the pipes (a worker sending gets an error and exits), ask the idle
-        ones to stop, then terminate whatever is still running. No process is left behind."""
+        """Stop the workers (idempotent). At the end of the inputs (every window read) the idle workers are asked to
+        stop; closed early (or on an error) the remaining work is discarded and they are terminated at once. One
+        shared deadline for all, then SIGKILL: no process is left behind."""
         if self._closed:
             return
         self._closed = True
+        _LIVE_POOLS.discard(self)
+        finished = self._exhausted and not self._labels
         for connection in self._connections:
             connection.close()
-        for tasks in self._tasks:
-            try:
-                tasks.put(_STOP)
-            except (OSError, ValueError):
-                pass
+        if finished:
+            for tasks in self._tasks:
+                with contextlib.suppress(OSError, ValueError):
+                    tasks.put(_STOP)
+            deadline = time.monotonic() + _STOP_SECONDS
+            for process in self._processes:
+                process.join(timeout=max(0.0, deadline - time.monotonic()))
         for process in self._processes:
-            process.join(timeout=2.0)
             if process.is_alive():
                 process.terminate()
+        deadline = time.monotonic() + _STOP_SECONDS
+        for process in self._processes:
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if process.is_alive():  # SIGTERM handled or blocked by the preprocessing code
+                process.kill()
                 process.join()
         for tasks in self._tasks:
             tasks.cancel_join_thread()  # inputs never read by a stopped worker must not block the exit
