@@ -62,9 +62,14 @@ class SinusoidalPositionalEmbedding(nn.Module):
         self.dim = dim
         self.register_buffer("table", sinusoidal_embeddings(torch.arange(max_positions), dim), persistent=False)
 
-    def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        """positions: (L,) integer tensor -> (L, dim)."""
-        if positions.numel() and positions.abs().max() >= self.table.shape[0]:
+    def forward(self, positions: torch.Tensor, max_position: int | None = None) -> torch.Tensor:
+        """positions: (L,) integer tensor -> (L, dim). `max_position`: the largest `|position|` when the caller knows
+        it (no device-to-host read of the positions)."""
+        if max_position is None:
+            too_far = positions.numel() and positions.abs().max() >= self.table.shape[0]
+        else:
+            too_far = max_position >= self.table.shape[0]
+        if too_far:
             return sinusoidal_embeddings(positions, self.dim).to(self.table.dtype)
         embeddings = self.table[positions.abs()]
         sine_channel = torch.arange(self.dim, device=positions.device) % 2 == 0
@@ -157,7 +162,14 @@ class ConformerRelativeSelfAttention(nn.Module):
         else:
             # relative distances L-1, ..., 0, ..., -(L-1); column k holds distance (L-1-k)
             positions = torch.arange(length - 1, -length, -1, device=device)
-        pos = self._split_heads(self.linear_pos(position_table(positions).to(hidden_states.dtype)))  # (P, H, d)
+        # eager: the largest |position| is length - 1, known here (no host sync); traced/compiled or another table
+        # (the export's computed one): the table's own call
+        known = isinstance(position_table, SinusoidalPositionalEmbedding)
+        if known and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            embeddings = position_table(positions, max_position=length - 1)
+        else:
+            embeddings = position_table(positions)
+        pos = self._split_heads(self.linear_pos(embeddings.to(hidden_states.dtype)))  # (P, H, d)
         pos_scores = torch.matmul((query + self.pos_bias_v).transpose(1, 2), pos.permute(1, 2, 0))  # (B, H, L, P)
 
         if self.position_encoding == "legacy_shifted":
@@ -195,23 +207,39 @@ class ConformerConvolutionModule(nn.Module):
         self.pointwise_conv2 = nn.Conv1d(hidden_size, hidden_size, kernel_size=1)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """hidden_states: (B, L, D); padding_mask: (B, L) bool, True on real positions. Returns (B, L, D)."""
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        real_positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """hidden_states: (B, L, D); padding_mask: (B, L) bool, True on real positions; real_positions: the flat
+        (B * L) indices of the real positions, in order, when the caller has them (see `ConformerEncoder.forward`).
+        Returns (B, L, D)."""
         hidden_states = self.glu(self.pointwise_conv1(self.layer_norm(hidden_states).transpose(1, 2)))
         if padding_mask is not None:
             # zero padded steps so they do not leak into real ones through the depthwise kernel
             hidden_states = hidden_states.masked_fill(~padding_mask[:, None, :], 0.0)
-        hidden_states = self.activation(self._normalize(self.depthwise_conv(hidden_states), padding_mask))
+        hidden_states = self.depthwise_conv(hidden_states)
+        hidden_states = self.activation(self._normalize(hidden_states, padding_mask, real_positions))
         return self.dropout(self.pointwise_conv2(hidden_states)).transpose(1, 2)
 
-    def _normalize(self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    def _normalize(
+        self,
+        hidden_states: torch.Tensor,
+        padding_mask: torch.Tensor | None,
+        real_positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """BatchNorm over real positions only. With batch statistics (training), padded steps would otherwise enter
         the mean and variance, so a row's output and the running statistics would depend on how much the batch was
         padded (and on rows of other lengths). Padded steps come out as zeros. Evaluation with running statistics
-        is per position and needs no mask."""
+        is per position and needs no mask. With `real_positions` the same values are gathered by index, with no
+        device-to-host synchronisation."""
         batch_stats = self.batch_norm.training or not self.batch_norm.track_running_stats
         if not batch_stats:
             return self.batch_norm(hidden_states)
+        if real_positions is not None:
+            return self._normalize_positions(hidden_states, real_positions)
         real = int(padding_mask.sum()) if padding_mask is not None else hidden_states.shape[0] * hidden_states.shape[2]
         if real >= 2 and (padding_mask is None or bool(padding_mask.all())):
             return self.batch_norm(hidden_states)
@@ -224,6 +252,16 @@ class ConformerConvolutionModule(nn.Module):
         normalized = self.batch_norm(values) if real >= 2 else self._normalize_few(values)
         output = channels_last.new_zeros(channels_last.shape).masked_scatter(padding_mask.unsqueeze(-1), normalized)
         return output.transpose(1, 2)
+
+    def _normalize_positions(self, hidden_states: torch.Tensor, real_positions: torch.Tensor) -> torch.Tensor:
+        """`_normalize` of (B, C, L) `hidden_states` over the real steps given as flat (B * L) indices (the values and
+        the order of the boolean selection, so the same numbers; padded steps come out as zeros)."""
+        channels_last = hidden_states.transpose(1, 2)  # (B, L, C)
+        flat = channels_last.reshape(-1, channels_last.shape[-1])
+        values = flat.index_select(0, real_positions)  # (N_real, C)
+        normalized = self.batch_norm(values) if values.shape[0] >= 2 else self._normalize_few(values)
+        output = flat.new_zeros(flat.shape).index_copy(0, real_positions, normalized)
+        return output.view(channels_last.shape).transpose(1, 2)
 
     def _normalize_few(self, values: torch.Tensor) -> torch.Tensor:
         """BatchNorm of fewer than 2 real steps (N, C) in training. One value has no variance: its own "batch
@@ -267,11 +305,14 @@ class ConformerBlock(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         position_table: SinusoidalPositionalEmbedding,
         padding_mask: torch.Tensor | None = None,
+        real_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """hidden_states: (B, L, D); padding_mask: (B, L) bool or None; real_positions: see
+        `ConformerConvolutionModule.forward`. Returns (B, L, D)."""
         hidden_states = hidden_states + 0.5 * self.ffn1(hidden_states)
         attn_output = self.self_attn(self.self_attn_layer_norm(hidden_states), position_table, padding_mask)
         hidden_states = hidden_states + self.self_attn_dropout(attn_output)
-        hidden_states = hidden_states + self.conv_module(hidden_states, padding_mask)
+        hidden_states = hidden_states + self.conv_module(hidden_states, padding_mask, real_positions)
         hidden_states = hidden_states + 0.5 * self.ffn2(hidden_states)
         return self.final_layer_norm(hidden_states)
 
@@ -307,9 +348,29 @@ class ConformerEncoder(nn.Module):
             for _ in range(num_layers)
         )
 
-    def forward(self, inputs: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """inputs: (B, L, input_size); padding_mask: (B, L) bool or None. Returns (B, L, hidden_size)."""
+    def forward(
+        self, inputs: torch.Tensor, padding_mask: torch.Tensor | None = None, num_real: int | None = None
+    ) -> torch.Tensor:
+        """inputs: (B, L, input_size); padding_mask: (B, L) bool or None; num_real: the number of True values of
+        `padding_mask`, when the caller knows it. Returns (B, L, hidden_size).
+
+        With `num_real` nothing reads the mask back to the host: an all-real mask is dropped (masking nothing gives
+        the same numbers) and the BatchNorms of a padded batch gather the real steps by index. Without it (tracing,
+        ONNX export, other callers) the mask is used as given."""
+        real_positions = None
+        if padding_mask is not None and num_real is not None:
+            if num_real == padding_mask.numel():
+                padding_mask = None
+            else:
+                real_positions = true_positions(padding_mask.flatten(), num_real)
         hidden_states = self.input_dropout(self.input_projection(inputs))
         for layer in self.layers:
-            hidden_states = layer(hidden_states, self.position_table, padding_mask)
+            hidden_states = layer(hidden_states, self.position_table, padding_mask, real_positions)
         return hidden_states
+
+
+def true_positions(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """The indices of the True values of the 1-D bool `mask`, in order, given their `count`: what
+    `mask.nonzero().flatten()` returns, without its device-to-host synchronisation (a stable sort puts the True
+    positions first, in order)."""
+    return torch.argsort((~mask).to(torch.uint8), stable=True)[:count]

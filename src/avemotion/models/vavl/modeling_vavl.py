@@ -49,7 +49,60 @@ from .conformer import (
     ConformerRelativeSelfAttention,
     SinusoidalPositionalEmbedding,
     sinusoidal_embeddings,
+    true_positions,
 )
+
+
+@dataclass
+class _MaskLayout:
+    """Host copy of what a modality's (B, T) frame mask says about each row, read back in one transfer per forward
+    (`_mask_layouts`), so that choosing rows and frames needs no further device-to-host synchronisation.
+
+    `counts`: real frames per row; `extents`: last real frame + 1 per row (0: the row lacks the modality)."""
+
+    counts: list[int]
+    extents: list[int]
+    frames: int
+
+    @property
+    def present(self) -> list[bool]:
+        return [count > 0 for count in self.counts]
+
+    @property
+    def num_rows(self) -> int:
+        return sum(self.present)
+
+    @property
+    def all_rows(self) -> bool:
+        return all(self.present)
+
+    @property
+    def longest(self) -> int:
+        """Frames up to the end of the longest clip among the rows that have the modality."""
+        return max(self.extents, default=0)
+
+    @property
+    def num_real(self) -> int:
+        return sum(self.counts)
+
+
+def _mask_layouts(*masks: tuple[torch.Tensor | None, int, int]) -> list[_MaskLayout]:
+    """`_MaskLayout` of each `(mask, batch, frames)` (mask None: every frame real), with one device-to-host copy."""
+    stats = []
+    for mask, _, frames in masks:
+        if mask is not None and frames:
+            positions = torch.arange(1, frames + 1, device=mask.device)
+            stats += [mask.sum(dim=-1), (mask * positions).amax(dim=-1)]
+    host = torch.cat(stats).tolist() if stats else []
+    layouts = []
+    for mask, batch, frames in masks:
+        if mask is None or not frames:
+            value = frames if mask is None else 0
+            layouts.append(_MaskLayout([value] * batch, [value] * batch, frames))
+        else:
+            layouts.append(_MaskLayout(host[:batch], host[batch : 2 * batch], frames))
+            host = host[2 * batch :]
+    return layouts
 
 
 @dataclass
@@ -198,13 +251,16 @@ class VavlModalityEncoder(nn.Module):
         self.projection = nn.Linear(feature_dim, config.projection_dim, bias=False)
         self.conformer = _build_conformer(config, config.projection_dim, config.num_modality_layers)
 
-    def forward(self, features: torch.Tensor, mask: torch.Tensor | None, legacy_layout: bool) -> torch.Tensor:
-        """features: (B, T, feature_dim) -> (B, T, hidden_size)."""
+    def forward(
+        self, features: torch.Tensor, mask: torch.Tensor | None, legacy_layout: bool, num_real: int | None = None
+    ) -> torch.Tensor:
+        """features: (B, T, feature_dim) -> (B, T, hidden_size). `num_real`: the True count of `mask` when known
+        (see `ConformerEncoder.forward`)."""
         hidden_states = self.projection(features)
         if legacy_layout:
             # The original code hands (T, B, D) to a (batch, time, dim) Conformer: attention runs across the batch.
             return self.conformer(hidden_states.transpose(0, 1)).transpose(0, 1)
-        return self.conformer(hidden_states, mask)
+        return self.conformer(hidden_states, mask, num_real)
 
 
 class VavlSharedEncoder(nn.Module):
@@ -215,12 +271,14 @@ class VavlSharedEncoder(nn.Module):
         self.conformer = _build_conformer(config, config.hidden_size, config.num_shared_layers)
         self.layer_norm = nn.LayerNorm(config.hidden_size)
 
-    def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, legacy_layout: bool) -> torch.Tensor:
-        """hidden_states: (B, T, hidden_size) -> (B, T, hidden_size)."""
+    def forward(
+        self, hidden_states: torch.Tensor, mask: torch.Tensor | None, legacy_layout: bool, num_real: int | None = None
+    ) -> torch.Tensor:
+        """hidden_states: (B, T, hidden_size) -> (B, T, hidden_size). `num_real`: as in `VavlModalityEncoder`."""
         if legacy_layout:
             encoded = self.conformer(hidden_states.transpose(0, 1)).transpose(0, 1)
         else:
-            encoded = self.conformer(hidden_states, mask)
+            encoded = self.conformer(hidden_states, mask, num_real)
         return self.layer_norm(encoded + hidden_states)
 
 
@@ -480,20 +538,55 @@ class VavlModel(VavlPreTrainedModel):
         return ((features.float() - mean) / (std + 1e-6)).to(dtype)
 
     def _encode(
-        self, features: torch.Tensor, mask: torch.Tensor | None, encoder: VavlModalityEncoder
+        self,
+        features: torch.Tensor,
+        mask: torch.Tensor | None,
+        encoder: VavlModalityEncoder,
+        layout: _MaskLayout | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Modality encoder + shared encoder + pooling on the rows that have the modality; other rows get zeros.
 
         The rows with the modality run as one sub-batch cut to their longest clip (key-padding masks make it
-        independent of the rest). The legacy layout runs each clip alone on its own frames (its attention would
-        otherwise cross the batch), or, with `legacy_batch_mixing`, the present rows together with the padding of
-        their longest clip, as the original code does."""
-        legacy = self.config.legacy_batch_axis_attention
+        independent of the rest), chosen from `layout` (the host copy of `mask`) without reading the device. The
+        legacy layout runs each clip alone on its own frames (its attention would otherwise cross the batch), or,
+        with `legacy_batch_mixing`, the present rows together with the padding of their longest clip, as the original
+        code does."""
+        if self.config.legacy_batch_axis_attention:
+            return self._encode_legacy(features, mask, encoder)
+        batch, frames = features.shape[:2]
+        if mask is None:
+            mask = torch.ones(batch, frames, dtype=torch.bool, device=features.device)
+        if layout is None:
+            layout = _mask_layouts((mask, batch, frames))[0]
+        longest = layout.longest
+        index = None if layout.all_rows else true_positions(mask.any(dim=-1), layout.num_rows)
+        sub_features, sub_mask = features, mask
+        if index is not None:
+            sub_features, sub_mask = features.index_select(0, index), mask.index_select(0, index)
+        if longest != frames:
+            sub_features, sub_mask = sub_features[:, :longest], sub_mask[:, :longest]
+        sub_hidden = encoder(sub_features, sub_mask, False, layout.num_real)
+        sub_hidden = self.shared_encoder(sub_hidden, sub_mask, False, layout.num_real)
+        sub_pooled = masked_mean(sub_hidden, sub_mask)
+        if sub_features is features:  # every row, every frame: no copy
+            return sub_hidden, sub_pooled
+        hidden_states = sub_hidden.new_zeros(batch, frames, sub_hidden.shape[-1])
+        if index is None:
+            hidden_states[:, :longest] = sub_hidden
+            return hidden_states, sub_pooled
+        hidden_states[index, :longest] = sub_hidden
+        pooled = sub_hidden.new_zeros(batch, sub_hidden.shape[-1]).index_put((index,), sub_pooled)
+        return hidden_states, pooled
+
+    def _encode_legacy(
+        self, features: torch.Tensor, mask: torch.Tensor | None, encoder: VavlModalityEncoder
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_encode` for the legacy layout (converted checkpoints; see there)."""
         batch, frames = features.shape[:2]
         if mask is None:
             mask = torch.ones(batch, frames, dtype=torch.bool, device=features.device)
         rows = mask.any(dim=-1)
-        if legacy and not self.config.legacy_batch_mixing:
+        if not self.config.legacy_batch_mixing:
             groups = [(row.view(1), mask[row]) for row in rows.nonzero().flatten()]  # one clip, its own frames
         else:
             used = mask[rows].any(dim=0)
@@ -503,13 +596,13 @@ class VavlModel(VavlPreTrainedModel):
         hidden_states = pooled = None
         for index, columns in groups:
             if len(groups) == 1 and index.numel() == batch and bool(columns.all()):
-                sub_features, sub_mask = features, mask  # every row, every frame: no copy
+                sub_features = features  # every row, every frame: no copy
             else:
-                sub_features, sub_mask = features[index][:, columns], mask[index][:, columns]
-            sub_hidden = encoder(sub_features, None if legacy else sub_mask, legacy)
-            sub_hidden = self.shared_encoder(sub_hidden, None if legacy else sub_mask, legacy)
-            # Legacy: pooled over every frame, padding included, like the original's AdaptiveAvgPool1d.
-            sub_pooled = masked_mean(sub_hidden, None if legacy else sub_mask)
+                sub_features = features[index][:, columns]
+            sub_hidden = encoder(sub_features, None, True)
+            sub_hidden = self.shared_encoder(sub_hidden, None, True)
+            # pooled over every frame, padding included, like the original's AdaptiveAvgPool1d
+            sub_pooled = masked_mean(sub_hidden, None)
             if sub_features is features:
                 return sub_hidden, sub_pooled
             if hidden_states is None:
@@ -560,20 +653,24 @@ class VavlModel(VavlPreTrainedModel):
                 either `pixel_values_videos` or `visual_features`. A row of zeros marks a row without video.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        (audio_features, audio_mask), (visual_features, visual_mask) = self._prepare_inputs(
-            input_values,
-            attention_mask,
-            audio_features,
-            audio_features_mask,
-            pixel_values_videos,
-            visual_features,
-            visual_features_mask,
+        (audio_features, audio_mask, audio_layout), (visual_features, visual_mask, visual_layout) = (
+            self._prepare_inputs(
+                input_values,
+                attention_mask,
+                audio_features,
+                audio_features_mask,
+                pixel_values_videos,
+                visual_features,
+                visual_features_mask,
+            )
         )
         audio_hidden = audio_pooled = visual_hidden = visual_pooled = None
         if audio_features is not None:
-            audio_hidden, audio_pooled = self._encode(audio_features, audio_mask, self.audio_encoder)
+            audio_hidden, audio_pooled = self._encode(audio_features, audio_mask, self.audio_encoder, audio_layout)
         if visual_features is not None:
-            visual_hidden, visual_pooled = self._encode(visual_features, visual_mask, self.visual_encoder)
+            visual_hidden, visual_pooled = self._encode(
+                visual_features, visual_mask, self.visual_encoder, visual_layout
+            )
 
         output = VavlModelOutput(
             audio_pooled_output=audio_pooled,
@@ -585,6 +682,8 @@ class VavlModel(VavlPreTrainedModel):
             audio_features_mask=audio_mask,
             visual_features_mask=visual_mask,
         )
+        # host copies of the masks for the task model (not an output field: to_tuple and outputs stay as they were)
+        object.__setattr__(output, "_layouts", (audio_layout, visual_layout))
         return output if return_dict else output.to_tuple()
 
     def _prepare_inputs(
@@ -630,10 +729,15 @@ class VavlModel(VavlPreTrainedModel):
                 # standardised padding would no longer be zero; keep it zero as the original's pad_sequence does
                 visual_features = visual_features.masked_fill(~visual_mask.unsqueeze(-1), 0.0)
 
+        # one device-to-host read of both masks: which rows have each modality and how long their clips are
+        audio_layout, visual_layout = _mask_layouts(
+            *[(mask, *features.shape[:2]) if features is not None else (None, 0, 0)
+              for features, mask in ((audio_features, audio_mask), (visual_features, visual_mask))]
+        )  # fmt: skip
         # a modality that no row has (all-zero masks) is absent for the batch: nothing of it runs
-        if audio_mask is not None and not bool(audio_mask.any()):
+        if audio_mask is not None and audio_layout.num_rows == 0:
             audio_features = audio_mask = None
-        if visual_mask is not None and not bool(visual_mask.any()):
+        if visual_mask is not None and visual_layout.num_rows == 0:
             visual_features = visual_mask = None
         if audio_features is None and visual_features is None:
             raise ValueError("Every row has all-zero masks: no row has audio or video frames.")
@@ -642,7 +746,7 @@ class VavlModel(VavlPreTrainedModel):
                 raise ValueError(
                     f"Audio and video batch sizes differ: {audio_features.shape[0]} vs {visual_features.shape[0]}"
                 )
-        return (audio_features, audio_mask), (visual_features, visual_mask)
+        return (audio_features, audio_mask, audio_layout), (visual_features, visual_mask, visual_layout)
 
 
 def _check_features(name: str, features: torch.Tensor, feature_dim: int) -> None:
@@ -708,12 +812,70 @@ def run_audio_backbone(
     return features, mask
 
 
-def _head_on_rows(head: VavlHead, inputs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """`head` on the rows of `inputs` where `rows` is True; NaN on the others (the head has no input there)."""
-    if bool(rows.all()):
+@contextlib.contextmanager
+def _eval_mode(modules: tuple[nn.Module, ...]):
+    """Eval mode for `modules` (their `training` flags set to False), each flag restored on exit: what `eval()` then
+    `train(was_training)` of their root does (frozen backbones kept in eval included), without the recursive calls."""
+    flags = [module.training for module in modules]
+    try:
+        for module in modules:
+            module.training = False
+        yield
+    finally:
+        for module, flag in zip(modules, flags):
+            module.training = flag
+
+
+def _head_on_rows(head: VavlHead, inputs: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """`head` on the rows of `inputs` at `index` (None: every row); NaN on the others (the head has no input there)."""
+    if index is None:
         return head(inputs)
-    out = head(inputs[rows])
-    return out.new_full((inputs.shape[0], out.shape[-1]), math.nan).index_put((rows.nonzero().flatten(),), out)
+    out = head(inputs.index_select(0, index))
+    return out.new_full((inputs.shape[0], out.shape[-1]), math.nan).index_put((index,), out)
+
+
+def _select_rows(tensor: torch.Tensor | None, index: torch.Tensor | None) -> torch.Tensor | None:
+    """The rows of `tensor` at `index`; None (every row): `tensor` itself (the same values as selecting them all)."""
+    if tensor is None or index is None:
+        return tensor
+    return tensor.index_select(0, index)
+
+
+def _layouts_of(encoded: VavlModelOutput) -> tuple[_MaskLayout | None, _MaskLayout | None]:
+    """The host copies of the masks `VavlModel.forward` attached to its output (read again if absent, e.g. an
+    output built elsewhere: one device read)."""
+    layouts = getattr(encoded, "_layouts", None)
+    if layouts is not None:
+        return layouts
+    pairs = []
+    for features, mask in ((encoded.audio_features, encoded.audio_features_mask),
+                           (encoded.visual_features, encoded.visual_features_mask)):  # fmt: skip
+        pairs.append((mask, *features.shape[:2]) if features is not None else (None, 0, 0))
+    layouts = tuple(_mask_layouts(*pairs))
+    object.__setattr__(encoded, "_layouts", layouts)
+    return layouts
+
+
+class _RowSelection:
+    """Which rows each head and loss covers: `present` (B,) bool device tensors for "audio", "video" and "both";
+    `count`, their True counts from the host copies of the masks; `index(name)`, the positions of those rows on the
+    device (None when every row is covered: no selection, no copy), computed without a device read."""
+
+    def __init__(self, encoded: VavlModelOutput, audio_present: torch.Tensor, visual_present: torch.Tensor):
+        batch = audio_present.shape[0]
+        audio_layout, visual_layout = _layouts_of(encoded)
+        audio = audio_layout.present if encoded.audio_pooled_output is not None else [False] * batch
+        video = visual_layout.present if encoded.visual_pooled_output is not None else [False] * batch
+        self.batch = batch
+        self.present = {"audio": audio_present, "video": visual_present, "both": audio_present & visual_present}
+        self.count = {"audio": sum(audio), "video": sum(video), "both": sum(a and v for a, v in zip(audio, video))}
+        self._indices: dict[str, torch.Tensor | None] = {}
+
+    def index(self, name: str) -> torch.Tensor | None:
+        if name not in self._indices:
+            every = self.count[name] == self.batch
+            self._indices[name] = None if every else true_positions(self.present[name], self.count[name])
+        return self._indices[name]
 
 
 class VavlForEmotionRecognition(VavlPreTrainedModel):
@@ -828,17 +990,23 @@ class VavlForEmotionRecognition(VavlPreTrainedModel):
         """
         if labels.shape[0] == 0:
             return sum(parameter.sum() for parameter in self.fusion_head.parameters()) * 0.0
-        encoder, was_training = self.vavl, self.vavl.training
-        encoder.eval()
-        try:
-            with torch.no_grad():
-                encoded = encoder(**inputs, return_dict=True)
-        finally:
-            encoder.train(was_training)
+        with _eval_mode(self._encoder_modules()), torch.no_grad():
+            encoded = self.vavl(**inputs, return_dict=True)
         if encoded.audio_pooled_output is None or encoded.visual_pooled_output is None:
             raise ValueError("fusion_step_loss needs audio and video inputs (rows with both modalities)")
         pooled = torch.cat([encoded.audio_pooled_output, encoded.visual_pooled_output], dim=-1).detach()
         return self.task_loss(self.fusion_head(pooled), labels)
+
+    def _encoder_modules(self) -> tuple[nn.Module, ...]:
+        """Every module of the encoders (`self.vavl` and below), listed once and cached: `fusion_step_loss` flips their
+        `training` flags directly, not through the recursive `train()`/`eval()` of each step. Listed again when a
+        direct child of the encoders was replaced (e.g. a backbone swapped)."""
+        key = tuple(map(id, self.vavl._modules.values()))
+        cached = self.__dict__.get("_encoder_modules_cache")
+        if cached is None or cached[0] != key or cached[1][0] is not self.vavl:
+            cached = (key, tuple(self.vavl.modules()))
+            self.__dict__["_encoder_modules_cache"] = cached
+        return cached[1]
 
     def evaluation_branches(self) -> list[str]:
         """The output fields evaluation reports: the routed `logits` and each head's (NaN on rows it did not score)."""
@@ -889,10 +1057,11 @@ class VavlForEmotionRecognition(VavlPreTrainedModel):
             return_dict=True,
         )
         audio_present, visual_present = self._present_rows(encoded)
-        head_logits = self._head_logits(encoded, audio_present, visual_present)
+        rows = _RowSelection(encoded, audio_present, visual_present)
+        head_logits = self._head_logits(encoded, rows)
         losses = {}
         if labels is not None:
-            losses = self._losses(encoded, head_logits, audio_present, visual_present, labels)
+            losses = self._losses(encoded, head_logits, rows, labels)
         output = VavlEmotionRecognitionOutput(
             **head_logits,
             **losses,
@@ -917,26 +1086,28 @@ class VavlForEmotionRecognition(VavlPreTrainedModel):
         visual_present = (
             _rows_present(encoded.visual_features_mask, batch_size, device) if visual_pooled is not None else absent
         )
-        if not bool((audio_present | visual_present).all()):
-            empty = (~(audio_present | visual_present)).nonzero().flatten().tolist()
+        audio_layout, visual_layout = _layouts_of(encoded)
+        audio_rows = audio_layout.present if audio_pooled is not None else [False] * batch_size
+        visual_rows = visual_layout.present if visual_pooled is not None else [False] * batch_size
+        empty = [row for row, (audio, video) in enumerate(zip(audio_rows, visual_rows)) if not (audio or video)]
+        if empty:  # (decided on the host copies of the masks: no device read)
             raise ValueError(f"Rows {empty} have neither audio nor video frames (all-zero masks).")
         return audio_present, visual_present
 
-    def _head_logits(
-        self, encoded: VavlModelOutput, audio_present: torch.Tensor, visual_present: torch.Tensor
-    ) -> dict[str, torch.Tensor | None]:
+    def _head_logits(self, encoded: VavlModelOutput, rows: _RowSelection) -> dict[str, torch.Tensor | None]:
         """`logits`, `audio_logits`, `visual_logits`, `fusion_logits`, each (B, num_labels) or None. Each head runs on
         the rows it covers only (NaN on the other rows); `logits` takes per row the fusion head when the row has both
         modalities, else the head of the one it has."""
         audio_pooled, visual_pooled = encoded.audio_pooled_output, encoded.visual_pooled_output
         has_audio, has_video = audio_pooled is not None, visual_pooled is not None
-        audio_logits = _head_on_rows(self.audio_head, audio_pooled, audio_present) if has_audio else None
-        visual_logits = _head_on_rows(self.visual_head, visual_pooled, visual_present) if has_video else None
+        audio_logits = _head_on_rows(self.audio_head, audio_pooled, rows.index("audio")) if has_audio else None
+        visual_logits = _head_on_rows(self.visual_head, visual_pooled, rows.index("video")) if has_video else None
         fusion_logits = None
         logits = audio_logits if has_audio else visual_logits
         if has_audio and has_video:
             fusion_inputs = torch.cat([audio_pooled, visual_pooled], dim=-1)
-            fusion_logits = _head_on_rows(self.fusion_head, fusion_inputs, audio_present & visual_present)
+            fusion_logits = _head_on_rows(self.fusion_head, fusion_inputs, rows.index("both"))
+            audio_present, visual_present = rows.present["audio"], rows.present["video"]
             both = (audio_present & visual_present).unsqueeze(-1)
             logits = torch.where(
                 both, fusion_logits, torch.where(audio_present.unsqueeze(-1), audio_logits, visual_logits)
@@ -952,27 +1123,27 @@ class VavlForEmotionRecognition(VavlPreTrainedModel):
         self,
         encoded: VavlModelOutput,
         head_logits: dict[str, torch.Tensor | None],
-        audio_present: torch.Tensor,
-        visual_present: torch.Tensor,
+        rows: _RowSelection,
         labels: torch.Tensor,
     ) -> dict[str, torch.Tensor | None]:
-        """The loss fields of the output: each step's loss over the rows it covers and their sum (`loss`)."""
-        labels = labels.to(audio_present.device)
+        """The loss fields of the output: each step's loss over the rows it covers and their sum (`loss`). Whether a
+        step has rows is known on the host (`rows`): no device read."""
+        labels = labels.to(rows.present["audio"].device)
         audio_loss = visual_loss = fusion_loss = audio_rec = visual_rec = None
-        if encoded.audio_pooled_output is not None and audio_present.any():
+        if encoded.audio_pooled_output is not None and rows.count["audio"]:
             audio_loss, audio_rec = self._unimodal_loss(
                 head_logits["audio_logits"], encoded.audio_pooled_output, encoded.audio_features,
-                encoded.audio_features_mask, audio_present, labels, self.audio_reconstruction_head,
+                encoded.audio_features_mask, rows.index("audio"), labels, self.audio_reconstruction_head,
             )  # fmt: skip
-        if encoded.visual_pooled_output is not None and visual_present.any():
+        if encoded.visual_pooled_output is not None and rows.count["video"]:
             visual_loss, visual_rec = self._unimodal_loss(
                 head_logits["visual_logits"], encoded.visual_pooled_output, encoded.visual_features,
-                encoded.visual_features_mask, visual_present, labels, self.visual_reconstruction_head,
+                encoded.visual_features_mask, rows.index("video"), labels, self.visual_reconstruction_head,
             )  # fmt: skip
         fusion_logits = head_logits["fusion_logits"]
-        if fusion_logits is not None and (audio_present & visual_present).any():
-            rows = audio_present & visual_present
-            fusion_loss = self.task_loss(fusion_logits[rows], labels[rows])
+        if fusion_logits is not None and rows.count["both"]:
+            index = rows.index("both")
+            fusion_loss = self.task_loss(_select_rows(fusion_logits, index), _select_rows(labels, index))
         return {
             "loss": sum(term for term in (audio_loss, visual_loss, fusion_loss) if term is not None),
             "audio_loss": audio_loss,
@@ -988,22 +1159,21 @@ class VavlForEmotionRecognition(VavlPreTrainedModel):
         pooled: torch.Tensor,
         features: torch.Tensor,
         mask: torch.Tensor | None,
-        rows: torch.Tensor,
+        index: torch.Tensor | None,
         labels: torch.Tensor,
         reconstruction_head: VavlHead,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One of VAVL's unimodal steps over the rows that have the modality: task loss + weighted reconstruction
-        MSE. Returns `(step_loss, reconstruction_mse)`.
+        """One of VAVL's unimodal steps over the rows that have the modality (`index`: their positions, None: every
+        row): task loss + weighted reconstruction MSE. Returns `(step_loss, reconstruction_mse)`.
 
         The reconstruction target is the time-average of the input features over the frames the pooling uses
-        (the row's real frames; with `legacy_batch_mixing`, padding included as in the original). It is detached so that a fine-tuned backbone is not pulled towards
-        easily reconstructed features."""
+        (the row's real frames; with `legacy_batch_mixing`, padding included as in the original). It is detached so
+        that a fine-tuned backbone is not pulled towards easily reconstructed features."""
         pool_mask = self.vavl.pooling_mask(mask)
-        target = masked_mean(features[rows], None if pool_mask is None else pool_mask[rows]).detach()
-        reconstruction = nn.functional.mse_loss(reconstruction_head(pooled[rows]), target)
-        step_loss = (
-            self.task_loss(logits[rows], labels[rows]) + self.config.reconstruction_loss_weight * reconstruction
-        )
+        target = masked_mean(_select_rows(features, index), _select_rows(pool_mask, index)).detach()
+        reconstruction = nn.functional.mse_loss(reconstruction_head(_select_rows(pooled, index)), target)
+        task = self.task_loss(_select_rows(logits, index), _select_rows(labels, index))
+        step_loss = task + self.config.reconstruction_loss_weight * reconstruction
         return step_loss, reconstruction
 
 
