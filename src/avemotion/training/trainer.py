@@ -128,7 +128,12 @@ def optimizer_implementation(name: str, device: torch.device, optimizer: str = "
     kernels per update), `"for_loop"` (a few kernels per parameter: PyTorch's reference). `"auto"`: fused Adam/AdamW
     where this torch has the kernels for the device (CUDA, CPU, XPU, MPS, ...), else foreach. Foreach results are
     bitwise the for-loop's; fused ones differ by float rounding (losses within 1e-6 on the tests' models)."""
-    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+    try:  # private, but the only list of where fused kernels exist
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+    except ImportError:  # a later torch moved it: "auto" falls back to foreach
+
+        def _get_fused_kernels_supported_devices() -> list[str]:
+            return []
 
     if name == "fused" and optimizer == "sgd":
         # torch's fused SGD takes momentum buffers all at once: a step over parameters some of which have one (the
