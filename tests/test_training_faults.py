@@ -185,7 +185,10 @@ def uninterrupted(tmp_path_factory):
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("damaged", ["model.safetensors", "trainer_state.json", "optimizer.bin"])
+@pytest.mark.parametrize(
+    "damaged", ["model.safetensors", "trainer_state.json", "optimizer.safetensors", "optimizer.json", "scheduler.json",
+                "rng_state_0.json"],
+)  # fmt: skip
 def test_resume_skips_a_truncated_checkpoint(tmp_path, uninterrupted, damaged, caplog):
     """The newest checkpoint (update 4) is truncated: resuming warns naming it, restarts from update 2 and ends with
     the parameters of the uninterrupted run."""
@@ -206,6 +209,12 @@ def test_resume_skips_a_truncated_checkpoint(tmp_path, uninterrupted, damaged, c
         trainer.train()
     assert any("checkpoint-0000004" in r.getMessage() and damaged in r.getMessage() for r in caplog.records)
     assert trainer.state["global_step"] == 6
+    # the fall-back is recorded in the state, so in every later checkpoint's trainer_state.json
+    (record,) = trainer.state["resumed_from"]
+    assert record["checkpoint"] == "checkpoint-0000002"
+    assert [s["checkpoint"] for s in record["skipped"]] == ["checkpoint-0000004"]
+    assert damaged in record["skipped"][0]["problem"]
+    assert json.loads((newest / "trainer_state.json").read_text())["resumed_from"] == [record]
     for name, parameter in model.named_parameters():
         torch.testing.assert_close(parameter, uninterrupted[name], rtol=0, atol=1e-6, msg=name)
     # the damaged checkpoint was replaced by a complete one

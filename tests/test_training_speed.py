@@ -16,6 +16,7 @@ from avemotion.data.collators import AvEmotionCollator
 from avemotion.training import EmotionTrainer, TrainingArguments
 from avemotion.training import trainer as trainer_module
 from avemotion.training.arguments import add_training_arguments, training_arguments_from_namespace
+from avemotion.training.resume_state import read_state, write_state
 from avemotion.training.schedules import rows_with, select_rows, step_keys
 
 NO_DROPOUT = dict(conformer_dropout=0.0, head_dropout=0.0)
@@ -428,20 +429,20 @@ def test_a_checkpoint_of_another_optimizer_implementation_resumes_with_the_curre
 
 
 def test_a_previous_release_checkpoint_resumes_with_fused_adam(tmp_path):
-    """The previous release saved plain Adam (groups with fused/foreach None, or without the keys): resumed with
+    """A checkpoint of plain Adam (groups with fused/foreach None, or without the keys, as older releases saved): resumed with
     the default optimizer, it trains on with fused groups and device checks instead of failing at the first update
     (a fused step's `found_inf` given to a non-fused group)."""
     data = toy_dataset(8, 0)
     _train(tmp_path, data, optimizer_implementation="for_loop", save_strategy="epoch")
     (checkpoint,) = (tmp_path / "checkpoints").iterdir()
-    saved = torch.load(checkpoint / "optimizer.bin", weights_only=True)
+    saved = read_state(checkpoint, "optimizer")
     for index, group in enumerate(saved["param_groups"]):
         for key in ("fused", "foreach", "capturable", "differentiable"):
             if index % 2:  # one group with the keys None, the other without them
                 group[key] = None
             else:
                 group.pop(key, None)
-    torch.save(saved, checkpoint / "optimizer.bin")
+    write_state(checkpoint, "optimizer", saved)
     trainer, params = _train(tmp_path, data, model=_model(), num_train_epochs=2, save_strategy="epoch",
                              resume_from_checkpoint="last")  # fmt: skip
     assert trainer.state["global_step"] == 4 and trainer._device_checks

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,21 @@ import torch
 
 from .files import atomic_write_text, file_problem, load_weights, recover_directory, replace_directory
 from .hub import CARD_FIGURES
+from .resume_state import (
+    OPTIMIZER_STATE,
+    RNG_STATE,
+    SCALER_STATE,
+    SCHEDULER_STATE,
+    CheckpointError,
+    UnsafeCheckpointError,
+    check_like_live,
+    check_optimizer_state,
+    refuse_pickles,
+    restore,
+    rng_state,
+    set_rng_state,
+    write_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -177,25 +193,11 @@ class CheckpointingMixin:
             hyperparameters=hyperparameters, split="evaluation", figures=figures,
         )  # fmt: skip
 
-    def _save_model_hook(self, models: list, weights: list, output_dir: str) -> None:
-        """accelerate `save_state` hook: the model goes into the checkpoint as a `save_pretrained` directory."""
-        if len(models) != 1 or len(weights) != 1:  # FSDP/DeepSpeed save their own way
-            return
-        state_dict = self.accelerator.get_state_dict(self.model)
-        if self.accelerator.is_main_process:
-            history = self.state["log_history"]
-            self._write_model_dir(Path(output_dir), state_dict, history[-1].get("eval") if history else None)
-        weights.pop()
-
-    def _load_model_hook(self, models: list, input_dir: str) -> None:
-        """accelerate `load_state` hook: read the model of a checkpoint written by `_save_model_hook`."""
-        if len(models) == 1 and (Path(input_dir) / "config.json").is_file():
-            load_weights(self.accelerator.unwrap_model(models[0]), Path(input_dir))
-            models.pop()
-
     def _save_checkpoint(self) -> None:
-        """`checkpoints/checkpoint-<update>`: accelerate's state and the model directory, written under a temporary
-        name and renamed when complete (an interrupted save leaves the previous checkpoints as they were)."""
+        """`checkpoints/checkpoint-<update>`: the model directory, the optimizer, scheduler and loss-scaler states
+        (`resume_state`: JSON + safetensors, written by the main process) and every process's random states, written
+        under a temporary name and renamed when complete (an interrupted save leaves the previous checkpoints as they
+        were)."""
         acc = self.accelerator
         checkpoints = self.output_dir / CHECKPOINTS_DIR
         name = f"checkpoint-{self.state['global_step']:07d}"
@@ -203,7 +205,17 @@ class CheckpointingMixin:
         if acc.is_main_process:
             shutil.rmtree(staging, ignore_errors=True)
         acc.wait_for_everyone()
-        acc.save_state(str(staging))
+        state_dict = acc.get_state_dict(self.model)  # a collective under some distributed back-ends
+        if acc.is_main_process:
+            staging.mkdir(parents=True)
+            history = self.state["log_history"]
+            self._write_model_dir(staging, state_dict, history[-1].get("eval") if history else None)
+            write_state(staging, OPTIMIZER_STATE, self.optimizer.state_dict())
+            write_state(staging, SCHEDULER_STATE, self.lr_scheduler.state_dict())
+            if getattr(acc, "scaler", None) is not None:
+                write_state(staging, SCALER_STATE, acc.scaler.state_dict())
+        acc.wait_for_everyone()
+        write_state(staging, RNG_STATE.format(rank=acc.process_index), rng_state())
         acc.wait_for_everyone()  # every process's random states are written
         if acc.is_main_process:
             atomic_write_text(staging / STATE_FILE, json.dumps(self.state, indent=2) + "\n")
@@ -213,27 +225,102 @@ class CheckpointingMixin:
                     shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
 
-    def _checkpoint_problem(self, directory: Path) -> str | None:
-        """Why `directory` cannot be resumed from (a missing or unreadable file, named), or None after loading it."""
-        if not (directory / STATE_FILE).is_file():
-            return f"{directory} is not a complete trainer checkpoint (no {STATE_FILE})"
-        for path in sorted(directory.iterdir()):
-            problem = file_problem(path) if path.is_file() else None
-            if problem:
-                return problem
+    def _read_trainer_state(self, directory: Path) -> dict[str, Any]:
+        """`trainer_state.json`, checked: the counters are whole numbers in range, the running sums are the run's
+        steps (a `CheckpointError` naming the file and field otherwise)."""
+        path = directory / STATE_FILE
         try:
-            state = json.loads((directory / STATE_FILE).read_text())
-            if not isinstance(state, dict) or "global_step" not in state:
-                return f"{directory / STATE_FILE}: not a trainer state"
-            self.accelerator.load_state(str(directory))
-        except Exception as error:  # whatever accelerate/torch raise on a damaged file: name the checkpoint
-            return f"{directory}: {type(error).__name__}: {error}"
-        self.state = {**self.state, **state}
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise CheckpointError(f"{path}: not readable JSON ({type(error).__name__}: {error})") from error
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path}: not a trainer state")
+        batches = len(self.train_loader)
+        limits = {"epoch": self.args.num_train_epochs, "step_in_epoch": batches, "global_step": None}
+        for key, high in limits.items():
+            value = state.get(key)
+            if (
+                not isinstance(value, int)
+                or isinstance(value, bool)
+                or value < 0
+                or (high is not None and value > high)
+            ):
+                bound = f"from 0 to {high}" if high is not None else "of at least 0"
+                raise CheckpointError(f"{path}: {key} = {value!r:.40}: expected a whole number {bound} (this run)")
+        for key in ("evaluations_without_improvement", "nonfinite_skipped_batches", "consecutive_nonfinite_batches",
+                    "epoch_nonfinite_skipped_batches"):  # fmt: skip
+            value = state.get(key, 0)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise CheckpointError(f"{path}: {key} = {value!r:.40}: expected a whole number of at least 0")
+        if not isinstance(state.get("log_history", []), list):
+            raise CheckpointError(f"{path}: log_history is not a list")
+        sums = state.get("loss_sums")
+        if state["step_in_epoch"] and not (
+            isinstance(sums, dict) and set(sums) == {step.name for step in self.steps}
+            and all(isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v)
+                    for v in sums.values())
+        ):  # fmt: skip
+            raise CheckpointError(
+                f"{path}: loss_sums must hold [sum, count] for the steps {[s.name for s in self.steps]}"
+            )
+        if state.get("best_metric") is not None and not isinstance(state["best_metric"], (int, float)):
+            raise CheckpointError(f"{path}: best_metric = {state['best_metric']!r:.40}: not a number")
+        return state
+
+    def _read_checkpoint(self, directory: Path) -> list[Callable[[], None]]:
+        """Read and check every piece of a checkpoint (nothing is applied yet); returns the functions that restore
+        them. A `CheckpointError` names the file that is missing, unreadable or does not fit this run; an
+        `UnsafeCheckpointError` a pickle (never loaded)."""
+        acc = self.accelerator
+        refuse_pickles(directory)
+        state = self._read_trainer_state(directory)
+        for path in sorted(directory.glob("*.safetensors")):
+            problem = file_problem(path)
+            if problem:
+                raise CheckpointError(problem)
+        model = acc.unwrap_model(self.model)
+        optimizer = self._plain_optimizer
+        pieces = [
+            lambda: load_weights(model, directory),
+            restore(directory, OPTIMIZER_STATE, lambda s, w: check_optimizer_state(s, optimizer, w),
+                    self.optimizer.load_state_dict),
+            restore(directory, SCHEDULER_STATE, lambda s, w: check_like_live(s, self.lr_scheduler.state_dict(), w),
+                    self.lr_scheduler.load_state_dict),
+            restore(directory, RNG_STATE.format(rank=acc.process_index), lambda s, w: None,
+                    lambda s: set_rng_state(s, str(directory / f"{RNG_STATE.format(rank=acc.process_index)}.json"))),
+        ]  # fmt: skip
+        saved_ranks = sorted(directory.glob(RNG_STATE.format(rank="*") + ".json"))
+        if len(saved_ranks) != acc.num_processes:
+            raise CheckpointError(
+                f"{directory}: written by {len(saved_ranks)} process(es) (rng_state_<rank>.json), this run has "
+                f"{acc.num_processes}: resume with the same number of processes"
+            )
+        scaler = getattr(acc, "scaler", None)
+        if scaler is not None:
+            pieces.append(restore(directory, SCALER_STATE, lambda s, w: check_like_live(s, scaler.state_dict(), w),
+                                  scaler.load_state_dict))  # fmt: skip
+        elif (directory / f"{SCALER_STATE}.json").exists():
+            raise CheckpointError(f"{directory / SCALER_STATE}.json: a loss scaler's state (fp16), this run has none")
+        pieces.append(lambda: self.state.update(state))
+        return pieces
+
+    def _restore_checkpoint(self, directory: Path) -> str | None:
+        """Restore `directory` whole: None, or why it cannot be resumed from (damaged, incomplete, another run's).
+        Raises `UnsafeCheckpointError` (a pickle in it: never skipped)."""
+        try:
+            for restore_piece in self._read_checkpoint(directory):
+                restore_piece()
+        except UnsafeCheckpointError:
+            raise
+        except (CheckpointError, ValueError, OSError) as error:  # load_weights' ValueError names the file
+            return str(error)
         return None
 
     def _load_checkpoint(self, checkpoint: str) -> None:
-        """Restore a checkpoint; `"last"`: the newest one that every process can read (an unreadable or incomplete
-        one is skipped with a warning naming it, and the one before it is used)."""
+        """Restore a checkpoint, every piece of it (model, optimizer, scheduler, loss scaler, random states, trainer
+        state) or fail. `"last"`: the newest one that every process can read; a damaged or incomplete one is skipped
+        with a warning naming the file, and the skip is recorded in `state["resumed_from"]` (so in every later
+        `trainer_state.json`). A checkpoint holding a pickle is refused, never skipped."""
         acc = self.accelerator
         recover_directory(self.output_dir / BEST_DIR)
         if checkpoint == "last":
@@ -245,21 +332,38 @@ class CheckpointingMixin:
             candidates = [Path(checkpoint)]
             if not (candidates[0] / STATE_FILE).is_file():
                 raise FileNotFoundError(f"{checkpoint} is not a trainer checkpoint (no {STATE_FILE})")
-        problems = []
+        skipped: list[dict[str, str]] = []
+        history = list(self.state.get("resumed_from", []))
         for directory in candidates:
-            problem = self._checkpoint_problem(directory)
-            if acc.num_processes > 1:  # resume from the same checkpoint everywhere
-                flag = torch.tensor([float(problem is not None)], device=acc.device)
-                if acc.reduce(flag, reduction="sum").item() > 0 and problem is None:
+            unsafe = None
+            try:
+                problem = self._restore_checkpoint(directory)
+            except UnsafeCheckpointError as error:
+                unsafe, problem = error, str(error)
+            if acc.num_processes > 1:  # resume from the same checkpoint everywhere; refuse everywhere
+                flags = torch.tensor([float(problem is not None), float(unsafe is not None)], device=acc.device)
+                any_problem, any_unsafe = (acc.reduce(flags, reduction="sum") > 0).tolist()
+                if any_unsafe and unsafe is None:
+                    unsafe = UnsafeCheckpointError(f"{directory}: refused on another process (it holds a pickle)")
+                if any_problem and problem is None:
                     problem = f"{directory}: unreadable on another process"
+            if unsafe is not None:
+                raise unsafe
             if problem is None:
                 break
-            problems.append(problem)
-            if checkpoint == "last":
-                logger.warning("cannot resume from %s (%s); trying the checkpoint before it", directory, problem)
+            if checkpoint != "last":
+                raise CheckpointError(f"cannot resume from {directory}: {problem}")
+            skipped.append({"checkpoint": directory.name, "problem": problem})
+            logger.warning("cannot resume from %s (%s); trying the checkpoint before it", directory, problem)
         else:
-            raise ValueError("no checkpoint to resume from could be read: " + "; ".join(problems))
+            raise CheckpointError(
+                "no checkpoint to resume from could be read: " + "; ".join(s["problem"] for s in skipped)
+            )
         self.state.setdefault("epoch_nonfinite_skipped_batches", 0)
+        self.state["resumed_from"] = [*history, {"checkpoint": directory.name, "skipped": skipped}]
+        if skipped:
+            logger.warning("resumed from the older %s: %d newer checkpoint(s) could not be read (recorded in "
+                           "resumed_from of trainer_state.json)", directory.name, len(skipped))  # fmt: skip
         acc.print(f"resumed from {directory}: epoch {self.state['epoch'] + 1}, batch {self.state['step_in_epoch']}")
 
     def _finish(self, report: dict[str, Any]) -> None:

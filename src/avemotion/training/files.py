@@ -72,13 +72,14 @@ def file_problem(path: Path) -> str | None:
 
 
 def load_weights(model: torch.nn.Module, directory: Path, allow_missing: str | None = None) -> None:
-    """Load the `*.safetensors` files of a `save_pretrained` directory into `model` (strict, except missing keys
+    """Load the `model*.safetensors` files of a `save_pretrained` directory into `model` (strict, except missing keys
     containing `allow_missing`); a `ValueError` naming the file when one cannot be read or does not match."""
     from safetensors.torch import load_file
 
-    files = sorted(directory.glob("*.safetensors"))
+    # model*.safetensors: save_pretrained's names (a checkpoint also holds optimizer/random-state tensors)
+    files = sorted(directory.glob("model*.safetensors"))
     if not files:
-        raise ValueError(f"{directory} holds no *.safetensors weights")
+        raise ValueError(f"{directory} holds no model*.safetensors weights")
     state_dict = {}
     for file in files:
         try:
