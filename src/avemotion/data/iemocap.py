@@ -26,6 +26,7 @@ from typing import Any
 import datasets
 
 from avemotion.processing.segments import IEMOCAP_ALIGNMENT_EXTENSIONS, read_iemocap_alignment
+from avemotion.utils.paths import check_file_name
 
 from .common import CorpusBuilder, CorpusIndex, CorpusReport, check_audio, empty_row, group_rows, require_directory
 
@@ -96,6 +97,9 @@ def _evaluations(evaluation: Path, report: CorpusReport, evaluated_at: dict[str,
             report.malformed.append((f"{evaluation}:{line_number}", f"bad evaluation line: {line.strip()[:60]!r}"))
             continue
         utterance, where = match.group(3), f"{evaluation}:{line_number}"
+        # the utterance names its wav and alignment files: a plain name, so that a crafted line cannot reach
+        # outside the corpus (`Ses01F_x/../../../../etc/passwd` is an error naming the line, not a path to read)
+        check_file_name(utterance, "utterance", where)
         if utterance in evaluated_at:
             raise ValueError(
                 f"iemocap: utterance {utterance!r} is evaluated twice: {evaluated_at[utterance]} and {where}; "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from avemotion.models.loading_checks import ContainedWeightsMixin
 from avemotion.utils.transformers_compat import auto_model_class, auto_model_mapping
 
 # Filled by `AutoModelForEmotionRecognition.register(...)` when `avemotion` is imported (transformers has no public
@@ -32,8 +33,9 @@ CUSTOM_PIPELINES = {
 }
 
 
-class EmotionModelHubMixin:
-    """Save-time extras of the avemotion models.
+class EmotionModelHubMixin(ContainedWeightsMixin):
+    """Save-time extras of the avemotion models, and `from_pretrained`'s check that a local directory's weight
+    files stay inside it (`ContainedWeightsMixin`).
 
     transformers writes `auto_map` only for the class that saves; this maps both the base model (`AutoModel`) and the
     task model (`AutoModelForAudioClassification`), records the pipeline in `custom_pipelines` and copies its code.

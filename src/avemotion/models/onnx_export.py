@@ -21,6 +21,7 @@ import copy
 import json
 import logging
 import math
+import os
 import shutil
 import time
 import warnings
@@ -34,7 +35,8 @@ from torch import nn
 
 from avemotion.models.auto import AutoModelForEmotionRecognition
 from avemotion.models.conformer import ConformerEncoder
-from avemotion.models.onnx_runtime import ONNX_CONFIG_NAME
+from avemotion.models.onnx_runtime import ONNX_CONFIG_NAME, ONNX_FORMAT, read_onnx_config
+from avemotion.utils.paths import contained_file
 
 logger = logging.getLogger(__name__)
 
@@ -205,6 +207,7 @@ def export_onnx(
     output = Path(output_dir)
     if source is not None and output.resolve() == source.resolve():
         raise ValueError(f"--output_dir must differ from the model directory {source}")
+    meta = _existing_onnx_config(output, parts)  # before anything is written into the directory
     graph, specs, output_names = spec.build_graph(), spec.inputs, spec.outputs
     output.mkdir(parents=True, exist_ok=True)
 
@@ -227,25 +230,43 @@ def export_onnx(
             program.save(str(path))
     seconds = time.perf_counter() - started
 
-    _write_directory(model, source, output, parts, path.name, spec, opset, exporter, seconds)
+    _write_directory(model, source, output, meta, parts, path.name, spec, opset, exporter, seconds)
     return path
 
 
-def _write_directory(model, source, output, parts, file_name, spec: OnnxExportSpec, opset, exporter, seconds):
+def _copy_processor_files(source: Path, output: Path) -> None:
+    """Copy the source directory's files that the export ships (processor files, ...), refusing a symlink that
+    leads out of it: what is copied into a directory meant to be shipped must have been the directory's own."""
+    for item in sorted(source.iterdir()):
+        if item.name in ("config.json", ONNX_CONFIG_NAME) or item.name.endswith(_SKIPPED_SUFFIXES):
+            continue
+        if item.is_symlink():
+            contained_file(source, item.name, "a file to copy into the export")
+        if item.is_file():
+            shutil.copy2(item, output / item.name)
+
+
+def _existing_onnx_config(output: Path, parts: str) -> dict[str, Any]:
+    """The output directory's `onnx_config.json`, read back as data like any export (the other part's graph is
+    kept, so its file name must be one of the directory's), or a new one."""
+    meta_path = output / ONNX_CONFIG_NAME
+    if not os.path.lexists(meta_path):
+        return {"format": ONNX_FORMAT, "graphs": {}}
+    meta = read_onnx_config(output)
+    for part, kept in meta["graphs"].items():
+        if part != parts:  # the part exported now is replaced
+            contained_file(output, kept.get("file"), f"graphs.{part}.file", source=meta_path)
+    return meta
+
+
+def _write_directory(model, source, output, meta, parts, file_name, spec: OnnxExportSpec, opset, exporter, seconds):
     if source is not None:
-        for item in source.iterdir():
-            if (
-                item.is_file()
-                and item.name not in ("config.json", ONNX_CONFIG_NAME)
-                and not item.name.endswith(_SKIPPED_SUFFIXES)
-            ):
-                shutil.copy2(item, output / item.name)
+        _copy_processor_files(source, output)
     config = model.config.to_dict()
     for key in ("auto_map", "custom_pipelines"):  # they point at PyTorch code that is not shipped
         config.pop(key, None)
     (output / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     meta_path = output / ONNX_CONFIG_NAME
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"format": "avemotion-onnx", "graphs": {}}
     meta["model_type"] = model.config.model_type
     meta["ignored_inputs"] = list(spec.ignored_inputs)
     meta["input_spec"] = model.input_spec()  # what the pipeline reads from the ONNX model (tuples become lists)
@@ -271,7 +292,10 @@ def check_parity(model: Any, onnx_dir: str | Path, parts: str = "heads", seed: i
 
     torch_model, _ = _load_model(model)
     torch_model.eval()
-    graph_meta = json.loads((Path(onnx_dir) / ONNX_CONFIG_NAME).read_text())["graphs"][parts]
+    graphs = read_onnx_config(onnx_dir)["graphs"]
+    if parts not in graphs:
+        raise ValueError(f"{Path(onnx_dir) / ONNX_CONFIG_NAME} has no {parts!r} graph; it has {sorted(graphs)}")
+    graph_meta = graphs[parts]
     specs = graph_meta["inputs"]
     generator = torch.Generator().manual_seed(seed)
     inputs = {name: example_input(name, spec, torch_model.config, generator) for name, spec in specs.items()}

@@ -9,15 +9,24 @@ Module import is light: onnxruntime is imported when a model is loaded.
 from __future__ import annotations
 
 import json
+import math
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from avemotion.utils.paths import contained_file
+
 # written next to the graphs by the export: which graph takes which inputs, how an absent input is filled
 ONNX_CONFIG_NAME = "onnx_config.json"
+ONNX_FORMAT = "avemotion-onnx"
 _NUMPY_DTYPES = {"float32": np.float32, "int64": np.int64}
+# the zeros that stand for an absent input are one wav2vec2 frame or a tiny image per row: a crafted shape must not
+# allocate gigabytes at the first call
+MAX_ABSENT_ELEMENTS = 1 << 20
 
 
 class OnnxRuntimeOutput(dict):
@@ -72,7 +81,10 @@ class OnnxRuntimeEmotionModel:
             kwargs: pipeline loading options; a `dtype` other than float32 and a non-CPU `device_map` are errors.
         """
         directory = Path(path)
-        if not cls.is_exported_directory(directory):
+        if not directory.is_dir():
+            what = "is not a directory" if directory.exists() else "does not exist"
+            raise OSError(f"{directory} {what}: an ONNX export is loaded from a local directory")
+        if not os.path.lexists(directory / ONNX_CONFIG_NAME):
             raise OSError(f"{directory} has no {ONNX_CONFIG_NAME}: not a directory written by `avemotion export-onnx`")
         dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
         if dtype not in (None, "auto", torch.float32, "float32"):
@@ -87,7 +99,8 @@ class OnnxRuntimeEmotionModel:
         # the avemotion configs are registered with AutoConfig: importing this module ran `avemotion/__init__.py`
         from transformers import AutoConfig
 
-        meta = json.loads((directory / ONNX_CONFIG_NAME).read_text())
+        meta = read_onnx_config(directory)
+        graph_files = checked_graph_files(directory, meta)  # every graph, before any is opened by ONNX Runtime
         config = AutoConfig.from_pretrained(directory)
         if session_options is None:
             session_options = onnxruntime.SessionOptions()
@@ -96,8 +109,8 @@ class OnnxRuntimeEmotionModel:
                 session_options.intra_op_num_threads = int(num_threads)
         providers = providers or ["CPUExecutionProvider"]
         sessions = {
-            part: onnxruntime.InferenceSession(str(directory / graph["file"]), session_options, providers=providers)
-            for part, graph in meta["graphs"].items()
+            part: onnxruntime.InferenceSession(str(file), session_options, providers=providers)
+            for part, file in graph_files.items()
         }
         return cls(config, directory, meta, sessions)
 
@@ -193,4 +206,167 @@ class OnnxRuntimeEmotionModel:
         return max(covering, key=lambda part: len(names & set(graphs[part]["inputs"])))
 
 
-__all__ = ["ONNX_CONFIG_NAME", "OnnxRuntimeEmotionModel", "OnnxRuntimeOutput"]
+# -- onnx_config.json: data, checked before use -----------------------------------------------------------------------
+
+
+def _fail(source: Path, field: str, expected: str, value: Any) -> ValueError:
+    shown = repr(value) if len(repr(value)) <= 200 else repr(value)[:200] + "..."
+    return ValueError(f"{source}: {field}: expected {expected}, got {shown}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_names(value: Any, source: Path, field: str, non_empty: bool = False) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value) or (non_empty and not value):
+        raise _fail(source, field, "a list of names" + (" (at least one)" if non_empty else ""), value)
+    return value
+
+
+def _check_input(spec: Any, source: Path, field: str) -> None:
+    """One graph input: `{"dtype", "axes", "absent_shape"}` as `onnx_export.input_spec` writes it."""
+    if not isinstance(spec, dict):
+        raise _fail(source, field, "an object with dtype, axes and absent_shape", spec)
+    if spec.get("dtype") not in _NUMPY_DTYPES:
+        raise _fail(source, f"{field}.dtype", f"one of {sorted(_NUMPY_DTYPES)}", spec.get("dtype"))
+    axes, absent = spec.get("axes"), spec.get("absent_shape")
+    if not isinstance(axes, list) or not axes or not all((isinstance(a, str) and a) or _is_int(a) for a in axes):
+        raise _fail(source, f"{field}.axes", "a non-empty list of axis names and sizes", axes)
+    if (
+        not isinstance(absent, list)
+        or len(absent) != len(axes) - 1
+        or not all(_is_int(n) and n >= 0 for n in absent)
+        or math.prod(absent) > MAX_ABSENT_ELEMENTS
+    ):
+        raise _fail(
+            source, f"{field}.absent_shape",
+            f"{len(axes) - 1} sizes >= 0 (the shape of one row, axes after the batch; at most "
+            f"{MAX_ABSENT_ELEMENTS} elements)", absent,
+        )  # fmt: skip
+
+
+_GRAPH_INFO = {
+    "opset": (int, "an integer"),
+    "exporter": (str, "a string"),
+    "torch_version": (str, "a string"),
+    "export_seconds": ((int, float), "a number"),
+}
+
+
+def _check_graph(graph: Any, source: Path, field: str) -> None:
+    if not isinstance(graph, dict):
+        raise _fail(source, field, "an object with file, inputs and outputs", graph)
+    inputs = graph.get("inputs")
+    if not isinstance(inputs, dict) or not inputs:
+        raise _fail(source, f"{field}.inputs", "an object: input name -> {dtype, axes, absent_shape}", inputs)
+    for name, spec in inputs.items():
+        _check_input(spec, source, f"{field}.inputs.{name}")
+    outputs = _check_names(graph.get("outputs"), source, f"{field}.outputs", non_empty=True)
+    if "logits" not in outputs:
+        raise _fail(source, f"{field}.outputs", "a list of output names with 'logits'", outputs)
+    for key, (kinds, expected) in _GRAPH_INFO.items():  # information about the export; checked when present
+        if key in graph and not isinstance(graph[key], kinds):
+            raise _fail(source, f"{field}.{key}", expected, graph[key])
+
+
+def check_onnx_config(meta: Any, source: str | os.PathLike) -> dict[str, Any]:
+    """`meta` (the parsed `onnx_config.json`) if it has the shape the export writes, else a `ValueError` naming
+    `source` and the field: `format` `"avemotion-onnx"`, `graphs` a non-empty object of graph objects (`file`,
+    `inputs`, `outputs`), `ignored_inputs` a list of names, `input_spec` an object. The graph file names are checked
+    against the directory by `checked_graph_files`."""
+    source = Path(source)
+    if not isinstance(meta, dict):
+        raise _fail(source, "the file", "a JSON object", type(meta).__name__)
+    if meta.get("format") != ONNX_FORMAT:
+        raise _fail(source, "format", repr(ONNX_FORMAT), meta.get("format"))
+    graphs = meta.get("graphs")
+    if not isinstance(graphs, dict) or not graphs:
+        raise _fail(source, "graphs", "a non-empty object: part name -> graph", graphs)
+    for part, graph in graphs.items():
+        _check_graph(graph, source, f"graphs.{part}")
+    if "ignored_inputs" in meta:
+        _check_names(meta["ignored_inputs"], source, "ignored_inputs")
+    for key in ("input_spec",):
+        if key in meta and not isinstance(meta[key], dict):
+            raise _fail(source, key, "an object", meta[key])
+    if "model_type" in meta and not isinstance(meta["model_type"], str):
+        raise _fail(source, "model_type", "a string", meta["model_type"])
+    return meta
+
+
+def read_onnx_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The checked `onnx_config.json` of an exported directory (`check_onnx_config`); a `ValueError` naming the file
+    when it cannot be read as JSON, is a symlink leading out of the directory, or has the wrong shape."""
+    path = contained_file(directory, ONNX_CONFIG_NAME, "the export's description", source=directory)
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: cannot be read as JSON ({error})") from error
+    return check_onnx_config(meta, path)
+
+
+def checked_graph_files(directory: str | os.PathLike, meta: dict[str, Any]) -> dict[str, Path]:
+    """part -> graph file, each a plain file name inside `directory` (`contained_file`) whose external data (tensors
+    stored in other files) names files of the directory too. Nothing outside the directory is opened."""
+    source = Path(directory) / ONNX_CONFIG_NAME
+    files = {}
+    for part, graph in meta["graphs"].items():
+        files[part] = contained_file(directory, graph.get("file"), f"graphs.{part}.file", source=source)
+    for file in files.values():
+        if file.is_file():  # a missing graph is ONNX Runtime's error to give, naming the file
+            check_external_data(file)
+    return files
+
+
+def _tensors(graph: Any) -> Iterator[Any]:
+    """Every tensor stored in an ONNX graph: initializers, sparse ones, node attributes, subgraphs."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        yield from _node_tensors(node)
+
+
+def _node_tensors(node: Any) -> Iterator[Any]:
+    for attribute in node.attribute:
+        if attribute.HasField("t"):
+            yield attribute.t
+        yield from attribute.tensors
+        if attribute.HasField("sparse_tensor"):
+            yield from (attribute.sparse_tensor.values, attribute.sparse_tensor.indices)
+        for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+            yield from _tensors(subgraph)
+
+
+def check_external_data(file: str | os.PathLike) -> None:
+    """Refuse an ONNX graph whose external data (a tensor stored in another file, `external_data.location`) names
+    a file outside the graph's folder. ONNX Runtime checks this itself only from about 1.24, and avemotion supports
+    older releases; without the `onnx` package installed, ONNX Runtime's own check is what there is."""
+    try:
+        import onnx
+    except ImportError:
+        return
+    file = Path(file)
+    try:  # the graph only: its external data files are not read
+        model = onnx.load(str(file), load_external_data=False)
+    except Exception as error:  # noqa: BLE001 - protobuf's DecodeError and friends: name the file
+        raise ValueError(f"{file}: not an ONNX graph ({type(error).__name__}: {error})") from error
+    tensors = [*_tensors(model.graph), *(t for f in model.functions for n in f.node for t in _node_tensors(n))]
+    for tensor in tensors:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((entry.value for entry in tensor.external_data if entry.key == "location"), None)
+        contained_file(file.parent, location, f"tensor {tensor.name!r} external_data.location", source=file)
+
+
+__all__ = [
+    "ONNX_CONFIG_NAME",
+    "ONNX_FORMAT",
+    "OnnxRuntimeEmotionModel",
+    "OnnxRuntimeOutput",
+    "check_external_data",
+    "check_onnx_config",
+    "checked_graph_files",
+    "read_onnx_config",
+]

@@ -124,7 +124,24 @@ def _inputs(args: argparse.Namespace) -> list[tuple[str, Any]]:
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+_PROCESSOR_CLASS = "AvEmotionProcessor"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def _check_processor_class(path: Path) -> None:
+    """`processor_config.json` names the avemotion processor, when it names a class: `AutoProcessor` builds whatever
+    class it names (a transformers class, or asks to run the directory's code when the name is unknown)."""
+    config = path / _PROCESSOR_FILES[0]
+    if not config.is_file():
+        return
+    try:
+        saved = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{config}: cannot be read as JSON ({error})") from error
+    name = saved.get("processor_class", _PROCESSOR_CLASS) if isinstance(saved, dict) else None
+    if name != _PROCESSOR_CLASS:
+        shown = name if isinstance(saved, dict) else f"a JSON {type(saved).__name__}, not an object"
+        raise ValueError(f"{config}: processor_class = {shown!r}: expected {_PROCESSOR_CLASS!r}")
 
 
 def check_model_dir(model: str) -> None:
@@ -147,13 +164,12 @@ def check_model_dir(model: str) -> None:
             f"--model {model!r}: no processor ({_PROCESSOR_FILES[0]}); save the model's AvEmotionProcessor next to it "
             "(processor.save_pretrained(DIR))"
         )
+    _check_processor_class(path)
+    from avemotion.models.loading_checks import check_weight_files
+
+    # the shard names of a weight index are data: each a plain file name inside the directory
     shards = [path / "model.safetensors"] if (path / "model.safetensors").is_file() else []
-    if (path / "model.safetensors.index.json").is_file():
-        try:
-            index = json.loads((path / "model.safetensors.index.json").read_text())
-            shards += sorted({path / name for name in index["weight_map"].values()})
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise ValueError(f"{path / 'model.safetensors.index.json'}: not a valid weight index ({error})") from error
+    shards += [s for s in check_weight_files(path) if s.name.endswith(".safetensors")]
     from safetensors import SafetensorError, safe_open
 
     for shard in shards:

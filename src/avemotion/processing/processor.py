@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from transformers import AutoTokenizer, BatchFeature, ProcessorMixin
 from transformers.utils import PROCESSOR_NAME, has_file, resolve_revision
 
+from avemotion.utils.paths import contained_file
 from avemotion.utils.transformers_compat import init_processor_subset
 
 from .audio import AvEmotionFeatureExtractor
@@ -17,6 +20,10 @@ from .video import AvEmotionImageProcessor, _as_video_list
 logger = logging.getLogger(__name__)
 
 AUDIO_MASK_KEY = "audio_attention_mask"
+# Constructor arguments in tokenizer_config.json that transformers opens as a path when they are strings: as it
+# stands, relative to the working directory or absolute, not as a file of the directory (`*_file` arguments are
+# replaced by the directory's own files by transformers itself). save_pretrained never writes them.
+TOKENIZER_PATH_ARGUMENTS = ("vocab", "merges")
 
 
 class AvEmotionProcessor(ProcessorMixin):
@@ -223,8 +230,7 @@ class AvEmotionProcessor(ProcessorMixin):
         else:
             feature_extractor = AvEmotionFeatureExtractor.from_pretrained(path, subfolder=subfolder, **kwargs)
         if "image_processor" in processor_dict:
-            settings = {k: v for k, v in processor_dict["image_processor"].items() if k != "image_processor_type"}
-            image_processor = AvEmotionImageProcessor(**{**settings, **image_kwargs})
+            image_processor = _saved_image_processor(path, processor_dict["image_processor"], image_kwargs)
         else:
             logger.info("%s has no image processor settings: using VAVL's defaults", path)
             image_processor = AvEmotionImageProcessor(**image_kwargs)
@@ -232,8 +238,46 @@ class AvEmotionProcessor(ProcessorMixin):
         config_file = f"{subfolder}/tokenizer_config.json" if subfolder else "tokenizer_config.json"
         keys = ("revision", "token", "local_files_only", "cache_dir")
         if has_file(path, config_file, **{key: lookup[key] for key in keys if key in lookup}):
+            check_tokenizer_config(path, config_file)
             tokenizer = AutoTokenizer.from_pretrained(path, subfolder=subfolder, **kwargs)
         return [feature_extractor, image_processor, tokenizer]
+
+
+def _saved_image_processor(path: Any, saved: Any, overrides: dict[str, Any]) -> AvEmotionImageProcessor:
+    """The image processor of a saved processor's `image_processor` settings (`overrides` win); bad settings are a
+    `ValueError` naming the file and the section."""
+    where = f"{path}: {PROCESSOR_NAME} image_processor"
+    if not isinstance(saved, dict):
+        raise ValueError(f"{where}: expected an object of settings, got {type(saved).__name__}")
+    settings = {k: v for k, v in saved.items() if k != "image_processor_type"}
+    try:
+        return AvEmotionImageProcessor(**{**settings, **overrides})
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: {error}") from error
+
+
+def check_tokenizer_config(path: str | os.PathLike, config_file: str = "tokenizer_config.json") -> None:
+    """Refuse a local directory's `tokenizer_config.json` that would make transformers read a file from outside it:
+    a symlink leading out, or a string in one of `TOKENIZER_PATH_ARGUMENTS` (a path transformers opens as it
+    stands). A `ValueError` names the file and the field. A Hub id is left to transformers."""
+    if not os.path.isdir(path):
+        return
+    file = Path(path) / config_file
+    if not os.path.lexists(file):
+        return
+    contained_file(file.parent, file.name, "the tokenizer's settings")
+    try:
+        saved = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{file}: cannot be read as JSON ({error})") from error
+    if not isinstance(saved, dict):
+        raise ValueError(f"{file}: expected a JSON object of tokenizer settings, got {type(saved).__name__}")
+    for key in TOKENIZER_PATH_ARGUMENTS:
+        if isinstance(saved.get(key), str):
+            raise ValueError(
+                f"{file}: {key} = {saved[key][:200]!r}: a saved tokenizer setting may not name a file (transformers "
+                "would open that path as it stands, outside the directory); the vocabulary belongs in tokenizer.json"
+            )
 
 
 # VAVL's audio settings: 16 kHz, global normalisation (statistics to be set from the training data)
@@ -250,4 +294,4 @@ def default_feature_extractor() -> AvEmotionFeatureExtractor:
     return AvEmotionFeatureExtractor(**VAVL_AUDIO_SETTINGS)
 
 
-__all__ = ["AUDIO_MASK_KEY", "AvEmotionProcessor"]
+__all__ = ["AUDIO_MASK_KEY", "TOKENIZER_PATH_ARGUMENTS", "AvEmotionProcessor", "check_tokenizer_config"]

@@ -143,6 +143,13 @@ class AvEmotionImageProcessor(PilBackend):
                 "face_detector must be 'haar', None (frames are face crops) or an object with "
                 f"`detect(frame_rgb) -> boxes`, got {type(face_detector).__name__}"
             )
+        # a saved processor's setting is data: the name of the built-in detector, or the record `to_dict` writes for
+        # a custom one ("custom:module.Class", never imported); a path or any other name is refused here, at load
+        if isinstance(face_detector, str) and face_detector != "haar" and not face_detector.startswith("custom:"):
+            raise ValueError(
+                f"face_detector = {face_detector[:200]!r}: expected 'haar', None or a detector object (a saved "
+                "processor names no file or class to load for it)"
+            )
 
     def get_face_detector(self, face_detector: Any = "default") -> FaceDetector | None:
         """Resolve the `face_detector` setting to a detector object (None for pre-cropped faces)."""

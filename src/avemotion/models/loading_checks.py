@@ -1,0 +1,96 @@
+"""The weight files of a local model directory stay inside it.
+
+transformers 5 joins every shard name of a weight index (`model.safetensors.index.json` `weight_map`) to the
+directory without a check: `"../outside.safetensors"` loads tensors from outside the model directory and
+`"/etc/passwd"` is opened (and its error tells whether it exists). `check_weight_files` refuses such a directory
+before transformers reads a weight, and `ContainedWeightsMixin` runs it at the start of `from_pretrained`.
+
+Generic: it names no model. Mix it in before `PreTrainedModel`:
+
+    class MyPreTrainedModel(ContainedWeightsMixin, PreTrainedModel): ...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from transformers.utils import (
+    CONFIG_NAME,
+    SAFE_WEIGHTS_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+)
+
+from avemotion.utils.paths import contained_file
+
+INDEX_NAMES = (SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_INDEX_NAME)
+# files transformers opens by these fixed names: a symlink among them must not lead out of the directory either
+FIXED_NAMES = (CONFIG_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_NAME, *INDEX_NAMES)
+
+
+def _with_variant(name: str, variant: str | None) -> str:
+    """transformers' naming of a weight file of a `variant` (`model.safetensors` -> `model.fp16.safetensors`)."""
+    if not variant:
+        return name
+    stem, extension = name.rsplit(".", 1)
+    return f"{stem}.{variant}.{extension}"
+
+
+def _read_index(path: Path) -> dict[str, Any]:
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: cannot be read as a weight index ({error})") from error
+    if not isinstance(index, dict):
+        raise ValueError(
+            f"{path}: expected a JSON object with `metadata` and `weight_map`, got {type(index).__name__}"
+        )
+    if not isinstance(index.get("weight_map"), dict):
+        raise ValueError(f"{path}: weight_map: expected an object (tensor name -> shard file name)")
+    if not isinstance(index.get("metadata", {}), dict):
+        raise ValueError(f"{path}: metadata: expected an object")
+    return index
+
+
+def check_weight_files(directory: str | os.PathLike, subfolder: str = "", variant: str | None = None) -> list[Path]:
+    """Check a local model directory's weight files before transformers reads them; returns the shard files its
+    weight indexes name (empty for a single-file checkpoint).
+
+    Every shard name of a weight index must be a plain file name inside the directory (`contained_file`), and none
+    of the files transformers opens by a fixed name (config, weights, indexes) may be a symlink leading out of it.
+    A `ValueError` names the index file and the `weight_map` entry, e.g.
+    `DIR/model.safetensors.index.json: weight_map['head.weight'] = '../x.safetensors': a file name must stay ...`.
+    """
+    root = Path(directory) / subfolder if subfolder else Path(directory)
+    indexes = [_with_variant(name, variant) for name in INDEX_NAMES] if variant else list(INDEX_NAMES)
+    for name in dict.fromkeys([*FIXED_NAMES, *(_with_variant(n, variant) for n in FIXED_NAMES), *indexes]):
+        if os.path.lexists(root / name):
+            contained_file(root, name, "a file of the checkpoint")
+    shards: dict[str, Path] = {}
+    for name in indexes:
+        index_path = root / name
+        if not os.path.lexists(index_path):
+            continue
+        for tensor, shard in _read_index(index_path)["weight_map"].items():
+            if isinstance(shard, str) and shard in shards:
+                continue  # each shard name once (an index names one shard for many tensors)
+            shards[shard] = contained_file(root, shard, f"weight_map[{tensor!r}]", source=index_path)
+    return list(shards.values())
+
+
+class ContainedWeightsMixin:
+    """`from_pretrained` that runs `check_weight_files` on a local directory before transformers loads it (a Hub id
+    is left to huggingface_hub, which refuses file names with a `..` segment or an absolute, drive or UNC path)."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any) -> Any:
+        if pretrained_model_name_or_path is not None and os.path.isdir(pretrained_model_name_or_path):
+            check_weight_files(pretrained_model_name_or_path, kwargs.get("subfolder") or "", kwargs.get("variant"))
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+
+__all__ = ["ContainedWeightsMixin", "check_weight_files"]
