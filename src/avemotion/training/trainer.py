@@ -23,7 +23,8 @@ old ones deleted); it names checkpoints by a save counter (`checkpoint_<n>`, res
 set by hand; an existing name is an error) instead of by the update they hold (`checkpoint-0000004`); it ignores the
 `output_dir` given to `save_state` (no staging folder is possible) and counts every entry of `checkpoints/` as a
 checkpoint; and `load_state()` resumes from the newest folder without falling back to the one before it when that one
-is unreadable.
+is unreadable. Nor does the trainer use accelerate's `save_state`/`load_state` at all: they pickle, and read pickles
+back with `weights_only=False` (see `avemotion.training.resume_state`).
 """
 
 from __future__ import annotations
@@ -73,25 +74,37 @@ class NonFiniteLossError(ValueError):
 
 
 def set_backbones_trainable(model: torch.nn.Module, freeze: bool | None) -> None:
-    """Set every `freeze_<part>` flag of the model's config (e.g. `freeze_audio_backbone`, `freeze_text_encoder`) to
-    `freeze` and apply it; the `*feature_encoder` flags, which refine how a backbone is frozen, are left alone.
-    None: keep the config's flags."""
+    """`TrainingArguments.freeze_backbones`: set every backbone freeze flag that the model declares
+    (`model.backbone_freeze_flags`, e.g. `{"freeze_audio_backbone": ("freeze_audio_feature_encoder",)}`: each flag and
+    the flags that refine it) to `freeze`, and apply them with the model's hook `model.apply_backbone_freezing()`. The
+    refining flags keep the config's values (a frozen CNN feature encoder stays frozen under `freeze=False`), so the
+    model's trainable parameters are those of a model built from the changed config. The changed config is validated
+    first (`validate_architecture()`); on an error it is restored and the model is left alone. None: keep the config's
+    flags (no declaration needed)."""
     if freeze is None:
         return
+    name = type(model).__name__
+    declared = getattr(model, "backbone_freeze_flags", None)
+    if not declared or not callable(getattr(model, "apply_backbone_freezing", None)):
+        raise ValueError(
+            f"freeze_backbones={freeze} needs a model that declares its backbone freeze flags (`backbone_freeze_flags`)"
+            f" and applies them (`apply_backbone_freezing()`); {name} does not: leave freeze_backbones at None"
+        )
     config = model.config
-    flags = [f for f in config.to_dict() if f.startswith("freeze_") and not f.endswith("feature_encoder")]
-    if not flags:
-        raise ValueError(f"{type(model).__name__} has no backbone freeze flags; leave freeze_backbones at None")
-    for flag in flags:
-        setattr(config, flag, freeze)
-    base = getattr(model, "base_model", model)
-    if hasattr(base, "apply_backbone_freezing"):
-        base.apply_backbone_freezing()
-    else:  # no helper: set requires_grad on the modules named after the flags
-        for flag in flags:
-            module = getattr(base, flag.removeprefix("freeze_"), None)
-            if isinstance(module, torch.nn.Module):
-                module.requires_grad_(not freeze)
+    named = [field for flag, refining in declared.items() for field in (flag, *refining)]
+    if missing := [flag for flag in named if not hasattr(config, flag)]:
+        raise ValueError(f"{name}.backbone_freeze_flags names {missing}: no fields of its {type(config).__name__}")
+    before = {flag: getattr(config, flag) for flag in declared}
+    for flag in declared:
+        setattr(config, flag, bool(freeze))
+    try:
+        if callable(getattr(config, "validate_architecture", None)):
+            config.validate_architecture()
+    except ValueError as error:
+        for flag, value in before.items():
+            setattr(config, flag, value)
+        raise ValueError(f"freeze_backbones={freeze} makes an invalid {type(config).__name__}: {error}") from error
+    model.apply_backbone_freezing()
 
 
 def evaluation_branches(model: torch.nn.Module) -> list[str]:
@@ -164,20 +177,6 @@ def keep_implementation_on_load(optimizer: torch.optim.Optimizer) -> None:
         return {**state_dict, "param_groups": groups}
 
     optimizer.register_load_state_dict_pre_hook(pre_hook)
-
-
-class _SchedulerSlot:
-    """The learning-rate scheduler as accelerate checkpoints it (registered once; `auto_find_batch_size` builds a
-    new scheduler per attempt): its state dict is the current scheduler's, so checkpoints are unchanged."""
-
-    def __init__(self, trainer: EmotionTrainer):
-        self.trainer = trainer
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.trainer.lr_scheduler.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.trainer.lr_scheduler.load_state_dict(state)
 
 
 class EmotionTrainer(CheckpointingMixin):
@@ -257,13 +256,8 @@ class EmotionTrainer(CheckpointingMixin):
             "consecutive_nonfinite_batches": 0,
             "log_history": [],
         }
-        # checkpoints hold the model as a `save_pretrained` directory (config, weights, processor, card), not as
-        # accelerate's wrapped state dict
-        self.accelerator.register_save_state_pre_hook(self._save_model_hook)
-        self.accelerator.register_load_state_pre_hook(self._load_model_hook)
         self._nonfinite_steps: list[tuple[str, torch.Tensor | None]] = []
         self._batch_rows: torch.Tensor | None = None
-        self._scheduler_slot: _SchedulerSlot | None = None
 
     # ------------------------------------------------------------------------------------------ setup
 
@@ -352,9 +346,6 @@ class EmotionTrainer(CheckpointingMixin):
             args.lr_scheduler_type, getattr(self.optimizer, "optimizer", self.optimizer), num_warmup_steps=warmup,
             num_training_steps=total,
         )  # fmt: skip
-        if self._scheduler_slot is None:
-            self._scheduler_slot = _SchedulerSlot(self)
-            acc.register_for_checkpointing(self._scheduler_slot)
         self._prepare_step_tables()
         if acc.trackers == [] and args.report_to != "none":
             acc.init_trackers("avemotion", config={k: str(v) for k, v in args.to_dict().items()})

@@ -402,6 +402,20 @@ class MultiLevelFusionPreTrainedModel(EmotionModelHubMixin, PreTrainedModel):
     # Forward takes no **kwargs; the Trainer must not rescale the loss by num_items_in_batch.
     accepts_loss_kwargs = False
     _auto_map_classes = ("MultiLevelFusionModel", "MultiLevelFusionForEmotionRecognition")
+    # The declaration of the encoder freezing (plain data, read by the trainer's `freeze_backbones`): each config flag
+    # that freezes an encoder, with the flags that refine how it is frozen; `apply_backbone_freezing()` applies them.
+    backbone_freeze_flags = {
+        "freeze_audio_encoder": ("freeze_feature_encoder",),
+        "freeze_text_encoder": (),
+    }
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        """transformers' `from_pretrained`, then `apply_backbone_freezing()`: loading replaces every parameter by a
+        trainable one (transformers 5), which would leave the backbones that the config freezes trainable."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).apply_backbone_freezing()  # output_loading_info=True
+        return loaded
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -467,7 +481,7 @@ class MultiLevelFusionPreTrainedModel(EmotionModelHubMixin, PreTrainedModel):
             if target is None:
                 raise ValueError(f"from_backbones got a checkpoint for {name}, but no fusion member uses {name}")
             target.load_state_dict(encoder.state_dict())
-        base.apply_encoder_freezing()
+        base.apply_backbone_freezing()
         return model
 
 
@@ -490,24 +504,25 @@ class MultiLevelFusionModel(MultiLevelFusionPreTrainedModel):
             config.audio_config.conv_kernel, config.audio_config.conv_stride
         )
         self.post_init()
-        self.apply_encoder_freezing()
+        self.apply_backbone_freezing()
 
-    def apply_encoder_freezing(self) -> None:
-        """Set `requires_grad` of the encoders from the config's freeze flags."""
+    def apply_backbone_freezing(self) -> None:
+        """Apply the config's freeze flags (`backbone_freeze_flags`) to the encoders: `requires_grad` and the mode
+        (a frozen encoder is kept in eval mode, a trainable one follows the model), as a model built from the same
+        config has them; call it again after changing the flags."""
+        config = self.config
         if self.audio_encoder is not None:
-            self.audio_encoder.requires_grad_(not self.config.freeze_audio_encoder)
-            if self.config.freeze_audio_encoder:
-                self.audio_encoder.eval()
+            self.audio_encoder.requires_grad_(not config.freeze_audio_encoder)
+            self.audio_encoder.train(self.training and not config.freeze_audio_encoder)
             feature_encoder = getattr(self.audio_encoder, "feature_extractor", None)
-            if self.config.freeze_feature_encoder and feature_encoder is not None:
+            if config.freeze_feature_encoder and feature_encoder is not None:
                 if hasattr(self.audio_encoder, "freeze_feature_encoder"):  # wav2vec2, WavLM, data2vec-audio
                     self.audio_encoder.freeze_feature_encoder()
                 else:  # HuBERT has no such method
                     feature_encoder.requires_grad_(False)
         if self.text_encoder is not None:
-            self.text_encoder.requires_grad_(not self.config.freeze_text_encoder)
-            if self.config.freeze_text_encoder:
-                self.text_encoder.eval()
+            self.text_encoder.requires_grad_(not config.freeze_text_encoder)
+            self.text_encoder.train(self.training and not config.freeze_text_encoder)
 
     def train(self, mode: bool = True) -> MultiLevelFusionModel:
         super().train(mode)
@@ -922,6 +937,10 @@ class MultiLevelFusionForEmotionRecognition(MultiLevelFusionPreTrainedModel):
             }
         )
         self.post_init()
+
+    def apply_backbone_freezing(self) -> None:
+        """Apply the config's freeze flags to the encoders (see [`MultiLevelFusionModel.apply_backbone_freezing`])."""
+        self.mlfusion.apply_backbone_freezing()
 
     def _head_input_size(self, member: FusionMember) -> int:
         config = self.config

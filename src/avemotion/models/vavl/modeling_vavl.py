@@ -325,6 +325,20 @@ class VavlPreTrainedModel(EmotionModelHubMixin, PreTrainedModel):
     # Forward takes no **kwargs; the Trainer must not rescale the loss by num_items_in_batch.
     accepts_loss_kwargs = False
     _auto_map_classes = ("VavlModel", "VavlForEmotionRecognition")
+    # The declaration of the backbone freezing (plain data, read by the trainer's `freeze_backbones`): each config flag
+    # that freezes a backbone, with the flags that refine how it is frozen; `apply_backbone_freezing()` applies them.
+    backbone_freeze_flags = {
+        "freeze_audio_backbone": ("freeze_audio_feature_encoder",),
+        "freeze_visual_backbone": (),
+    }
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        """transformers' `from_pretrained`, then `apply_backbone_freezing()`: loading replaces every parameter by a
+        trainable one (transformers 5), which would leave the backbones that the config freezes trainable."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).apply_backbone_freezing()  # output_loading_info=True
+        return loaded
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -443,13 +457,18 @@ class VavlModel(VavlPreTrainedModel):
         self.apply_backbone_freezing()
 
     def apply_backbone_freezing(self) -> None:
-        """Set `requires_grad` of the backbones from the config's freeze flags."""
+        """Apply the config's freeze flags (`backbone_freeze_flags`) to the backbones: `requires_grad` and the mode
+        (a frozen backbone is kept in eval mode, a trainable one follows the model), as a model built from the same
+        config has them; call it again after changing the flags."""
+        config = self.config
         if self.audio_backbone is not None:
-            self.audio_backbone.requires_grad_(not self.config.freeze_audio_backbone)
-            if self.config.freeze_audio_feature_encoder:
+            self.audio_backbone.requires_grad_(not config.freeze_audio_backbone)
+            self.audio_backbone.train(self.training and not config.freeze_audio_backbone)
+            if config.freeze_audio_feature_encoder:
                 self.audio_backbone.freeze_feature_encoder()
         if self.visual_backbone is not None:
-            self.visual_backbone.requires_grad_(not self.config.freeze_visual_backbone)
+            self.visual_backbone.requires_grad_(not config.freeze_visual_backbone)
+            self.visual_backbone.train(self.training and not config.freeze_visual_backbone)
 
     def train(self, mode: bool = True) -> VavlModel:
         super().train(mode)
@@ -891,6 +910,10 @@ class VavlForEmotionRecognition(VavlPreTrainedModel):
         self.audio_reconstruction_head = VavlHead(hidden, sizes, config.audio_feature_dim, dropout)
         self.visual_reconstruction_head = VavlHead(hidden, sizes, config.visual_feature_dim, dropout)
         self.post_init()
+
+    def apply_backbone_freezing(self) -> None:
+        """Apply the config's freeze flags to the backbones (see [`VavlModel.apply_backbone_freezing`])."""
+        self.vavl.apply_backbone_freezing()
 
     def onnx_export_spec(self, parts: str, exporter: str) -> Any:
         """How `avemotion export-onnx` exports this model (the hook `avemotion.models.onnx_export` calls): an
