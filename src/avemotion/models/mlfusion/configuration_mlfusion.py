@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from .segments import GRANULARITIES
+
+try:  # the package's config bounds; a remote copy (trust_remote_code: the user trusts the checkpoint's own code and
+    # files) runs without avemotion and skips them
+    if not __name__.startswith("avemotion."):
+        raise ImportError
+    from avemotion.models import config_limits as limits
+    from avemotion.models.config_limits import ConfigLimitsMixin
+except ImportError:
+    limits = None
+
+    class ConfigLimitsMixin:  # noqa: D101
+        def check_field_limits(self, kwargs=None):
+            pass
+
+        def check_model_size(self):
+            pass
+
 
 # The mainstream 4-class IEMOCAP set-up (excited merged into happy).
 IEMOCAP_LABELS = ["neutral", "happy", "angry", "sad"]
@@ -61,7 +78,7 @@ def head_names(granularities: list[str], granularity_fusion: str) -> list[str]:
     return names
 
 
-class MultiLevelFusionConfig(PreTrainedConfig):
+class MultiLevelFusionConfig(ConfigLimitsMixin, PreTrainedConfig):
     r"""
     Configuration of the multi-level fusion model of wav2vec 2.0 and BERT (Zhao, Wang, Wang, Interspeech 2022,
     arXiv 2207.04697). Only the paper's abstract is public; every choice that it does not fix is a field here (see the
@@ -127,6 +144,20 @@ class MultiLevelFusionConfig(PreTrainedConfig):
         sampling_rate (`int`, defaults to 16000): audio sampling rate of the speech encoder.
         max_text_length (`int`, defaults to 128): WordPiece tokens kept by the processor.
         initializer_range (`float`, defaults to 0.02): std of the normal init of the fusion and head linears.
+        max_parameters (`float`, *optional*, defaults to 2e9): the largest model (estimated parameter count of
+            `MultiLevelFusionForEmotionRecognition`, encoders included) this config may describe. Only an explicit
+            argument sets it (`MultiLevelFusionConfig(..., max_parameters=5e9)`, `from_pretrained(dir,
+            max_parameters=5e9)`): a config file that sets it is refused, and it is never saved.
+
+    Limits (checked when the config is built, before any module; a `ValueError` names the field and its range, see
+    `avemotion.models.config_limits`): whole numbers (not bools, not floats such as `3.0`): `fusion_hidden_size`
+    1-16384, `num_coattention_layers` 1-256, `num_self_attention_layers` 0-256, `num_coattention_heads` 1-1024
+    dividing `fusion_hidden_size`, `coattention_ffn_size` and `classifier_hidden_size` 1-65536, `max_text_length`
+    1-65536, `sampling_rate` 1000-384000, 1-1024 labels, an integer `audio_layer`/`text_layer` a hidden-state index of
+    its encoder; numbers: dropouts in [0, 1], `max_segment_overrun` in [0, 60] s, weights finite and in [0, 1e6].
+    The encoder configs' size fields are bounded too (wav2vec2-style: layers 1-256, widths 1-16384, CNN lists of 1-32
+    values; BERT-style: layers 1-256, widths 1-16384, vocabulary 1-1,000,000, positions 1-65536; heads dividing the
+    width), and the estimated parameter count must not exceed `max_parameters`.
     """
 
     model_type: ClassVar[str] = "mlfusion"
@@ -191,7 +222,9 @@ class MultiLevelFusionConfig(PreTrainedConfig):
         self.validate_architecture()
 
     def validate_architecture(self):
-        """Checks the choices that the model cannot work with."""
+        """Checks the sizes and choices that the model cannot work with (the field bounds first: a crafted size fails
+        here, before any module is built)."""
+        self.check_field_limits()
         super().validate_architecture()
         unknown = [g for g in self.granularities if g not in GRANULARITIES]
         if unknown or not self.granularities or len(set(self.granularities)) != len(self.granularities):
@@ -244,11 +277,6 @@ class MultiLevelFusionConfig(PreTrainedConfig):
                 f"fusion_hidden_size ({self.fusion_hidden_size}) must be divisible by num_coattention_heads "
                 f"({self.num_coattention_heads})"
             )
-        if self.num_coattention_layers < 1 or self.num_self_attention_layers < 0:
-            raise ValueError(
-                f"need num_coattention_layers >= 1 and num_self_attention_layers >= 0, got "
-                f"{self.num_coattention_layers} and {self.num_self_attention_layers}"
-            )
         if self.class_weights is not None and len(self.class_weights) != self.num_labels:
             raise ValueError(f"class_weights needs {self.num_labels} values, got {len(self.class_weights)}")
         for attribute in ("conv_kernel", "conv_stride", "hidden_size"):
@@ -267,6 +295,78 @@ class MultiLevelFusionConfig(PreTrainedConfig):
             raise ValueError("audio_config.add_adapter=True changes the frame rate; segment pooling needs it False")
         if self.problem_type != "single_label_classification":
             raise ValueError(f"problem_type must be 'single_label_classification', got {self.problem_type!r}")
+        self.check_model_size()
+        self._check_layer_indices()
+
+    def _check_layer_indices(self) -> None:
+        """An integer `audio_layer`/`text_layer` is a hidden-state index of its encoder (layers + 1 states)."""
+        for name, encoder in (("audio_layer", self.audio_config), ("text_layer", self.text_config)):
+            value, layers = getattr(self, name), encoder.num_hidden_layers
+            if isinstance(value, int) and not -(layers + 1) <= value <= layers:
+                raise ValueError(
+                    f"MultiLevelFusionConfig.{name} = {value}: expected a hidden-state index from {-(layers + 1)} to "
+                    f"{layers} (the encoder has {layers} layers; 0 is the output before the first one)"
+                )
+
+    def limit_fields(self) -> dict[str, Any]:
+        """The bounds of the own fields (see the class docstring), for `ConfigLimitsMixin`."""
+        whole, number, probability, flag = limits.whole, limits.number, limits.probability, limits.flag
+        bounds: dict[str, Any] = {
+            "granularities": limits.string_list(1, len(GRANULARITIES)),
+            "fusion_members": limits.optional(limits.string_list(1, 64)),
+            "late_fusion_weights": limits.optional(limits.number_dict(0.0, 1e6)),
+            "fusion_hidden_size": whole(1, limits.MAX_WIDTH),
+            "num_coattention_layers": whole(1, limits.MAX_LAYERS),
+            "num_coattention_heads": whole(1, limits.MAX_HEADS),
+            "coattention_ffn_size": whole(1, limits.MAX_FEED_FORWARD),
+            "num_self_attention_layers": whole(0, limits.MAX_LAYERS),
+            "classifier_hidden_size": whole(1, limits.MAX_FEED_FORWARD),
+            "head_loss_weights": limits.optional(limits.number_dict(0.0, 1e6)),
+            "class_weights": limits.optional(limits.number_list(0.0, 1e6, 1, limits.MAX_LABELS)),
+            "max_segment_overrun": number(0.0, 60.0),
+            "sampling_rate": whole(1000, 384000),
+            "max_text_length": whole(1, limits.MAX_POSITIONS),
+            "initializer_range": number(0.0, 10.0),
+        }
+        for name in ("attention_dropout", "hidden_dropout", "classifier_dropout"):
+            bounds[name] = probability()
+        for name in ("freeze_audio_encoder", "freeze_feature_encoder", "freeze_text_encoder", "keep_silence_segments"):
+            bounds[name] = flag()
+        return bounds
+
+    def limit_backbones(self) -> dict[str, str]:
+        """The encoder sub-configs and their architectures, for `ConfigLimitsMixin`."""
+        return {"audio_config": "wav2vec2", "text_config": "bert"}
+
+    def estimated_parameters(self) -> dict[str, int]:
+        """The parameters of `MultiLevelFusionForEmotionRecognition(self)` by part (computed from the sizes, no module
+        is built; exact for the encoders `config_limits` counts exactly; needs avemotion, not only a remote copy of
+        this file). Only what the fusion members use is counted, as only that is built."""
+        linear, width = limits.linear_parameters, self.fusion_hidden_size
+        audio_width, text_width = self.audio_config.hidden_size, self.text_config.hidden_size
+        parts = {"audio_config": 0, "text_config": 0}
+        if self.uses_audio:
+            weights = self.audio_config.num_hidden_layers + 1 if self.audio_layer == "weighted_sum" else 0
+            parts["audio_config"] = limits.backbone_parameters(self.audio_config, "wav2vec2") + weights
+        if self.uses_text:
+            weights = self.text_config.num_hidden_layers + 1 if self.text_layer == "weighted_sum" else 0
+            parts["text_config"] = limits.backbone_parameters(self.text_config, "bert") + weights
+
+        def projection(input_size: int) -> int:  # Linear + LayerNorm to fusion_hidden_size, unless already that wide
+            return 0 if input_size == width else linear(input_size, width) + 2 * width
+
+        layers = 2 * (self.num_self_attention_layers + self.num_coattention_layers)  # speech and text streams
+        block = projection(audio_width) + projection(text_width)
+        block += layers * limits.transformer_layer_parameters(width, self.coattention_ffn_size)
+        early = {g for member in self.members if member.kind == "early" for g in member.granularities}
+        parts["co-attention"] = len(early) * block
+        inputs = {"audio": audio_width, "text": text_width}
+        heads = 0
+        for member in self.members:
+            size = inputs.get(member.kind, 2 * width * len(member.granularities))
+            heads += linear(size, self.classifier_hidden_size) + linear(self.classifier_hidden_size, self.num_labels)
+        parts["heads"] = heads
+        return parts
 
     @property
     def members(self) -> list[FusionMember]:

@@ -7,6 +7,23 @@ from typing import Any, ClassVar, Literal
 from transformers import EfficientNetConfig, PreTrainedConfig, Wav2Vec2Config
 from transformers.configuration_utils import SubConfigSpec
 
+try:  # the package's config bounds; a remote copy (trust_remote_code: the user trusts the checkpoint's own code and
+    # files) runs without avemotion and skips them
+    if not __name__.startswith("avemotion."):
+        raise ImportError
+    from avemotion.models import config_limits as limits
+    from avemotion.models.config_limits import ConfigLimitsMixin
+except ImportError:
+    limits = None
+
+    class ConfigLimitsMixin:  # noqa: D101
+        def check_field_limits(self, kwargs=None):
+            pass
+
+        def check_model_size(self):
+            pass
+
+
 # Class order of VAVL's CREMA-D label files (config/config_files/crema-d/six.json in the original code).
 CREMA_D_LABELS = ["angry", "sad", "disgust", "fear", "neutral", "happy"]
 # Output order of VAVL's MSP-IMPROV regression head: [EmoAct, EmoDom, EmoVal].
@@ -70,7 +87,7 @@ def visual_backbone_width(config: EfficientNetConfig | dict | None) -> int | Non
     return None if config is None else _field(config, "hidden_dim")
 
 
-class VavlConfig(PreTrainedConfig):
+class VavlConfig(ConfigLimitsMixin, PreTrainedConfig):
     r"""
     Configuration of a VAVL model (Goncalves et al., "Versatile Audio-Visual Learning for Emotion Recognition",
     arXiv 2305.07216). Every architecture choice of the original code is a field; the defaults reproduce its sizes.
@@ -134,6 +151,21 @@ class VavlConfig(PreTrainedConfig):
             audio at 12 s); longer media are cut into windows by the pipeline.
         initializer_range (`float`, defaults to 0.02): unused by the VAVL layers (they use the original code's
             initialisation) but kept for backbone compatibility.
+        max_parameters (`float`, *optional*, defaults to 2e9): the largest model (estimated parameter count of
+            `VavlForEmotionRecognition`, backbones included) this config may describe. Only an explicit argument sets
+            it (`VavlConfig(..., max_parameters=5e9)`, `from_pretrained(dir, max_parameters=5e9)`): a config file that
+            sets it is refused, and it is never saved (load a larger model with the argument again).
+
+    Limits (checked when the config is built, before any module; a `ValueError` names the field and its range, see
+    `avemotion.models.config_limits`): whole numbers (not bools, not floats such as `3.0`): `num_modality_layers`
+    and `num_shared_layers` 1-256, `hidden_size` 2-16384 and even (sinusoid table), `projection_dim` 1-16384,
+    `num_attention_heads` 1-1024 dividing `hidden_size`, `intermediate_size` 1-65536, `conv_kernel_size` odd 1-1023,
+    `audio_feature_dim`/`visual_feature_dim` 1-65536, `head_hidden_sizes` 1-16 values of 1-65536,
+    `max_position_embeddings` 1-65536, `visual_backbone_chunk_size` 1-65536, `sampling_rate` 1000-384000,
+    1-1024 labels; numbers: dropouts in [0, 1], `window_seconds` in (0, 3600], `reconstruction_loss_weight` in
+    [0, 1e6]. The backbone configs' size fields are bounded too (wav2vec2: layers 1-256, widths 1-16384, CNN lists of
+    1-32 values; EfficientNet: coefficients in (0, 16], strides 1 or 2, 1-1024 blocks, `hidden_dim` equal to the top
+    convolution's width), and the estimated parameter count must not exceed `max_parameters`.
     """
 
     model_type: ClassVar[str] = "vavl"
@@ -189,8 +221,14 @@ class VavlConfig(PreTrainedConfig):
         self.validate_architecture()
 
     def validate_architecture(self):
-        """Checks the sizes and choices that the model cannot work with."""
+        """Checks the sizes and choices that the model cannot work with (the field bounds first: a crafted size fails
+        here, before any module is built)."""
+        self.check_field_limits()
         super().validate_architecture()
+        if self.hidden_size % 2:
+            raise ValueError(
+                f"VavlConfig.hidden_size = {self.hidden_size}: must be even (the sinusoid position table)"
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
@@ -209,7 +247,74 @@ class VavlConfig(PreTrainedConfig):
             )
         if self.label_scale is not None and (len(self.label_scale) != 2 or self.label_scale[0] >= self.label_scale[1]):
             raise ValueError(f"label_scale must be [min, max] with min < max, got {self.label_scale}")
+        self.check_model_size()  # the backbone configs first: the widths below are read from them
         self.check_backbone_widths()
+
+    def limit_fields(self) -> dict[str, Any]:
+        """The bounds of the own fields (see the class docstring), for `ConfigLimitsMixin`."""
+        whole, number, probability, flag = limits.whole, limits.number, limits.probability, limits.flag
+        bounds: dict[str, Any] = {
+            "audio_feature_dim": whole(1, limits.MAX_FEATURE_DIM),
+            "visual_feature_dim": whole(1, limits.MAX_FEATURE_DIM),
+            "projection_dim": whole(1, limits.MAX_WIDTH),
+            "hidden_size": whole(2, limits.MAX_WIDTH),
+            "num_attention_heads": whole(1, limits.MAX_HEADS),
+            "intermediate_size": whole(1, limits.MAX_FEED_FORWARD),
+            "conv_kernel_size": whole(1, 1023),
+            "num_modality_layers": whole(1, limits.MAX_LAYERS),
+            "num_shared_layers": whole(1, limits.MAX_LAYERS),
+            "conformer_dropout": probability(),
+            "head_hidden_sizes": limits.whole_list(1, limits.MAX_FEED_FORWARD, 1, 16),
+            "head_dropout": probability(),
+            "reconstruction_loss_weight": number(0.0, 1e6),
+            "max_position_embeddings": whole(1, limits.MAX_POSITIONS),
+            "position_encoding": limits.choice(("relative", "legacy_shifted")),
+            "visual_backbone_chunk_size": whole(1, 65536),
+            "label_scale": limits.optional(limits.number_list(-1e9, 1e9, 2, 2)),
+            "sampling_rate": whole(1000, 384000),
+            "window_seconds": number(0.0, 3600.0, low_open=True),
+            "initializer_range": number(0.0, 10.0),
+        }
+        for name in ("legacy_batch_axis_attention", "legacy_batch_mixing", "normalize_visual_features"):
+            bounds[name] = flag()
+        for name in ("freeze_audio_backbone", "freeze_audio_feature_encoder", "freeze_visual_backbone"):
+            bounds[name] = flag()
+        return bounds
+
+    def limit_backbones(self) -> dict[str, str]:
+        """The backbone sub-configs and their architectures, for `ConfigLimitsMixin`."""
+        return {"audio_backbone_config": "wav2vec2", "visual_backbone_config": "efficientnet"}
+
+    def estimated_parameters(self) -> dict[str, int]:
+        """The parameters of `VavlForEmotionRecognition(self)` by part (exact; computed from the sizes, no module is
+        built; needs avemotion, not only a remote copy of this file)."""
+        width, inner, linear = self.hidden_size, self.intermediate_size, limits.linear_parameters
+        # ConformerBlock: two feed-forwards, relative attention (q, k, v, out, bias-free pos, u/v biases), the
+        # convolution module (pointwise x2 out, depthwise, BatchNorm, pointwise) and four LayerNorms
+        block = (
+            2 * (2 * width + linear(width, inner) + linear(inner, width))
+            + 4 * linear(width, width) + width * width + 2 * width
+            + linear(width, 2 * width) + width * self.conv_kernel_size + 2 * width + linear(width, width)
+            + 3 * 2 * width
+        )  # fmt: skip
+
+        def encoder(input_size: int, layers: int) -> int:
+            return linear(input_size, width) + layers * block
+
+        def head(input_size: int, output_size: int) -> int:
+            sizes = [input_size, *self.head_hidden_sizes]
+            return sum(linear(a, b) for a, b in zip(sizes[:-1], sizes[1:])) + linear(sizes[-1], output_size)
+
+        labels, projection = self.num_labels, self.projection_dim
+        features = self.audio_feature_dim + self.visual_feature_dim
+        return {
+            "audio_backbone_config": limits.backbone_parameters(self.audio_backbone_config, "wav2vec2"),
+            "visual_backbone_config": limits.backbone_parameters(self.visual_backbone_config, "efficientnet"),
+            "modality encoders": features * projection + 2 * encoder(projection, self.num_modality_layers),
+            "shared encoder": encoder(width, self.num_shared_layers) + 2 * width,
+            "heads": 2 * head(width, labels) + head(2 * width, labels)
+            + head(width, self.audio_feature_dim) + head(width, self.visual_feature_dim),
+        }  # fmt: skip
 
     def check_backbone_widths(self) -> None:
         """Raise a `ValueError` when `audio_feature_dim`/`visual_feature_dim` differ from the width of the features
