@@ -547,3 +547,21 @@ def test_whole_numbers_and_numbers():
             number("x.p", bad)
     with pytest.raises(ValueError, match=r"x\.s = 'x' \* 1000|x\.s = 'xxx.*\.\.\.: expected"):
         whole("x.s", "x" * 1000)  # a huge value is shown cut
+
+
+def test_weights_of_another_model_or_shape_are_refused_naming_the_directory(tmp_path):
+    """A valid config.json of another model type (or of other sizes) next to a checkpoint's weights: transformers
+    would warn and run a randomly initialised model, or raise a RuntimeError naming no file."""
+    directory = tmp_path / "model"
+    VavlForEmotionRecognition(tiny_vavl_config()).save_pretrained(directory)
+    tiny_mlfusion_config().save_pretrained(directory)  # overwrites config.json only
+    with pytest.raises(ValueError, match=r"none of its weights belong to .*'mlfusion'"):
+        AutoModelForEmotionRecognition.from_pretrained(directory)
+    VavlForEmotionRecognition(tiny_vavl_config()).save_pretrained(directory)
+    tiny_vavl_config(projection_dim=tiny_vavl_config().projection_dim * 2).save_pretrained(directory)
+    with pytest.raises(ValueError, match=rf"{directory}: its weights do not fit the model its config.json describes"):
+        AutoModelForEmotionRecognition.from_pretrained(directory)
+    # an unchanged directory loads, with its loading info when asked
+    VavlForEmotionRecognition(tiny_vavl_config()).save_pretrained(directory)
+    model, info = AutoModelForEmotionRecognition.from_pretrained(directory, output_loading_info=True)
+    assert not info["missing_keys"] and isinstance(model, VavlForEmotionRecognition)

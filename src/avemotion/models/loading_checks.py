@@ -84,13 +84,36 @@ def check_weight_files(directory: str | os.PathLike, subfolder: str = "", varian
 
 class ContainedWeightsMixin:
     """`from_pretrained` that runs `check_weight_files` on a local directory before transformers loads it (a Hub id
-    is left to huggingface_hub, which refuses file names with a `..` segment or an absolute, drive or UNC path)."""
+    is left to huggingface_hub, which refuses file names with a `..` segment or an absolute, drive or UNC path), and
+    refuses weights that do not belong to the model the config describes: none of them matching (a `config.json`
+    of another model type next to these weights: transformers would warn and run a randomly initialised model) or a
+    tensor of another shape (transformers' RuntimeError names no file). A head missing from an otherwise matching
+    checkpoint stays transformers' warning (fine-tuning a base model's checkpoint)."""
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any) -> Any:
         if pretrained_model_name_or_path is not None and os.path.isdir(pretrained_model_name_or_path):
             check_weight_files(pretrained_model_name_or_path, kwargs.get("subfolder") or "", kwargs.get("variant"))
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        want_info = kwargs.pop("output_loading_info", False)
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            )
+        except RuntimeError as error:
+            if "size" not in str(error) and "shape" not in str(error):
+                raise
+            reason = " ".join(str(error).split())[:300]
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: its weights do not fit the model its config.json describes "
+                f"({reason})"
+            ) from error
+        expected = set(model.state_dict())
+        if expected and set(info.get("missing_keys") or ()) >= expected:
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: none of its weights belong to {cls.__name__} (model_type "
+                f"{model.config.model_type!r} in config.json does not describe these weights)"
+            )
+        return (model, info) if want_info else model
 
 
 __all__ = ["ContainedWeightsMixin", "check_weight_files"]

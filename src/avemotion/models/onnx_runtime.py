@@ -101,7 +101,9 @@ class OnnxRuntimeEmotionModel:
 
         meta = read_onnx_config(directory)
         graph_files = checked_graph_files(directory, meta)  # every graph, before any is opened by ONNX Runtime
-        config = AutoConfig.from_pretrained(directory)
+        # the caller's explicit size bound reaches the config (a file never sets it)
+        limits = {"max_parameters": kwargs["max_parameters"]} if "max_parameters" in kwargs else {}
+        config = AutoConfig.from_pretrained(directory, **limits)
         if session_options is None:
             session_options = onnxruntime.SessionOptions()
             session_options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
