@@ -640,3 +640,23 @@ def test_an_iemocap_evaluation_line_naming_a_path_outside_is_an_error_naming_the
     )
     with pytest.raises(ValueError, match=rf"{dialog}\.txt:2: utterance = '{dialog}_x/\.\./.*{OUTSIDE}"):
         scan(root, check_media=False)
+
+
+def test_a_crafted_processor_class_is_refused_by_the_pipeline(tmp_path):
+    """`processor_class` naming another transformers class makes AutoProcessor return something that is not an
+    AvEmotionProcessor: the pipeline says so instead of running with a bare image processor."""
+    from test_pipeline import _save, _vavl
+    from transformers import pipeline
+
+    directory = tmp_path / "model"
+    _save(_vavl(), directory)
+    config_path = directory / "processor_config.json"
+    config = json.loads(config_path.read_text())
+    config["processor_class"] = "AvEmotionImageProcessor"
+    config_path.write_text(json.dumps(config))
+    try:
+        pipe = pipeline("audio-visual-emotion", model=str(directory))
+    except (ValueError, OSError, TypeError) as error:  # refused by transformers while loading, or by the pipeline
+        assert "processor" in str(error).lower()
+    else:
+        pytest.fail(f"loaded with {type(pipe.processor).__name__}")

@@ -43,6 +43,7 @@ from avemotion.processing.media import (
     media_streams,
     resample,
 )
+from avemotion.processing.processor import AvEmotionProcessor
 from avemotion.processing.segments import SEGMENT_GRANULARITIES, pad_segments
 from avemotion.utils.inference import prepare_for_inference
 
@@ -516,6 +517,12 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
         super().__init__(*args, **kwargs)
         if self.processor is None:
             raise ValueError(f"{TASK} needs the model's AvEmotionProcessor (save it next to the model)")
+        if not isinstance(self.processor, AvEmotionProcessor):
+            # a crafted processor_class makes AutoProcessor return a bare image processor or another class
+            raise ValueError(
+                f"{TASK} needs an AvEmotionProcessor, got {type(self.processor).__name__} (check processor_class in "
+                "the model directory's processor_config.json)"
+            )
         if tf32 not in (None, True, False):
             raise ValueError(f"tf32 must be True, False or None (leave PyTorch's setting), got {tf32!r}")
         if isinstance(self.model, torch.nn.Module):  # an ONNX Runtime model has no such settings
