@@ -144,6 +144,17 @@ def _optimizer_of_other_shapes(state):
     return state
 
 
+def _optimizer_with_nan(state):
+    entry = next(iter(state["state"].values()))
+    entry["exp_avg"] = torch.full_like(entry["exp_avg"], float("nan"))
+    return state
+
+
+def _optimizer_with_a_number_for_a_tensor(state):
+    next(iter(state["state"].values()))["exp_avg"] = 0.5
+    return state
+
+
 def _scheduler_with_foreign_keys(state):
     return {**state, "optimizer": "x"}
 
@@ -164,6 +175,10 @@ def _scheduler_missing_a_key(state):
         ("scheduler", _scheduler_with_foreign_keys, "expected the keys"),
         ("scheduler", _scheduler_missing_a_key, "expected the keys"),
         ("scheduler", lambda s: {**s, "last_epoch": "4"}, "last_epoch: expected a int"),
+        ("scheduler", lambda s: {**s, "_last_lr": [-1.0] * len(s["_last_lr"])}, "not a learning rate"),
+        ("optimizer", _optimizer_with_nan, "NaN or infinite"),
+        ("optimizer", _optimizer_with_a_number_for_a_tensor, "exp_avg = 0.5: expected a tensor"),
+        ("optimizer", lambda s: {**s, "param_groups": [{**g, "lr": 1e30} for g in s["param_groups"]]}, "lr = 1e"),
     ],
 )  # fmt: skip
 def test_a_state_that_cannot_be_restored_stops_the_resume_naming_the_file(
@@ -210,6 +225,12 @@ def test_a_checkpoint_of_more_processes_is_refused(run_dir):
         ("epoch", "0"),
         ("loss_sums", {"x": [0, 0]}),
         ("best_metric", "a"),
+        ("global_step", 10**18),
+        ("consecutive_nonfinite_batches", 1e12),
+        ("best_epoch", "x"),
+        ("best_report", "x"),
+        ("log_history", [5]),
+        ("log_history", [{"epoch": "x", "eval": 5}]),
     ],
 )
 def test_a_trainer_state_out_of_range_is_named(run_dir, field, value):
@@ -354,3 +375,30 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_parameters(tmp_p
     assert trainer.state["global_step"] == 6
     for name, parameter in model.named_parameters():
         torch.testing.assert_close(parameter, uninterrupted[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_deeply_nested_json_is_a_clear_error(run_dir):
+    newest = run_dir / "checkpoints" / "checkpoint-0000004"
+    (newest / "trainer_state.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CheckpointError, match="trainer_state.json: not readable JSON"):
+        _resume(run_dir, str(newest))
+    (newest / "scheduler.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CheckpointError, match="scheduler.json: not readable JSON"):
+        read_state(newest, "scheduler")
+
+
+def test_a_symlinked_checkpoint_or_file_is_refused(run_dir, tmp_path):
+    """`--resume last` reads the run's own checkpoint folders: a link to a checkpoint elsewhere (or a file of a
+    checkpoint linking out) is refused, not followed."""
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(run_dir / "checkpoints" / "checkpoint-0000004", outside)
+    link = run_dir / "checkpoints" / "checkpoint-9999999"
+    link.symlink_to(outside, target_is_directory=True)
+    with pytest.raises(UnsafeCheckpointError, match="checkpoint-9999999: a symlink"):
+        _resume(run_dir)
+    link.unlink()
+    newest = run_dir / "checkpoints" / "checkpoint-0000004"
+    (newest / "scheduler.json").unlink()
+    (newest / "scheduler.json").symlink_to(outside / "scheduler.json")
+    with pytest.raises(UnsafeCheckpointError, match="scheduler.json: a symlink"):
+        _resume(run_dir)

@@ -29,6 +29,7 @@ from .resume_state import (
     UnsafeCheckpointError,
     check_like_live,
     check_optimizer_state,
+    check_trainer_state,
     refuse_pickles,
     restore,
     rng_state,
@@ -226,45 +227,15 @@ class CheckpointingMixin:
         acc.wait_for_everyone()
 
     def _read_trainer_state(self, directory: Path) -> dict[str, Any]:
-        """`trainer_state.json`, checked: the counters are whole numbers in range, the running sums are the run's
-        steps (a `CheckpointError` naming the file and field otherwise)."""
+        """`trainer_state.json`, checked against this run (`resume_state.check_trainer_state`)."""
         path = directory / STATE_FILE
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
-            raise CheckpointError(f"{path}: not readable JSON ({type(error).__name__}: {error})") from error
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{path}: not a trainer state")
-        batches = len(self.train_loader)
-        limits = {"epoch": self.args.num_train_epochs, "step_in_epoch": batches, "global_step": None}
-        for key, high in limits.items():
-            value = state.get(key)
-            if (
-                not isinstance(value, int)
-                or isinstance(value, bool)
-                or value < 0
-                or (high is not None and value > high)
-            ):
-                bound = f"from 0 to {high}" if high is not None else "of at least 0"
-                raise CheckpointError(f"{path}: {key} = {value!r:.40}: expected a whole number {bound} (this run)")
-        for key in ("evaluations_without_improvement", "nonfinite_skipped_batches", "consecutive_nonfinite_batches",
-                    "epoch_nonfinite_skipped_batches"):  # fmt: skip
-            value = state.get(key, 0)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise CheckpointError(f"{path}: {key} = {value!r:.40}: expected a whole number of at least 0")
-        if not isinstance(state.get("log_history", []), list):
-            raise CheckpointError(f"{path}: log_history is not a list")
-        sums = state.get("loss_sums")
-        if state["step_in_epoch"] and not (
-            isinstance(sums, dict) and set(sums) == {step.name for step in self.steps}
-            and all(isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v)
-                    for v in sums.values())
-        ):  # fmt: skip
-            raise CheckpointError(
-                f"{path}: loss_sums must hold [sum, count] for the steps {[s.name for s in self.steps]}"
-            )
-        if state.get("best_metric") is not None and not isinstance(state["best_metric"], (int, float)):
-            raise CheckpointError(f"{path}: best_metric = {state['best_metric']!r:.40}: not a number")
+        except (OSError, ValueError, RecursionError) as error:
+            raise CheckpointError(f"{path}: not readable JSON ({type(error).__name__}: {str(error)[:200]})") from error
+        check_trainer_state(
+            state, path, self.args.num_train_epochs, len(self.train_loader), [s.name for s in self.steps]
+        )
         return state
 
     def _read_checkpoint(self, directory: Path) -> list[Callable[[], None]]:
@@ -325,6 +296,11 @@ class CheckpointingMixin:
         recover_directory(self.output_dir / BEST_DIR)
         if checkpoint == "last":
             candidates = sorted((self.output_dir / CHECKPOINTS_DIR).glob("checkpoint-*"), reverse=True)
+            for candidate in candidates:  # a run directory's checkpoints are its own folders, not links elsewhere
+                if candidate.is_symlink():
+                    raise UnsafeCheckpointError(
+                        f"{candidate}: a symlink; --resume last reads only the run's own folders"
+                    )
             candidates = [d for d in candidates if d.is_dir()]
             if not candidates:
                 raise FileNotFoundError(f"no checkpoint to resume from in {self.output_dir / CHECKPOINTS_DIR}")

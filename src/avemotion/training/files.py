@@ -86,7 +86,11 @@ def load_weights(model: torch.nn.Module, directory: Path, allow_missing: str | N
             state_dict.update(load_file(file))
         except Exception as error:  # SafetensorError names no file
             raise ValueError(f"{file}: cannot be read ({type(error).__name__}: {error})") from error
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as error:  # a tensor of another shape: name the directory, not torch's module path
+        reason = " ".join(str(error).split())[:300]
+        raise ValueError(f"{directory}: weights do not match the model ({reason})") from error
     missing = [k for k in missing if not (allow_missing and allow_missing in k)]
     if missing or unexpected:
         raise ValueError(f"{directory}: weights do not match the model: missing {missing}, unexpected {unexpected}")

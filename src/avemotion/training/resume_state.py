@@ -129,8 +129,8 @@ def read_state(directory: Path, name: str) -> Any:
         raise CheckpointError(f"{path}: missing (the checkpoint is incomplete)")
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"{path}: not readable JSON ({type(error).__name__}: {error})") from error
+    except (OSError, ValueError, RecursionError) as error:  # RecursionError: JSON nested too deep
+        raise CheckpointError(f"{path}: not readable JSON ({type(error).__name__}: {str(error)[:200]})") from error
     if not isinstance(document, dict) or document.get("format") != 1 or "state" not in document:
         raise CheckpointError(f"{path}: not a checkpoint state (expected {{'format': 1, 'state': ...}})")
     tensors: dict[str, torch.Tensor] = {}
@@ -149,9 +149,11 @@ def read_state(directory: Path, name: str) -> Any:
 
 
 def refuse_pickles(directory: Path) -> None:
-    """An `UnsafeCheckpointError` naming the first file of `directory` (recursively) that is a pickle by its name or
-    its first bytes. Nothing is unpickled to tell."""
+    """An `UnsafeCheckpointError` naming the first entry of `directory` (recursively) that is a pickle by its name or
+    its first bytes, or a symlink (a checkpoint's files are its own). Nothing is unpickled to tell."""
     for path in sorted(directory.rglob("*")):
+        if path.is_symlink():
+            raise UnsafeCheckpointError(f"{path}: a symlink, which no checkpoint of this trainer holds; refused")
         if not path.is_file():
             continue
         with open(path, "rb") as handle:
@@ -229,10 +231,8 @@ def check_optimizer_state(state: Any, optimizer: torch.optim.Optimizer, where: s
     for index, (group, live) in enumerate(zip(groups, current)):
         if group.get("params") != live["params"]:
             raise CheckpointError(f"{where}: param_groups[{index}] holds other parameters than the run's optimizer")
-        for key in ("lr", "weight_decay"):
-            if not isinstance(group.get(key), (int, float)) or isinstance(group.get(key), bool):
-                raise CheckpointError(f"{where}: param_groups[{index}].{key} = {group.get(key)!r:.80}: not a number")
         _finite_numbers({k: v for k, v in group.items() if k != "params"}, where, f"param_groups[{index}]")
+        _check_hyperparameters(group, where, f"param_groups[{index}]")
     for position, parameter in zip((i for live in current for i in live["params"]), parameters):
         shapes[position] = parameter.shape
     if not isinstance(state["state"], dict):
@@ -242,13 +242,16 @@ def check_optimizer_state(state: Any, optimizer: torch.optim.Optimizer, where: s
             raise CheckpointError(f"{where}: state of parameter {position!r:.40}, which the optimizer does not have")
         for key, value in entry.items():
             if not isinstance(value, torch.Tensor):
-                # SGD without momentum keeps None; plain numbers are scalar state (a `step` count)
-                if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-                    raise CheckpointError(f"{where}: state[{position}].{key} is not a tensor or a number")
+                # only a `step` count may be a plain number (torch's older layout); SGD without momentum keeps None
+                number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                if not ((key == "step" and number and value >= 0) or (key == "momentum_buffer" and value is None)):
+                    raise CheckpointError(f"{where}: state[{position}].{key} = {value!r:.40}: expected a tensor")
             elif not value.dtype.is_floating_point:
                 raise CheckpointError(
                     f"{where}: state[{position}].{key} is a {value.dtype} tensor, not floating point"
                 )
+            elif not bool(torch.isfinite(value).all()):
+                raise CheckpointError(f"{where}: state[{position}].{key} holds NaN or infinite values")
             elif value.dim() > 0 and value.shape != shapes[position]:
                 raise CheckpointError(
                     f"{where}: state[{position}].{key} has shape {tuple(value.shape)}, the parameter "
@@ -256,9 +259,37 @@ def check_optimizer_state(state: Any, optimizer: torch.optim.Optimizer, where: s
                 )
 
 
+# the range of each optimizer hyper-parameter a checkpoint may set (a number outside is a tampered or broken file)
+_HYPERPARAMETER_RANGES = {"lr": (0.0, 10.0), "weight_decay": (0.0, 10.0), "eps": (0.0, 1.0), "momentum": (0.0, 1.0),
+                          "dampening": (0.0, 1.0), "initial_lr": (0.0, 10.0)}  # fmt: skip
+
+
+def _check_hyperparameters(group: dict[str, Any], where: str, label: str) -> None:
+    for key, (low, high) in _HYPERPARAMETER_RANGES.items():
+        value = group.get(key, low)
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = float(value)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+            raise CheckpointError(f"{where}: {label}.{key} = {value!r:.40}: expected a number from {low} to {high}")
+    betas = group.get("betas", (0.0, 0.0))
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(
+        isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas
+    ):  # fmt: skip
+        raise CheckpointError(f"{where}: {label}.betas = {betas!r:.40}: expected two numbers in [0, 1)")
+
+
 def check_like_live(state: Any, live_state: dict[str, Any], where: str) -> None:
-    """A scheduler's or scaler's saved state has exactly the keys and types of the live object's `state_dict()`."""
+    """A scheduler's or scaler's saved state has exactly the keys and types of the live object's `state_dict()`,
+    finite numbers, and learning rates (`base_lrs`, `_last_lr`) in the optimizer's range."""
     _check_like(state, live_state, where)
+    _finite_numbers(state, where)
+    for key in ("base_lrs", "_last_lr"):
+        for index, value in enumerate(state.get(key) or []):
+            if not 0 <= value <= _HYPERPARAMETER_RANGES["lr"][1]:
+                raise CheckpointError(f"{where}: {key}[{index}] = {value!r:.40}: not a learning rate (0 to 10)")
+    for key in ("last_epoch", "_step_count", "scale", "_growth_tracker"):
+        if isinstance(state.get(key), (int, float)) and state[key] < -1:
+            raise CheckpointError(f"{where}: {key} = {state[key]!r:.40}: negative")
 
 
 def rng_state() -> dict[str, Any]:
@@ -318,3 +349,52 @@ def restore(
             raise CheckpointError(f"{where}: cannot be restored ({type(error).__name__}: {error})") from error
 
     return apply_checked
+
+
+def _whole_number(state: dict[str, Any], key: str, high: int, where: str, optional: bool = False) -> None:
+    value = state.get(key, None if optional else 0)
+    if optional and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
+        raise CheckpointError(f"{where}: {key} = {value!r:.40}: expected a whole number from 0 to {high} (this run)")
+
+
+def check_trainer_state(state: Any, where: Path, epochs: int, batches_per_epoch: int, step_names: list[str]) -> None:
+    """`trainer_state.json` fits this run: counters are whole numbers within what `epochs` epochs of
+    `batches_per_epoch` batches can reach, the running loss sums are `[sum, count]` of the run's steps, the best
+    metric is a finite number and the report and log are the dictionaries the trainer writes; a `CheckpointError`
+    naming the file and field otherwise."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{where}: not a trainer state (expected a JSON object)")
+    batches = epochs * batches_per_epoch
+    for key in ("epoch", "step_in_epoch", "global_step"):
+        if key not in state:
+            raise CheckpointError(f"{where}: {key} is missing")
+    _whole_number(state, "epoch", epochs, str(where))
+    _whole_number(state, "step_in_epoch", batches_per_epoch, str(where))
+    for key in ("global_step", "nonfinite_skipped_batches", "consecutive_nonfinite_batches",
+                "epoch_nonfinite_skipped_batches", "evaluations_without_improvement"):  # fmt: skip
+        _whole_number(state, key, batches, str(where))
+    _whole_number(state, "best_epoch", epochs, str(where), optional=True)
+    best = state.get("best_metric")
+    if best is not None and (not isinstance(best, (int, float)) or isinstance(best, bool) or not math.isfinite(best)):
+        raise CheckpointError(f"{where}: best_metric = {best!r:.40}: expected a finite number or null")
+    if state.get("best_report") is not None and not isinstance(state["best_report"], dict):
+        raise CheckpointError(f"{where}: best_report: expected an object or null")
+    log = state.get("log_history", [])
+    if not isinstance(log, list) or not all(isinstance(record, dict) for record in log):
+        raise CheckpointError(f"{where}: log_history: expected a list of objects (one per epoch)")
+    for index, record in enumerate(log):
+        _whole_number(record, "epoch", epochs, f"{where}: log_history[{index}]")
+        for key in ("eval", "train_loss"):
+            if key in record and not isinstance(record[key], dict):
+                raise CheckpointError(f"{where}: log_history[{index}].{key}: expected an object")
+    if not isinstance(state.get("resumed_from", []), list):
+        raise CheckpointError(f"{where}: resumed_from: expected a list")
+    sums = state.get("loss_sums")
+    valid_sums = isinstance(sums, dict) and set(sums) == set(step_names) and all(
+        isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)
+        for v in sums.values()
+    )  # fmt: skip
+    if state["step_in_epoch"] and not valid_sums:
+        raise CheckpointError(f"{where}: loss_sums must hold finite [sum, count] for the steps {step_names}")
