@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import datasets
 
 from avemotion.processing.media import describe, is_path, probe_audio, probe_video
+from avemotion.utils.json_files import parse_json
 
 SAMPLING_RATE = 16000
 SPLITS = ("train", "validation", "test")
@@ -138,7 +139,12 @@ def corpus_metadata(dataset: datasets.Dataset | datasets.DatasetDict) -> dict[st
         dataset = next(iter(dataset.values()))
     for line in (dataset.info.description or "").splitlines():
         if line.startswith(METADATA_PREFIX):
-            return json.loads(line[len(METADATA_PREFIX) :])
+            metadata = parse_json(line[len(METADATA_PREFIX) :], "the dataset info's avemotion metadata")
+            if not isinstance(metadata, dict):
+                raise ValueError(
+                    f"the dataset info's avemotion metadata: expected a JSON object, got {metadata!r:.40}"
+                )
+            return metadata
     raise ValueError("This dataset was not built by avemotion.data: its info has no avemotion metadata.")
 
 

@@ -20,9 +20,12 @@ def read_training_log(path: str | Path) -> list[dict[str, Any]]:
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         if line.strip():
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not a JSON record ({error})") from error
+                record = json.loads(line)
+            except (ValueError, RecursionError) as error:  # JSONDecodeError; nested too deep
+                raise ValueError(f"{path}:{number}: not a JSON record ({str(error)[:200]})") from error
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{number}: not a JSON record (a {type(record).__name__})")
+            records.append(record)
     return records
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -46,9 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _read_json(path: Path) -> dict:
+    from avemotion.utils.json_files import read_json_object
+
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return read_json_object(path)
+    except OSError as error:
         raise ValueError(f"{path}: cannot be read as JSON ({error})") from error
 
 

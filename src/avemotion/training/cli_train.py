@@ -214,11 +214,17 @@ def load_processor(path: str, required: bool = False):
         if required:
             raise ValueError(f"{path} holds no processor ({', '.join(PROCESSOR_FILES)})")
         return None
+    if directory.is_dir():  # each settings file a JSON object (transformers' errors name no file)
+        from avemotion.utils.json_files import read_json_object
+
+        for name in PROCESSOR_FILES:
+            if (directory / name).is_file():
+                read_json_object(directory / name)
     try:
-        return AutoProcessor.from_pretrained(path)
+        return AutoProcessor.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError):
         try:
-            return AutoFeatureExtractor.from_pretrained(path)
+            return AutoFeatureExtractor.from_pretrained(path, trust_remote_code=False)
         except OSError as error:
             if required:
                 raise ValueError(f"cannot load a processor from {path}: {error}") from error
@@ -241,7 +247,7 @@ def _build_model(options: ModelArguments, train, label_column: str | list[str]):
     from avemotion.models.auto import AutoModelForEmotionRecognition
 
     if options.config:
-        config = AutoConfig.from_pretrained(options.config)
+        config = AutoConfig.from_pretrained(options.config, trust_remote_code=False)
         for key, value in options.overrides.items():
             setattr(config, key, value)
     else:

@@ -20,6 +20,8 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
+from avemotion.utils.json_files import read_json, read_json_object
+
 logger = logging.getLogger(__name__)
 
 _TABLE_METRICS = ("accuracy", "unweighted_accuracy", "macro_f1", "micro_f1")
@@ -96,7 +98,7 @@ def sanitize_saved_configs(folder: str | Path, hub_ids: Mapping[str | os.PathLik
     names of the files changed."""
     changed = []
     for path in sorted(Path(folder).rglob("*config.json")):
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)  # a ValueError naming the file for one that is not JSON
         clean = sanitize_local_paths(data, hub_ids)
         if clean != data:
             path.write_text(json.dumps(clean, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -445,20 +447,20 @@ def _load_processor(model_dir: str | Path):
 
     if not isinstance(model_dir, Path):
         try:
-            return AutoProcessor.from_pretrained(model_dir)
+            return AutoProcessor.from_pretrained(model_dir, trust_remote_code=False)
         except (OSError, ValueError, KeyError) as error:
             raise ValueError(f"processor {model_dir}: cannot be loaded ({error})") from error
     try:
         if (model_dir / "processor_config.json").is_file():
-            return AutoProcessor.from_pretrained(model_dir)
+            return AutoProcessor.from_pretrained(model_dir, trust_remote_code=False)
         path = model_dir / "preprocessor_config.json"
         if not path.is_file():
             return None
-        saved = json.loads(path.read_text())
+        saved = read_json_object(path)
         if "feature_extractor_type" in saved:
-            return AutoFeatureExtractor.from_pretrained(model_dir)
+            return AutoFeatureExtractor.from_pretrained(model_dir, trust_remote_code=False)
         if "image_processor_type" in saved:
-            return AutoImageProcessor.from_pretrained(model_dir)
+            return AutoImageProcessor.from_pretrained(model_dir, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as error:  # incomplete processor files, a broken JSON file
         raise ValueError(f"{model_dir}: the processor saved there cannot be loaded ({error})") from error
     raise ValueError(f"{path} names neither a feature_extractor_type nor an image_processor_type")

@@ -12,6 +12,7 @@ their late fusion; those heads' logits are NaN on such rows and `head_mask` says
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -452,10 +453,11 @@ class MultiLevelFusionPreTrainedModel(EmotionModelHubMixin, PreTrainedModel):
         """
         if config is not None and config_kwargs:
             raise ValueError("Pass either `config` or config keyword arguments to from_backbones, not both.")
-        audio_encoder = AutoModel.from_pretrained(audio) if audio is not None else None
+        # a backbone directory's auto_map runs nothing (no prompt to trust it either)
+        audio_encoder = AutoModel.from_pretrained(audio, trust_remote_code=False) if audio is not None else None
         text_encoder = None
         if text is not None:
-            text_encoder = _without_pooler(AutoModel.from_pretrained, text)
+            text_encoder = _without_pooler(functools.partial(AutoModel.from_pretrained, trust_remote_code=False), text)
         if config is None:
             if audio_encoder is not None:
                 config_kwargs["audio_config"] = audio_encoder.config

@@ -37,6 +37,7 @@ import torch
 from transformers import Wav2Vec2Config
 
 from avemotion.processing.audio import AvEmotionFeatureExtractor
+from avemotion.utils.json_files import read_json_object
 from avemotion.utils.safe_pickle import NUMPY_GLOBALS, PickleReadError, restricted_load
 
 from .configuration_vavl import VavlConfig, wav2vec2_large_robust_config
@@ -419,7 +420,12 @@ def run(args: argparse.Namespace) -> None:
     if args.preset is None and (args.task is None or args.labels is None):
         raise ConversionError("give --preset, or both --task and --labels")
     labels = [label.strip() for label in args.labels.split(",")] if args.labels else None
-    audio_config = Wav2Vec2Config.from_json_file(args.audio_backbone_config) if args.audio_backbone_config else None
+    audio_config = None
+    if args.audio_backbone_config:
+        try:
+            audio_config = Wav2Vec2Config(**read_json_object(args.audio_backbone_config))
+        except TypeError as error:  # a field of the wrong type (transformers' strict config fields)
+            raise ValueError(f"{args.audio_backbone_config}: not a wav2vec2 config ({error})") from error
     convert_vavl_checkpoint(args.checkpoint_dir, args.output_dir, args.preset, args.task, labels, audio_config)
     print(f"Converted {args.checkpoint_dir} -> {args.output_dir}")
 
