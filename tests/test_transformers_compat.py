@@ -5,14 +5,17 @@ private transformers name. A failure names the API that moved."""
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import inspect
+import json
 from pathlib import Path
 
 import pytest
 import transformers
 from tokenizers import BertWordPieceTokenizer
-from transformers import BertConfig, BertModel, BertTokenizerFast, ProcessorMixin
+from transformers import AutoConfig, BertConfig, BertModel, BertTokenizerFast, ProcessorMixin
+from transformers.configuration_utils import PreTrainedConfig
 
 from avemotion import AvEmotionFeatureExtractor, AvEmotionImageProcessor, AvEmotionProcessor
 from avemotion.utils import transformers_compat
@@ -31,7 +34,39 @@ KNOWN_PRIVATE_ATTRIBUTES = (
 
 @pytest.mark.parametrize(("module", "name"), transformers_compat.PRIVATE_NAMES)
 def test_private_names_still_exist(module, name):
-    assert hasattr(importlib.import_module(module), name), f"transformers moved the private API {module}.{name}"
+    owner = importlib.import_module(module)
+    try:
+        functools.reduce(getattr, name.split("."), owner)
+    except AttributeError:
+        pytest.fail(f"transformers moved the private API {module}.{name}")
+
+
+def test_config_json_guard_wraps_the_config_json_reader(tmp_path):
+    """`PreTrainedConfig._dict_from_json_file` is a classmethod taking the file that `get_config_dict` calls (a
+    transformers release that reads config.json elsewhere fails here), and the guard is installed on it."""
+    raw = PreTrainedConfig.__dict__.get("_dict_from_json_file")
+    assert isinstance(raw, classmethod), "PreTrainedConfig._dict_from_json_file is no longer a classmethod"
+    assert getattr(raw.__func__, "__avemotion_guard__", False), "the config JSON guard is not installed"
+    assert list(inspect.signature(raw.__func__.__wrapped__).parameters) == ["cls", "json_file"]
+    source = inspect.getsource(PreTrainedConfig._get_config_dict)
+    assert "cls._dict_from_json_file(" in source and "json.JSONDecodeError" in source, (
+        "PreTrainedConfig._get_config_dict no longer reads config.json through _dict_from_json_file"
+    )
+    transformers_compat.install_config_json_guard()  # idempotent: wraps once
+    assert not hasattr(PreTrainedConfig._dict_from_json_file.__wrapped__, "__wrapped__")
+    # valid files: results unchanged
+    valid = tmp_path / "valid.json"
+    valid.write_text(json.dumps({"model_type": "bert", "x": "Infinity", "nested": {"a": [1, 2]}}))
+    assert BertConfig._dict_from_json_file(valid) == raw.__func__.__wrapped__(BertConfig, valid)
+    for text, reason in (("null", "got NoneType"), ("[1, 2]", "got list"), ("[" * 100_000 + "]" * 100_000, "deep")):
+        directory = tmp_path / f"bad{len(text)}"
+        directory.mkdir()
+        (directory / "config.json").write_text(text)
+        with pytest.raises(transformers_compat.ConfigJSONError, match=reason) as caught:
+            BertConfig.from_json_file(directory / "config.json")
+        assert str(directory / "config.json") in str(caught.value)
+        with pytest.raises(OSError, match="config.json"):  # transformers' own report of an invalid JSON config
+            AutoConfig.from_pretrained(directory)
 
 
 def _tiny_bert() -> BertConfig:
@@ -122,3 +157,46 @@ def test_no_private_transformers_api_outside_the_compatibility_module():
     }
     assert not uses, f"private transformers APIs outside avemotion.utils.transformers_compat: {uses}"
     assert _private_uses(COMPAT), "the checker finds the compatibility module's own private uses"
+
+
+def test_auto_config_unknown_model_type_error_names_the_file(tmp_path):
+    """AutoConfig's ValueError for an unknown `model_type` still has the text the wrapper recognises (a transformers
+    release that rewords it fails here), and the wrapped one names the config file; known types load unchanged."""
+    raw = AutoConfig.__dict__["from_pretrained"]
+    assert isinstance(raw, classmethod) and getattr(raw.__func__, "__avemotion_guard__", False)
+    assert list(inspect.signature(raw.__func__.__wrapped__).parameters) == ["cls", "pretrained_model_name_or_path",
+                                                                            "kwargs"]  # fmt: skip
+    transformers_compat.install_auto_config_error_path()  # idempotent: wraps once
+    assert not hasattr(AutoConfig.from_pretrained.__wrapped__, "__wrapped__")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "evil"}))
+    with pytest.raises(ValueError, match=transformers_compat.UNKNOWN_MODEL_TYPE_TEXT):
+        raw.__func__.__wrapped__(AutoConfig, str(tmp_path))
+    with pytest.raises(ValueError, match="config.json: model_type: .*`evil`") as caught:
+        AutoConfig.from_pretrained(tmp_path)
+    assert str(tmp_path / "config.json") in str(caught.value)
+    _tiny_bert().save_pretrained(tmp_path / "bert")
+    loaded = AutoConfig.from_pretrained(tmp_path / "bert")
+    assert type(loaded) is BertConfig and loaded.to_diff_dict() == _tiny_bert().to_diff_dict()
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deep"),
+        ("[1, 2]", "not a processor configuration"),
+        ('{"processor_class": 5}', "processor_class = 5: expected a class name"),
+        ('{"processor_class": "EvilProcessor"}', "no processor class of that name"),
+        ('{"processor_class": "os.system"}', "no processor class of that name"),
+    ],
+)
+def test_processor_dict_guard_names_the_file(tmp_path, content, match):
+    """AutoProcessor (and so `pipeline`) reads processor_config.json through `ProcessorMixin.get_processor_dict`:
+    a crafted one is a ValueError naming the file, not a RecursionError / AttributeError / TypeError."""
+    from transformers import AutoProcessor
+
+    (tmp_path / "processor_config.json").write_text(content)
+    with pytest.raises(ValueError, match=rf"processor_config.json: .*{match}"):
+        AutoProcessor.from_pretrained(tmp_path)
+    (tmp_path / "processor_config.json").write_text('{"processor_class": "AvEmotionProcessor"}')
+    processor_dict, _ = ProcessorMixin.get_processor_dict(tmp_path)
+    assert processor_dict["processor_class"] == "AvEmotionProcessor"

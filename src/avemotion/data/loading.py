@@ -24,6 +24,26 @@ CORPORA: dict[str, tuple[str, str]] = {
 ALIASES = {"cremad": "crema-d", "crema_d": "crema-d", "msp_improv": "msp-improv", "mspimprov": "msp-improv"}
 
 
+def load_saved_dataset(path: str | Path) -> datasets.Dataset | datasets.DatasetDict:
+    """`datasets.load_from_disk(path)` of a directory a user may have been given: first, every Arrow file that a
+    `state.json` of it names must be a plain file name inside its split folder (`datasets` would follow
+    `"../../x.arrow"` out of the directory), and each `state.json` a JSON object (a `ValueError` naming the file and
+    entry otherwise)."""
+    from avemotion.utils.json_files import read_json_object
+    from avemotion.utils.paths import contained_file
+
+    for state_path in sorted(Path(path).rglob("state.json")):
+        state = read_json_object(state_path)
+        files = state.get("_data_files", [])
+        if not isinstance(files, list) or not all(isinstance(entry, dict) for entry in files):
+            raise ValueError(f"{state_path}: _data_files: expected a list of objects")
+        for index, entry in enumerate(files):
+            contained_file(
+                state_path.parent, entry.get("filename"), f"_data_files[{index}].filename", source=state_path
+            )
+    return datasets.load_from_disk(str(path))
+
+
 def builder_class(name: str) -> type:
     """The builder class registered for a corpus name (case and `_`/`-` insensitive)."""
     key = name.strip().lower()

@@ -27,6 +27,13 @@ _NUMPY_DTYPES = {"float32": np.float32, "int64": np.int64}
 # the zeros that stand for an absent input are one wav2vec2 frame or a tiny image per row: a crafted shape must not
 # allocate gigabytes at the first call
 MAX_ABSENT_ELEMENTS = 1 << 20
+# the analysis window an export may declare (`input_spec.window_seconds`): the pipeline's shortest window (one model
+# frame, `pipelines.audio_visual_emotion.MIN_WINDOW_SECONDS`) to the longest a config allows (`window_seconds` in
+# (0, 3600])
+MIN_WINDOW_SECONDS = 0.025
+MAX_WINDOW_SECONDS = 3600.0
+# ONNX Runtime's type of a graph input, by the dtype onnx_config.json declares
+_ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)"}
 
 
 class OnnxRuntimeOutput(dict):
@@ -103,17 +110,37 @@ class OnnxRuntimeEmotionModel:
         graph_files = checked_graph_files(directory, meta)  # every graph, before any is opened by ONNX Runtime
         # the caller's explicit size bound reaches the config (a file never sets it)
         limits = {"max_parameters": kwargs["max_parameters"]} if "max_parameters" in kwargs else {}
-        config = AutoConfig.from_pretrained(directory, **limits)
+        try:
+            config = AutoConfig.from_pretrained(directory, **limits)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            message = " ".join(str(error).split())[:500]
+            if str(directory) in message:
+                raise
+            raise ValueError(f"{directory / 'config.json'}: cannot load the config ({message})") from error
+        if "model_type" in meta and meta["model_type"] != config.model_type:
+            raise ValueError(
+                f"{directory / ONNX_CONFIG_NAME}: model_type {meta['model_type']!r} differs from config.json's "
+                f"{config.model_type!r}: the graphs were not exported from the model config.json describes"
+            )
         if session_options is None:
             session_options = onnxruntime.SessionOptions()
             session_options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
             if num_threads:
                 session_options.intra_op_num_threads = int(num_threads)
         providers = providers or ["CPUExecutionProvider"]
-        sessions = {
-            part: onnxruntime.InferenceSession(str(file), session_options, providers=providers)
-            for part, file in graph_files.items()
-        }
+        sessions = {}
+        for part, file in graph_files.items():
+            if not file.is_file():
+                what = "is not a file" if os.path.lexists(file) else "does not exist"
+                raise ValueError(f"{file} {what}: the graph graphs.{part}.file of {directory / ONNX_CONFIG_NAME}")
+            try:
+                sessions[part] = onnxruntime.InferenceSession(str(file), session_options, providers=providers)
+            except Exception as error:  # noqa: BLE001 - ONNX Runtime's InvalidProtobuf, Fail, ...: name the file
+                reason = " ".join(str(error).split())[:500]
+                raise ValueError(
+                    f"{file}: ONNX Runtime cannot load the graph ({type(error).__name__}: {reason})"
+                ) from error
+            check_session_signature(sessions[part], meta["graphs"][part], file, f"graphs.{part}")
         return cls(config, directory, meta, sessions)
 
     # -- the PyTorch-model interface the pipeline uses ------------------------------------------------------------
@@ -292,6 +319,17 @@ def check_onnx_config(meta: Any, source: str | os.PathLike) -> dict[str, Any]:
     for key in ("input_spec",):
         if key in meta and not isinstance(meta[key], dict):
             raise _fail(source, key, "an object", meta[key])
+    window = meta.get("input_spec", {}).get("window_seconds")
+    if window is not None and not (
+        isinstance(window, (int, float))
+        and not isinstance(window, bool)
+        and math.isfinite(window)
+        and MIN_WINDOW_SECONDS <= window <= MAX_WINDOW_SECONDS
+    ):
+        raise _fail(
+            source, "input_spec.window_seconds",
+            f"a number of seconds in [{MIN_WINDOW_SECONDS}, {MAX_WINDOW_SECONDS}] (or null)", window,
+        )  # fmt: skip
     if "model_type" in meta and not isinstance(meta["model_type"], str):
         raise _fail(source, "model_type", "a string", meta["model_type"])
     return meta
@@ -303,9 +341,36 @@ def read_onnx_config(directory: str | os.PathLike) -> dict[str, Any]:
     path = contained_file(directory, ONNX_CONFIG_NAME, "the export's description", source=directory)
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError as error:  # valid JSON nested deeper than Python's parser goes
+        raise ValueError(f"{path}: cannot be read as JSON (nested too deeply)") from error
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{path}: cannot be read as JSON ({error})") from error
     return check_onnx_config(meta, path)
+
+
+def check_session_signature(session: Any, graph: dict[str, Any], file: Path, field: str) -> None:
+    """The graph ONNX Runtime loaded from `file` has the inputs (names, dtypes, ranks) and outputs that
+    `onnx_config.json` declares for it (`field`); else a `ValueError` naming the file."""
+    declared = graph["inputs"]
+    actual = {node.name: node for node in session.get_inputs()}
+    if set(actual) != set(declared):
+        raise ValueError(
+            f"{file}: the graph's inputs {sorted(actual)} are not the ones {ONNX_CONFIG_NAME} declares in "
+            f"{field}.inputs {sorted(declared)}"
+        )
+    for name, spec in declared.items():
+        node = actual[name]
+        if node.type != _ORT_TYPES[spec["dtype"]] or len(node.shape) != len(spec["axes"]):
+            raise ValueError(
+                f"{file}: input {name!r} is {node.type} of {len(node.shape)} axes; {ONNX_CONFIG_NAME} declares "
+                f"{field}.inputs.{name} as {spec['dtype']} {spec['axes']}"
+            )
+    outputs = [node.name for node in session.get_outputs()]
+    missing = [name for name in graph["outputs"] if name not in outputs]
+    if missing:
+        raise ValueError(
+            f"{file}: the graph has no outputs {missing} ({ONNX_CONFIG_NAME} {field}.outputs); it has {outputs}"
+        )
 
 
 def checked_graph_files(directory: str | os.PathLike, meta: dict[str, Any]) -> dict[str, Path]:
@@ -316,7 +381,7 @@ def checked_graph_files(directory: str | os.PathLike, meta: dict[str, Any]) -> d
     for part, graph in meta["graphs"].items():
         files[part] = contained_file(directory, graph.get("file"), f"graphs.{part}.file", source=source)
     for file in files.values():
-        if file.is_file():  # a missing graph is ONNX Runtime's error to give, naming the file
+        if file.is_file():  # a missing graph (or a folder): `from_pretrained` refuses it, naming the file
             check_external_data(file)
     return files
 
@@ -369,6 +434,7 @@ __all__ = [
     "OnnxRuntimeOutput",
     "check_external_data",
     "check_onnx_config",
+    "check_session_signature",
     "checked_graph_files",
     "read_onnx_config",
 ]

@@ -136,6 +136,8 @@ def _check_processor_class(path: Path) -> None:
         return
     try:
         saved = json.loads(config.read_text(encoding="utf-8"))
+    except RecursionError as error:
+        raise ValueError(f"{config}: cannot be read as JSON (nested too deeply)") from error
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{config}: cannot be read as JSON ({error})") from error
     name = saved.get("processor_class", _PROCESSOR_CLASS) if isinstance(saved, dict) else None

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 import numpy as np
 from transformers import BatchFeature, Wav2Vec2FeatureExtractor
 
+from avemotion.models.config_limits import check_fields, choice, flag, number, optional, whole
+
 from .media import (
     MIN_AUDIO_SAMPLES,
+    SAMPLING_RATE_RANGE,
     check_sampling_rate,
     check_waveform,
     decode_audio_value,
@@ -22,6 +28,25 @@ from .media import (
 logger = logging.getLogger(__name__)
 
 AUDIO_NORMALIZATIONS = ("global", "utterance", "none")
+MAX_DURATION_SECONDS = 86400.0  # a day: far above any clip, low enough that samples * duration stays an int64 count
+MAX_WAVEFORM_VALUE = 1e6  # means and padding values of waveforms in [-1, 1] (or raw int16 counts: 32768)
+# The settings a saved feature extractor may hold (a processor directory is data): field -> check.
+FEATURE_EXTRACTOR_LIMITS = {
+    "feature_size": whole(1, 1),  # one value per sample: mono waveforms
+    "sampling_rate": whole(*SAMPLING_RATE_RANGE),
+    "padding_value": number(-MAX_WAVEFORM_VALUE, MAX_WAVEFORM_VALUE),
+    "normalization": choice(AUDIO_NORMALIZATIONS),
+    "global_mean": number(-MAX_WAVEFORM_VALUE, MAX_WAVEFORM_VALUE),
+    "global_std": number(0.0, MAX_WAVEFORM_VALUE, low_open=True),
+    "max_duration_seconds": optional(number(0.0, MAX_DURATION_SECONDS, low_open=True)),
+    "return_attention_mask": flag(),
+    "padding_side": choice(("right", "left")),
+}
+# What reading a crafted settings file may raise besides our own `ValueError`s: bad JSON (nested 100000 levels
+# deep: RecursionError), structures of the wrong shape (TypeError, AttributeError, KeyError, IndexError), and the
+# bare `Exception` that the `tokenizers` library raises for a file it cannot parse.
+_LOAD_ERRORS = (Exception,)
+_PASSED_THROUGH = (OSError, ImportError)  # a file that is not there, a missing dependency: transformers' meaning
 
 
 class AvEmotionFeatureExtractor(Wav2Vec2FeatureExtractor):
@@ -57,10 +82,12 @@ class AvEmotionFeatureExtractor(Wav2Vec2FeatureExtractor):
         return_attention_mask: bool = True,
         **kwargs: Any,
     ):
-        if normalization not in AUDIO_NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {AUDIO_NORMALIZATIONS}, got {normalization!r}")
-        if not np.isfinite(global_mean) or not np.isfinite(global_std) or global_std < 0:
-            raise ValueError(f"global_mean/global_std must be finite with std >= 0, got {global_mean}, {global_std}")
+        settings = {"feature_size": feature_size, "sampling_rate": sampling_rate, "padding_value": padding_value}
+        settings |= {"normalization": normalization, "global_mean": global_mean, "global_std": global_std}
+        settings |= {"max_duration_seconds": max_duration_seconds, "return_attention_mask": return_attention_mask}
+        if "padding_side" in kwargs:
+            settings["padding_side"] = kwargs["padding_side"]
+        check_fields(type(self).__name__, settings, FEATURE_EXTRACTOR_LIMITS)
         kwargs.pop("do_normalize", None)
         super().__init__(
             feature_size=feature_size,
@@ -73,7 +100,14 @@ class AvEmotionFeatureExtractor(Wav2Vec2FeatureExtractor):
         self.normalization = normalization
         self.global_mean = float(global_mean)
         self.global_std = float(global_std)
-        self.max_duration_seconds = max_duration_seconds
+        self.max_duration_seconds = None if max_duration_seconds is None else float(max_duration_seconds)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
+        """`Wav2Vec2FeatureExtractor.from_pretrained`, with any failure to read the directory's settings (bad JSON,
+        a structure of the wrong shape, a bad value) a `ValueError` naming the directory."""
+        with settings_load_errors(pretrained_model_name_or_path, "preprocessor_config.json"):
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def __call__(self, raw_speech: Any, sampling_rate: int | None = None, **kwargs: Any) -> BatchFeature:
         """
@@ -157,9 +191,36 @@ class AvEmotionFeatureExtractor(Wav2Vec2FeatureExtractor):
         return waveform
 
 
+@contextlib.contextmanager
+def settings_load_errors(path: Any, what: str) -> Iterator[None]:
+    """Turn a failure while reading `what` (a file name, or words such as "the tokenizer files") of the directory
+    `path` into a `ValueError` naming both: JSON errors (also a file nested too deep: RecursionError), wrong
+    structures (TypeError, AttributeError, ...), the `tokenizers` library's bare `Exception`. Our own `ValueError`s
+    keep their message (prefixed with the directory where they do not name it); `OSError` (a missing file; except
+    transformers' "not a valid JSON file") and `ImportError` pass through."""
+    try:
+        yield
+    except OSError as error:  # transformers' words for a settings file that is not JSON: a bad file, not a missing one
+        if "not a valid JSON file" not in str(error):
+            raise
+        raise ValueError(f"{path}: {what}: not valid JSON ({' '.join(str(error).split())[:300]})") from error
+    except _PASSED_THROUGH:
+        raise
+    except _LOAD_ERRORS as error:
+        where, message = str(path), " ".join(str(error).split())[:500]
+        if type(error) is ValueError:  # ours (or transformers'): a clear message already
+            if where in message:
+                raise
+            raise ValueError(f"{where}: {message}") from error
+        if isinstance(error, RecursionError):  # no chained traceback of a thousand frames
+            raise ValueError(f"{where}: {what}: cannot be read (nested too deeply: RecursionError)") from None
+        kind = "not valid JSON" if isinstance(error, json.JSONDecodeError) else "cannot be read"
+        raise ValueError(f"{where}: {what}: {kind} ({type(error).__name__}: {message or 'no detail'})") from error
+
+
 def _is_record(value: Any) -> bool:
     """A `datasets` audio value: a `{"array", "sampling_rate"}` or `{"path", "bytes"}` mapping, or an audio decoder."""
     return isinstance(value, Mapping) or type(value).__name__ == "AudioDecoder"
 
 
-__all__ = ["AvEmotionFeatureExtractor"]
+__all__ = ["FEATURE_EXTRACTOR_LIMITS", "AvEmotionFeatureExtractor", "settings_load_errors"]

@@ -14,7 +14,7 @@ from transformers.utils import PROCESSOR_NAME, has_file, resolve_revision
 from avemotion.utils.paths import contained_file
 from avemotion.utils.transformers_compat import init_processor_subset
 
-from .audio import AvEmotionFeatureExtractor
+from .audio import AvEmotionFeatureExtractor, settings_load_errors
 from .video import AvEmotionImageProcessor, _as_video_list
 
 logger = logging.getLogger(__name__)
@@ -174,11 +174,21 @@ class AvEmotionProcessor(ProcessorMixin):
         )
         if token is not None:
             lookup["token"] = token
-        processor_dict, instantiation_kwargs = cls.get_processor_dict(
-            pretrained_model_name_or_path, **lookup, **kwargs
-        )
-        args = cls._sub_processors(pretrained_model_name_or_path, processor_dict, lookup, dict(kwargs))
-        return cls.from_args_and_dict(args, processor_dict, **instantiation_kwargs)
+        path = pretrained_model_name_or_path
+        with settings_load_errors(path, PROCESSOR_NAME):
+            processor_dict, instantiation_kwargs = cls.get_processor_dict(path, **lookup, **kwargs)
+            if not isinstance(processor_dict, dict):
+                raise ValueError(
+                    f"{path}: {PROCESSOR_NAME}: expected a JSON object of settings, got {type(processor_dict).__name__}"
+                )
+            processor_class = processor_dict.get("processor_class")
+            if processor_class is not None and not isinstance(processor_class, str):
+                raise ValueError(
+                    f"{path}: {PROCESSOR_NAME}: processor_class = {processor_class!r:.80}: expected a class name"
+                )
+        args = cls._sub_processors(path, processor_dict, lookup, dict(kwargs))
+        with settings_load_errors(path, PROCESSOR_NAME):
+            return cls.from_args_and_dict(args, processor_dict, **instantiation_kwargs)
 
     @classmethod
     def from_backbones(
@@ -205,10 +215,15 @@ class AvEmotionProcessor(ProcessorMixin):
         settings: dict[str, Any] = {}
         if audio is not None:
             try:
-                saved, _ = AvEmotionFeatureExtractor.get_feature_extractor_dict(audio)
-            except OSError:
+                with settings_load_errors(audio, "preprocessor_config.json"):
+                    saved, _ = AvEmotionFeatureExtractor.get_feature_extractor_dict(audio)
+            except OSError as error:
+                if (Path(audio) / "preprocessor_config.json").is_file():  # there, but transformers cannot read it
+                    raise ValueError(f"{audio}: preprocessor_config.json: cannot be read ({error})") from error
                 logger.info("%s has no feature extractor config: using VAVL's audio defaults", audio)
                 saved = {}
+            if not isinstance(saved, dict):
+                raise ValueError(f"{audio}: preprocessor_config.json: expected a JSON object, got {saved!r:.40}")
             settings = {key: saved[key] for key in ("sampling_rate", "padding_value") if key in saved}
         feature_extractor = AvEmotionFeatureExtractor(**{**VAVL_AUDIO_SETTINGS, **settings, **(audio_kwargs or {})})
         if visual is not None:
@@ -226,9 +241,17 @@ class AvEmotionProcessor(ProcessorMixin):
         image_kwargs = {k: kwargs.pop(k) for k in AvEmotionImageProcessor.valid_kwargs.__annotations__ if k in kwargs}
         kwargs = {**kwargs, **lookup}
         if "feature_extractor" in processor_dict:
-            feature_extractor = AvEmotionFeatureExtractor.from_dict(processor_dict["feature_extractor"])
+            saved = processor_dict["feature_extractor"]
+            if not isinstance(saved, dict):
+                raise ValueError(
+                    f"{path}: {PROCESSOR_NAME} feature_extractor: expected an object of settings, got "
+                    f"{type(saved).__name__}"
+                )
+            with settings_load_errors(path, f"{PROCESSOR_NAME} feature_extractor"):
+                feature_extractor = AvEmotionFeatureExtractor.from_dict(saved)
         else:
-            feature_extractor = AvEmotionFeatureExtractor.from_pretrained(path, subfolder=subfolder, **kwargs)
+            with settings_load_errors(path, "preprocessor_config.json"):
+                feature_extractor = AvEmotionFeatureExtractor.from_pretrained(path, subfolder=subfolder, **kwargs)
         if "image_processor" in processor_dict:
             image_processor = _saved_image_processor(path, processor_dict["image_processor"], image_kwargs)
         else:
@@ -239,7 +262,9 @@ class AvEmotionProcessor(ProcessorMixin):
         keys = ("revision", "token", "local_files_only", "cache_dir")
         if has_file(path, config_file, **{key: lookup[key] for key in keys if key in lookup}):
             check_tokenizer_config(path, config_file)
-            tokenizer = AutoTokenizer.from_pretrained(path, subfolder=subfolder, **kwargs)
+            with settings_load_errors(path, "the tokenizer files (tokenizer.json, tokenizer_config.json, vocab.txt)"):
+                tokenizer = AutoTokenizer.from_pretrained(path, subfolder=subfolder, **kwargs)
+                tokenizer("a")  # a vocabulary it cannot encode with (e.g. without its [UNK] token) fails here, at load
         return [feature_extractor, image_processor, tokenizer]
 
 
@@ -268,6 +293,8 @@ def check_tokenizer_config(path: str | os.PathLike, config_file: str = "tokenize
     contained_file(file.parent, file.name, "the tokenizer's settings")
     try:
         saved = json.loads(file.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise ValueError(f"{file}: cannot be read as JSON (nested too deeply)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{file}: cannot be read as JSON ({error})") from error
     if not isinstance(saved, dict):

@@ -19,6 +19,9 @@ from transformers.image_processing_utils import get_size_dict
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs
 
+from avemotion.models.config_limits import check_fields, choice, flag, is_real, is_whole, number, optional, whole
+
+from .audio import settings_load_errors
 from .faces import (
     FaceDetector,
     HaarCascadeFaceDetector,
@@ -41,6 +44,60 @@ _CV2_INTERPOLATION = {
     PILImageResampling.BOX: cv2.INTER_AREA,
     PILImageResampling.HAMMING: cv2.INTER_LINEAR,
 }
+
+
+MAX_IMAGE_SIDE = 4096  # pixels per side of a face crop (VAVL: 224)
+MAX_PIXEL_STATISTIC = 1000.0  # |mean| and std bound: pixels in [0, 1] after rescaling, or [0, 255] without it
+MAX_SCALE = 10.0  # VAVL's crop rule: face_box_scale 1.1, crop_scale 1.25
+MAX_DETECT_EVERY = 10000  # frames between key frames
+# Resampling filters: PIL's ids (nearest 0, lanczos 1, bilinear 2, bicubic 3, box 4, hamming 5).
+RESAMPLING_IDS = tuple(sorted(int(r) for r in PILImageResampling))
+# The settings a saved image processor may hold (a processor directory is data): field -> check. Checked at
+# construction (so at load) and for the settings of each call.
+IMAGE_PROCESSOR_LIMITS = {
+    "do_resize": flag(),
+    "do_rescale": flag(),
+    "do_normalize": flag(),
+    "resample": choice(RESAMPLING_IDS),
+    "rescale_factor": number(0.0, 1.0, low_open=True),
+    "face_selection": choice(FACE_SELECTIONS),
+    "detect_every": whole(1, MAX_DETECT_EVERY),
+    "detection_max_side": optional(whole(24, 16384)),  # the Haar cascade's window is 24 px
+    "face_box_scale": number(0.1, MAX_SCALE),
+    "crop_scale": number(0.1, MAX_SCALE),
+}
+
+
+def _check_statistic(where: str, value: Any, positive: bool) -> None:
+    """`image_mean` / `image_std`: one finite number or one per RGB channel; a std above 0."""
+    low = 0.0 if positive else -MAX_PIXEL_STATISTIC
+    expected = (
+        f"3 numbers (one per RGB channel) or one, each {'above 0 and at most' if positive else 'from -1000 to'} "
+        f"{MAX_PIXEL_STATISTIC:g}"
+    )
+    values = list(value) if isinstance(value, (list, tuple, np.ndarray)) and len(value) == 3 else [value]
+    if isinstance(value, (list, tuple, np.ndarray)) and len(value) != 3:
+        values = [None]
+    for item in values:
+        if isinstance(item, np.generic):
+            item = item.item()
+        inside = is_real(item) and (low < item if positive else low <= item) and item <= MAX_PIXEL_STATISTIC
+        if not inside:
+            shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+            raise ValueError(f"{where} = {shown}: expected {expected}")
+
+
+def check_image_settings(where: str, settings: Any) -> None:
+    """The pixel and crop settings of `settings` (an image processor, or a dict of some of its settings): a
+    `ValueError` naming `where` (the class), the field and the allowed values."""
+    check_fields(where, settings, IMAGE_PROCESSOR_LIMITS)
+    for name, positive in (("image_mean", False), ("image_std", True)):
+        value = settings.get(name, _UNSET) if isinstance(settings, dict) else getattr(settings, name, _UNSET)
+        if value is not _UNSET:
+            _check_statistic(f"{where}.{name}", value, positive)
+
+
+_UNSET = object()
 
 
 class AvEmotionImageProcessorKwargs(ImagesKwargs, total=False):
@@ -117,20 +174,43 @@ class AvEmotionImageProcessor(PilBackend):
     def __init__(self, **kwargs: Any):
         # None is meaningful here (pre-cropped faces), so keep it from being replaced by the class default
         face_detector = kwargs.pop("face_detector", type(self).face_detector)
-        super().__init__(**kwargs)
+        owner = type(self).__name__
+        size = kwargs.get("size", 1)
+        if isinstance(size, bool) or not isinstance(size, (int, dict, SizeDict, list, tuple)):
+            raise ValueError(
+                f"{owner}.size = {size!r:.80}: expected {{'height': H, 'width': W}} or one side, each a "
+                f"whole number from 1 to {MAX_IMAGE_SIDE}"
+            )
+        try:
+            super().__init__(**kwargs)
+        except (TypeError, ValueError) as error:  # transformers' conversions (e.g. of `size`) name no class
+            raise ValueError(f"{owner}: {' '.join(str(error).split())[:300]}") from error
         self.face_detector = face_detector
+        check_image_settings(owner, self)
         self._check_settings(self.face_detector, self.face_selection, self.detect_every)
         self._check_frame_settings(self.video_fps, self.max_frames, self.size)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
+        """`PilBackend.from_pretrained`, with any failure to read the directory's settings (bad JSON, a structure
+        of the wrong shape, a bad value) a `ValueError` naming the directory."""
+        with settings_load_errors(pretrained_model_name_or_path, "preprocessor_config.json"):
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
     @staticmethod
     def _check_frame_settings(video_fps: Any, max_frames: Any, size: Any) -> None:
-        """`video_fps` None or > 0, `max_frames` None or >= 1, `size` with a height and width >= 1."""
-        check_fps(video_fps, "video_fps")
-        check_max_frames(max_frames, "max_frames")
+        """`video_fps` None or > 0, `max_frames` None or >= 1, `size` with a height and width from 1 to
+        `MAX_IMAGE_SIDE` pixels."""
+        check_fps(video_fps, "AvEmotionImageProcessor.video_fps")
+        check_max_frames(max_frames, "AvEmotionImageProcessor.max_frames")
         height, width = (size.get("height"), size.get("width")) if isinstance(size, dict) else (
             getattr(size, "height", None), getattr(size, "width", None))  # fmt: skip
-        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in (height, width)):
-            raise ValueError(f"size must give a height and a width of at least 1 pixel, got {dict(size)!r}")
+        if not all(is_whole(side) and 1 <= side <= MAX_IMAGE_SIDE for side in (height, width)):
+            shown = dict(size) if isinstance(size, (dict, SizeDict)) else size
+            raise ValueError(
+                f"AvEmotionImageProcessor.size = {shown!r:.160}: size must give a height and a width of at least 1 "
+                f"pixel, each a whole number from 1 to {MAX_IMAGE_SIDE}"
+            )
 
     @staticmethod
     def _check_settings(face_detector: Any, face_selection: str, detect_every: int) -> None:
@@ -173,7 +253,18 @@ class AvEmotionImageProcessor(PilBackend):
         Note: VAVL's original pipeline cuts the 224x224 crop from the frame with bicubic interpolation; HSEmotion's
         transform (what the converted directory records) resizes with bilinear. Pass `resample=3` for the former.
         """
-        settings, _ = cls.get_image_processor_dict(pretrained_model_name_or_path)
+        try:
+            with settings_load_errors(pretrained_model_name_or_path, "preprocessor_config.json"):
+                settings, _ = cls.get_image_processor_dict(pretrained_model_name_or_path)
+        except OSError as error:  # a file that is there but not a settings object (JSON null) is not a missing one
+            if not os.path.isfile(os.path.join(pretrained_model_name_or_path, "preprocessor_config.json")):
+                raise
+            message = " ".join(str(error).split())[:200]
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: preprocessor_config.json: cannot be read ({message})"
+            ) from error
+        if not isinstance(settings, dict):
+            raise ValueError(f"{pretrained_model_name_or_path}: preprocessor_config.json: expected a JSON object")
         return cls(**{**backbone_image_settings(settings, str(pretrained_model_name_or_path)), **kwargs})
 
     def to_dict(self) -> dict[str, Any]:
@@ -232,6 +323,7 @@ class AvEmotionImageProcessor(PilBackend):
             settings["size"] = SizeDict(
                 **get_size_dict(size=settings["size"], default_to_square=settings.get("default_to_square", True))
             )
+        check_image_settings(type(self).__name__, {name: settings[name] for name in _CALL_CHECKED if name in kwargs})
         detector = self.get_face_detector(face_detector)
         self._check_settings(detector, settings["face_selection"], settings["detect_every"])
         self._check_frame_settings(settings["video_fps"], settings["max_frames"], settings["size"])
@@ -310,6 +402,9 @@ class AvEmotionImageProcessor(PilBackend):
     def _normalize(crops: np.ndarray, settings: dict) -> np.ndarray:
         """(rows, H, W, 3) uint8 -> (rows, 3, H, W) float32, rescaled and normalised (`normalize_pixels`)."""
         return normalize_pixels(torch.from_numpy(crops).permute(0, 3, 1, 2), settings).numpy()
+
+
+_CALL_CHECKED = (*IMAGE_PROCESSOR_LIMITS, "image_mean", "image_std")  # a call's own settings, checked
 
 
 def normalize_pixels(crops: torch.Tensor, settings: dict[str, Any]) -> torch.Tensor:

@@ -112,7 +112,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     elif not Path(corpus.dataset).is_dir():
         raise FileNotFoundError(f"--dataset {corpus.dataset} is not a directory written by save_to_disk")
     else:
-        data = datasets.load_from_disk(corpus.dataset)
+        from avemotion.data.loading import load_saved_dataset
+
+        data = load_saved_dataset(corpus.dataset)
     if isinstance(data, datasets.DatasetDict):
         if options.split not in data:
             raise ValueError(f"the dataset has no split {options.split!r}; it has {sorted(data)}")

@@ -117,7 +117,9 @@ def load_dataset_dict(args: CorpusArguments | argparse.Namespace, model: Any = N
                 f"--dataset {args.dataset} is not a directory written by DatasetDict.save_to_disk (give --data_dir "
                 "to read a corpus by name)"
             )
-        corpus = datasets.load_from_disk(args.dataset)
+        from avemotion.data.loading import load_saved_dataset
+
+        corpus = load_saved_dataset(args.dataset)
         if not isinstance(corpus, datasets.DatasetDict):
             raise ValueError(f"--dataset {args.dataset} holds one Dataset; expected a DatasetDict with splits")
         return corpus
@@ -222,7 +224,10 @@ def load_processor(path: str, required: bool = False):
                 read_json_object(directory / name)
     try:
         return AutoProcessor.from_pretrained(path, trust_remote_code=False)
-    except (OSError, ValueError):
+    except (OSError, ValueError) as error:
+        if (directory / "processor_config.json").is_file():  # a processor that does not load: not a fall-back case
+            message = " ".join(str(error).split())[:300]
+            raise ValueError(f"{path}: the processor saved there cannot be loaded ({message})") from error
         try:
             return AutoFeatureExtractor.from_pretrained(path, trust_remote_code=False)
         except OSError as error:

@@ -30,10 +30,14 @@ try:  # save-time extras of the package (auto_map for both Auto classes, the pip
     if not __name__.startswith("avemotion."):
         raise ImportError
     from avemotion.models.auto import EmotionModelHubMixin
+    from avemotion.models.loading_checks import pretrained_backbone_errors
 except ImportError:
 
     class EmotionModelHubMixin:  # noqa: D101
         pass
+
+    def pretrained_backbone_errors(path: Any) -> contextlib.AbstractContextManager:  # noqa: D103
+        return contextlib.nullcontext()
 
 
 from .configuration_mlfusion import FusionMember, MultiLevelFusionConfig
@@ -454,10 +458,16 @@ class MultiLevelFusionPreTrainedModel(EmotionModelHubMixin, PreTrainedModel):
         if config is not None and config_kwargs:
             raise ValueError("Pass either `config` or config keyword arguments to from_backbones, not both.")
         # a backbone directory's auto_map runs nothing (no prompt to trust it either)
-        audio_encoder = AutoModel.from_pretrained(audio, trust_remote_code=False) if audio is not None else None
+        audio_encoder = None
+        if audio is not None:
+            with pretrained_backbone_errors(audio):
+                audio_encoder = AutoModel.from_pretrained(audio, trust_remote_code=False)
         text_encoder = None
         if text is not None:
-            text_encoder = _without_pooler(functools.partial(AutoModel.from_pretrained, trust_remote_code=False), text)
+            with pretrained_backbone_errors(text):
+                text_encoder = _without_pooler(
+                    functools.partial(AutoModel.from_pretrained, trust_remote_code=False), text
+                )
         if config is None:
             if audio_encoder is not None:
                 config_kwargs["audio_config"] = audio_encoder.config

@@ -36,10 +36,14 @@ try:  # save-time extras of the package (auto_map for both Auto classes, the pip
     if not __name__.startswith("avemotion."):
         raise ImportError
     from avemotion.models.auto import EmotionModelHubMixin
+    from avemotion.models.loading_checks import pretrained_backbone_errors
 except ImportError:
 
     class EmotionModelHubMixin:  # noqa: D101
         pass
+
+    def pretrained_backbone_errors(path: Any) -> contextlib.AbstractContextManager:  # noqa: D103
+        return contextlib.nullcontext()
 
 
 from .configuration_vavl import VavlConfig, audio_backbone_width, visual_backbone_width
@@ -408,12 +412,14 @@ class VavlPreTrainedModel(EmotionModelHubMixin, PreTrainedModel):
         backbones: dict[str, Any] = {}
         if audio is not None:
             extra = {"num_hidden_layers": int(audio_num_layers)} if audio_num_layers else {}
-            audio_backbone = Wav2Vec2Model.from_pretrained(audio, **extra)
+            with pretrained_backbone_errors(audio):
+                audio_backbone = Wav2Vec2Model.from_pretrained(audio, **extra)
             backbones.update(audio_backbone_config=audio_backbone.config, audio_backbone_name=str(audio))
             backbones["audio_feature_dim"] = audio_backbone_width(audio_backbone.config)
             backbones["_audio"] = audio_backbone
         if visual is not None:
-            visual_backbone = EfficientNetModel.from_pretrained(visual)
+            with pretrained_backbone_errors(visual):
+                visual_backbone = EfficientNetModel.from_pretrained(visual)
             backbones.update(visual_backbone_config=visual_backbone.config, visual_backbone_name=str(visual))
             backbones["visual_feature_dim"] = visual_backbone_width(visual_backbone.config)
             backbones["_visual"] = visual_backbone
