@@ -155,6 +155,11 @@ def _optimizer_with_a_number_for_a_tensor(state):
     return state
 
 
+def _optimizer_with_a_huge_step(state):
+    next(iter(state["state"].values()))["step"] = 10**12
+    return state
+
+
 def _scheduler_with_foreign_keys(state):
     return {**state, "optimizer": "x"}
 
@@ -178,6 +183,7 @@ def _scheduler_missing_a_key(state):
         ("scheduler", lambda s: {**s, "_last_lr": [-1.0] * len(s["_last_lr"])}, "not a learning rate"),
         ("optimizer", _optimizer_with_nan, "NaN or infinite"),
         ("optimizer", _optimizer_with_a_number_for_a_tensor, "exp_avg = 0.5: expected a tensor"),
+        ("optimizer", _optimizer_with_a_huge_step, r"step = 1e\+12: expected 0 to 18"),
         ("optimizer", lambda s: {**s, "param_groups": [{**g, "lr": 1e30} for g in s["param_groups"]]}, "lr = 1e"),
     ],
 )  # fmt: skip

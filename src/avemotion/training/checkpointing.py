@@ -251,9 +251,11 @@ class CheckpointingMixin:
                 raise CheckpointError(problem)
         model = acc.unwrap_model(self.model)
         optimizer = self._plain_optimizer
+        # each declared step of an update may step a shared parameter (VAVL: visual, acoustic and fusion)
+        max_step = self.updates_per_epoch * self.args.num_train_epochs * len(self.steps)
         pieces = [
             lambda: load_weights(model, directory),
-            restore(directory, OPTIMIZER_STATE, lambda s, w: check_optimizer_state(s, optimizer, w),
+            restore(directory, OPTIMIZER_STATE, lambda s, w: check_optimizer_state(s, optimizer, w, max_step),
                     self.optimizer.load_state_dict),
             restore(directory, SCHEDULER_STATE, lambda s, w: check_like_live(s, self.lr_scheduler.state_dict(), w),
                     self.lr_scheduler.load_state_dict),

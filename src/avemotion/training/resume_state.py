@@ -217,9 +217,12 @@ def _optimizer_groups(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
     return optimizer.state_dict()["param_groups"]
 
 
-def check_optimizer_state(state: Any, optimizer: torch.optim.Optimizer, where: str) -> None:
+def check_optimizer_state(
+    state: Any, optimizer: torch.optim.Optimizer, where: str, max_step: int | None = None
+) -> None:
     """The saved optimizer state fits `optimizer`: a dict of `state` and `param_groups`, the same groups holding the
-    same parameter indices, per parameter state tensors of that parameter's shape (scalar `step`s aside)."""
+    same parameter indices, per parameter state tensors of that parameter's shape (scalar `step`s aside), each `step`
+    count at most `max_step` (the updates the run can have made)."""
     if not isinstance(state, dict) or set(state) != {"state", "param_groups"}:
         raise CheckpointError(f"{where}: not an optimizer state (expected the keys 'state' and 'param_groups')")
     groups = state["param_groups"]
@@ -241,6 +244,10 @@ def check_optimizer_state(state: Any, optimizer: torch.optim.Optimizer, where: s
         if position not in shapes or not isinstance(entry, dict):
             raise CheckpointError(f"{where}: state of parameter {position!r:.40}, which the optimizer does not have")
         for key, value in entry.items():
+            if key == "step" and max_step is not None and isinstance(value, (int, float, torch.Tensor)):
+                count = float(value) if not isinstance(value, torch.Tensor) or value.numel() == 1 else math.inf
+                if not 0 <= count <= max_step:
+                    raise CheckpointError(f"{where}: state[{position}].step = {count:g}: expected 0 to {max_step}")
             if not isinstance(value, torch.Tensor):
                 # only a `step` count may be a plain number (torch's older layout); SGD without momentum keeps None
                 number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
