@@ -161,7 +161,6 @@ INVENTORY: list[tuple[str, str, str, str, tuple[str, ...] | None]] = [
     ("processing.processor", "check_tokenizer_config", "json.loads", "json", (TOKENIZER,)),
     ("processing.video", "AvEmotionImageProcessor.from_backbone", "cls.get_image_processor_dict", "json", (PAYLOAD_IMAGE_BACKBONE, PAYLOAD_IMAGE_BACKBONE_AUTO_MAP,)),
     ("processing.video", "AvEmotionImageProcessor.from_pretrained", "super().from_pretrained", "json", ("test_processor_settings.py::test_image_processor_settings_are_checked", FUZZ)),  # noqa: E501
-    ("training.checkpointing", "CheckpointingMixin._read_trainer_state", "json.loads", "json", (TRAINER_STATE, FUZZ)),
     ("training.cli_train", "ModelArguments.__post_init__", "json.loads", "json", (CONFIG_OVERRIDES,)),
     ("training.cli_train", "_build_model", "transformers.AutoConfig.from_pretrained", "transformers loader", (CONFIG_FILE,)),  # noqa: E501
     ("training.cli_train", "load_model", "avemotion.models.auto.AutoModelForEmotionRecognition.from_pretrained", "transformers loader", (TRUNCATED_WEIGHTS, FUZZ)),  # noqa: E501
@@ -174,10 +173,9 @@ INVENTORY: list[tuple[str, str, str, str, tuple[str, ...] | None]] = [
     ("training.hub", "_load_processor", "transformers.AutoFeatureExtractor.from_pretrained", "transformers loader", (PAYLOAD_FE_TYPE,)),  # noqa: E501
     ("training.hub", "_load_processor", "transformers.AutoImageProcessor.from_pretrained", "transformers loader", (PAYLOAD_FE_TYPE,)),  # noqa: E501
     ("training.hub", "_load_processor", "transformers.AutoProcessor.from_pretrained", "transformers loader", (PAYLOAD_PROCESSOR_AUTO_MAP, PAYLOAD_PROCESSOR_CLASS,)),
-    ("training.resume_state", "read_state", "json.loads", "json", (RESUME_STATE, FUZZ)),
     ("training.resume_state", "read_state", "safetensors.torch.load_file", "safetensors", (RESUME_STATE, FUZZ)),
     ("data.loading", "load_saved_dataset", "datasets.load_from_disk", "arrow dataset", (PAYLOAD_DATASET_PICKLE, PAYLOAD_DATASET_STATE, PAYLOAD_EVALUATE_DATASET)),  # noqa: E501
-    ("utils.json_files", "parse_json", "json.loads", "json", (PAYLOAD_CORPUS_METADATA, PAYLOAD_CONVERT_CONFIG, PAYLOAD_CONVERT_AUTO_MAP, PAYLOAD_PUSH_METRICS, PAYLOAD_PREPROCESSOR_JSON, PAYLOAD_SANITIZE, PAYLOAD_SANITIZE_AUTO_MAP)),  # noqa: E501
+    ("utils.json_files", "parse_json", "json.loads", "json", (PAYLOAD_CORPUS_METADATA, PAYLOAD_CONVERT_CONFIG, PAYLOAD_CONVERT_AUTO_MAP, PAYLOAD_PUSH_METRICS, PAYLOAD_PREPROCESSOR_JSON, PAYLOAD_SANITIZE, PAYLOAD_SANITIZE_AUTO_MAP, TRAINER_STATE, RESUME_STATE, FUZZ)),  # noqa: E501
     ("utils.safe_pickle", "restricted_load", "RestrictedUnpickler", "restricted pickle", (SAFE_PICKLE, SAFE_PICKLE_EVAL)),  # noqa: E501
 ]
 # fmt: on

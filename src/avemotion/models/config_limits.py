@@ -170,28 +170,25 @@ def _sequence(where: str, value: Any, min_length: int, max_length: int, what: st
         raise ValueError(f"{where} = {_show(value)}: expected a list of {size} {what}{got}")
 
 
-def whole_list(low: int, high: int, min_length: int = 1, max_length: int = MAX_CONV_LAYERS) -> Check:
-    """A list of `min_length` to `max_length` whole numbers, each from `low` to `high`."""
-    element = whole(low, high)
+def _list_of(element: Check, min_length: int, max_length: int, what: str) -> Check:
+    """A list of `min_length` to `max_length` items, each passing `element` (named `where[index]`)."""
 
     def check(where: str, value: Any) -> None:
-        _sequence(where, value, min_length, max_length, f"whole numbers from {low} to {high}")
+        _sequence(where, value, min_length, max_length, what)
         for index, item in enumerate(value):
             element(f"{where}[{index}]", item)
 
     return check
+
+
+def whole_list(low: int, high: int, min_length: int = 1, max_length: int = MAX_CONV_LAYERS) -> Check:
+    """A list of `min_length` to `max_length` whole numbers, each from `low` to `high`."""
+    return _list_of(whole(low, high), min_length, max_length, f"whole numbers from {low} to {high}")
 
 
 def number_list(low: float, high: float, min_length: int = 1, max_length: int = MAX_LABELS) -> Check:
     """A list of `min_length` to `max_length` finite numbers, each from `low` to `high`."""
-    element = number(low, high)
-
-    def check(where: str, value: Any) -> None:
-        _sequence(where, value, min_length, max_length, f"numbers from {low:g} to {high:g}")
-        for index, item in enumerate(value):
-            element(f"{where}[{index}]", item)
-
-    return check
+    return _list_of(number(low, high), min_length, max_length, f"numbers from {low:g} to {high:g}")
 
 
 def string_list(min_length: int = 1, max_length: int = 64) -> Check:

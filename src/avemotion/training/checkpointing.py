@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from avemotion.utils.json_files import read_json
+
 from .files import atomic_write_text, file_problem, load_weights, recover_directory, replace_directory
 from .hub import CARD_FIGURES
 from .resume_state import (
@@ -230,9 +232,9 @@ class CheckpointingMixin:
         """`trainer_state.json`, checked against this run (`resume_state.check_trainer_state`)."""
         path = directory / STATE_FILE
         try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError) as error:
-            raise CheckpointError(f"{path}: not readable JSON ({type(error).__name__}: {str(error)[:200]})") from error
+            state = read_json(path)  # a ValueError naming the file: not JSON, nested too deep, not UTF-8
+        except (OSError, ValueError) as error:
+            raise CheckpointError(str(error)[:300]) from error
         check_trainer_state(
             state, path, self.args.num_train_epochs, len(self.train_loader), [s.name for s in self.steps]
         )

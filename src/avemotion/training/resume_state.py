@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from avemotion.utils.json_files import read_json
+
 from .files import atomic_write_text
 
 OPTIMIZER_STATE = "optimizer"
@@ -128,9 +130,9 @@ def read_state(directory: Path, name: str) -> Any:
     if not path.is_file():
         raise CheckpointError(f"{path}: missing (the checkpoint is incomplete)")
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as error:  # RecursionError: JSON nested too deep
-        raise CheckpointError(f"{path}: not readable JSON ({type(error).__name__}: {str(error)[:200]})") from error
+        document = read_json(path)  # a ValueError naming the file: not JSON, nested too deep, not UTF-8
+    except (OSError, ValueError) as error:
+        raise CheckpointError(str(error)[:300]) from error
     if not isinstance(document, dict) or document.get("format") != 1 or "state" not in document:
         raise CheckpointError(f"{path}: not a checkpoint state (expected {{'format': 1, 'state': ...}})")
     tensors: dict[str, torch.Tensor] = {}
