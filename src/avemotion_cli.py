@@ -35,6 +35,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "avemotion.models.vavl.convert_vavl_original_checkpoint",
         "convert a checkpoint of the original VAVL code into a transformers checkpoint",
     ),
+    "download-face-detector": (
+        "avemotion.processing.face_weights",
+        "install the MTCNN face detector's weights (facenet-pytorch 2.6.0's data files) into the avemotion cache",
+    ),
     "convert-hsemotion": (
         "avemotion.models.hsemotion.convert_hsemotion_checkpoint",
         "convert an HSEmotion face-emotion checkpoint (a pickled timm EfficientNet) into a transformers EfficientNet",

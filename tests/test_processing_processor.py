@@ -37,7 +37,7 @@ def test_default_processor_has_vavl_settings():
     assert extractor.sampling_rate == 16000 and extractor.normalization == "global"
     assert (frames.size.height, frames.size.width) == (224, 224)
     assert (frames.face_box_scale, frames.crop_scale) == (1.1, 1.25)
-    assert frames.face_detector == "haar" and frames.video_fps is None
+    assert frames.face_detector == "mtcnn" and frames.video_fps is None
     assert tuple(frames.image_mean) == (0.485, 0.456, 0.406) and tuple(frames.image_std) == (0.229, 0.224, 0.225)
     assert processor.tokenizer is None
 

@@ -88,7 +88,7 @@ def test_processor_from_backbones_takes_the_face_models_image_settings(backbones
     image = processor.image_processor
     assert dict(image.size) == {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
     # the crop is cut at the backbone's size with VAVL's bicubic interpolation (the backbone's own resize is a no-op)
-    assert image.resample == PILImageResampling.BICUBIC and image.face_detector == "haar"
+    assert image.resample == PILImageResampling.BICUBIC and image.face_detector == "mtcnn"
     np.testing.assert_allclose(image.image_mean, [0.485, 0.456, 0.406])
     np.testing.assert_allclose(image.image_std, [0.229, 0.224, 0.225])
     features = processor.feature_extractor

@@ -103,7 +103,9 @@ class _BackboneExtractor:
         return {"audio_features": audio_out, "visual_features": visual_out}
 
     def _visual(self, videos: list, indices: list[int], out: list) -> None:
-        inputs = self.processor.image_processor([videos[i] for i in indices], return_tensors="pt")
+        # faces are detected in batches of frames, on the model's GPU when it has one
+        device = self.model.device if self.model.device.type == "cuda" else None
+        inputs = self.processor.image_processor([videos[i] for i in indices], return_tensors="pt", device=device)
         frames_mask = inputs["visual_features_mask"].bool()
         features = self.model.get_visual_features(inputs["pixel_values_videos"], frames_mask)
         for row, index in enumerate(indices):

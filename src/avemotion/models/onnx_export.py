@@ -49,6 +49,8 @@ DEFAULT_OPSET = {"torchscript": 17, "dynamo": 18}
 MIN_OPSET = {"torchscript": 14, "dynamo": 18}
 GRAPH_FILES = {"heads": "model_heads.onnx", "full": "model.onnx"}
 # weights and PyTorch code of the source directory are not copied
+# the processor's face detector weights (processing.video.FACE_DETECTOR_WEIGHTS_NAME) ship with the export
+_SHIPPED_WEIGHTS = ("face_detector.safetensors",)
 _SKIPPED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".onnx_data", ".py", ".lock")
 ABSENT_AUDIO_SAMPLES = 400  # one wav2vec2 frame, as the pipeline pads
 
@@ -238,7 +240,8 @@ def _copy_processor_files(source: Path, output: Path) -> None:
     """Copy the source directory's files that the export ships (processor files, ...), refusing a symlink that
     leads out of it: what is copied into a directory meant to be shipped must have been the directory's own."""
     for item in sorted(source.iterdir()):
-        if item.name in ("config.json", ONNX_CONFIG_NAME) or item.name.endswith(_SKIPPED_SUFFIXES):
+        skipped = item.name.endswith(_SKIPPED_SUFFIXES) and item.name not in _SHIPPED_WEIGHTS
+        if item.name in ("config.json", ONNX_CONFIG_NAME) or skipped:
             continue
         if item.is_symlink():
             contained_file(source, item.name, "a file to copy into the export")

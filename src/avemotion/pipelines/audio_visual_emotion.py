@@ -54,6 +54,7 @@ MODALITIES = ("audio", "video", "text")
 # the input-dict keys of pre-extracted features, per modality (the model's `input_spec` says which it accepts)
 FEATURE_FIELDS = {"audio": "audio_features", "video": "visual_features"}
 DEFAULT_WINDOW_SECONDS = 12.0
+_MAIN_PROCESS = os.getpid()  # the preprocessing workers are forked from it: they have other pids
 # Strings with one of these suffixes are file names even with spaces in them (a missing one is an error, not text).
 _FILE_SUFFIXES = MEDIA_SUFFIXES | {".txt", ".json", ".jsonl", ".csv", ".tsv", ".srt", ".vtt", ".lab", ".npy", ".npz"}
 # A file-like suffix: "speech.wa", "notes.txt" (not "e.g." or "3.5").
@@ -872,13 +873,19 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
         encoded["_text_used"] = item.text is not None and "text" in self.model_modalities
         return encoded
 
+    def _detection_device(self) -> torch.device | None:
+        """Faces are detected on the model's GPU in the main process; forked workers (and CPU models) use the CPU."""
+        return self.device if self.device.type == "cuda" and os.getpid() == _MAIN_PROCESS else None
+
     def _face_crops(self, video: np.ndarray, has_audio: bool, notes: list[str]) -> Any:
         """The processor's face crops of a window's frames; None (noted) when no frame shows a face and the window has
         audio to fall back on."""
         try:
             # uint8 crops: a quarter of the bytes through the workers' pipes and to the device; `_run_model`
             # normalises them where the model runs
-            return self.processor.image_processor.face_crops(video, return_tensors="pt")
+            return self.processor.image_processor.face_crops(
+                video, return_tensors="pt", device=self._detection_device()
+            )
         except NoFaceFoundError as error:
             if not has_audio:
                 raise

@@ -5,6 +5,7 @@ Boxes are float arrays `(x_min, y_min, x_max, y_max)` in pixels of the frame the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import cv2
@@ -31,6 +32,22 @@ class FaceDetector(Protocol):
     """
 
     def detect(self, frame_rgb: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class FaceDetections:
+    """The faces a detector found in one frame, in that frame's pixels.
+
+    Attributes:
+        boxes: (N, 4) float32 `(x_min, y_min, x_max, y_max)`.
+        scores: (N,) float32 confidences, or `None` when the detector gives none.
+        landmarks: (N, 5, 2) float32 `(x, y)` of the two eye centres (left then right in the image), the nose tip
+            and the two mouth corners (left then right), or `None` when the detector gives none.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray | None = None
+    landmarks: np.ndarray | None = None
 
 
 class HaarCascadeFaceDetector:
@@ -134,21 +151,64 @@ def choose_face(boxes: np.ndarray, previous: np.ndarray | None) -> np.ndarray | 
     return boxes[int(box_area(boxes).argmax())]
 
 
-def track_main_face(frames: np.ndarray, detector: FaceDetector, detect_every: int = 1) -> list[np.ndarray | None]:
+def detect_frames(detector: FaceDetector, frames: np.ndarray | list[np.ndarray]) -> list[FaceDetections]:
+    """The detector's faces in each of `frames`: one batched call when the detector has `detect_faces(frames)`
+    (MTCNN), else `detect(frame)` per frame. Boxes that are empty or of the wrong shape are dropped or refused."""
+    if len(frames) == 0:
+        return []
+    if hasattr(detector, "detect_faces"):
+        found = list(detector.detect_faces(frames))
+    else:
+        found = [FaceDetections(boxes=np.asarray(detector.detect(frame))) for frame in frames]
+    return [_checked_detections(item) for item in found]
+
+
+def _checked_detections(found: FaceDetections) -> FaceDetections:
+    boxes = np.asarray(found.boxes, dtype=np.float32)
+    if boxes.size == 0:
+        return FaceDetections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), None)
+    checked = _check_boxes(boxes)
+    if len(checked) == len(boxes):
+        return found
+    return _select(found, (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
+
+
+def _select(found: FaceDetections, index: np.ndarray) -> FaceDetections:
+    """The detections at `index` (a mask or an order)."""
+    boxes = np.asarray(found.boxes, dtype=np.float32)[index]
+    scores = None if found.scores is None else np.asarray(found.scores)[index]
+    return FaceDetections(boxes, scores, None if found.landmarks is None else np.asarray(found.landmarks)[index])
+
+
+def _choose(found: FaceDetections, previous: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """`choose_face` on detections: the chosen box and its landmarks (or None)."""
+    box = choose_face(found.boxes, previous)
+    if box is None or found.landmarks is None:
+        return box, None
+    index = int(np.flatnonzero((found.boxes == box).all(axis=1))[0])
+    return box, np.asarray(found.landmarks[index], dtype=np.float32)
+
+
+def track_main_face(
+    frames: np.ndarray, detector: FaceDetector, detect_every: int = 1, with_landmarks: bool = False
+) -> list:
     """The main face of every frame: the largest face, then the same face followed across frames.
 
-    The detector runs on every `detect_every`-th frame and on the last one. Between two key frames that found the
-    same face, the box is interpolated linearly and checked: the frame's content in the box must still correlate
-    with the face at a key frame (normalised cross-correlation of small grey patches), else that frame is detected
-    too. Between key frames that disagree (a face appears, disappears or changes), every frame is detected.
+    The detector runs on every `detect_every`-th frame and on the last one (one batched call). Between two key
+    frames that found the same face, the box is interpolated linearly and checked: the frame's content in the box must
+    still correlate with the face at a key frame (normalised cross-correlation of small grey patches), else that frame
+    is detected too. Between key frames that disagree (a face appears, disappears or changes), every frame is
+    detected. The frames to detect are detected together, then the track is followed in frame order.
 
     Args:
         frames: (T, H, W, 3) uint8 RGB.
         detector: a `FaceDetector`.
         detect_every: detection stride (1: every frame).
+        with_landmarks: also return each box's (5, 2) landmarks (None where the detector gives none or the box was
+            interpolated).
 
     Returns:
-        one box (4,) or `None` (no face) per frame.
+        one box (4,) or `None` (no face) per frame; with `with_landmarks`, `(box, landmarks)` pairs.
     """
     if detect_every < 1:
         raise ValueError(f"detect_every must be >= 1, got {detect_every}")
@@ -157,18 +217,19 @@ def track_main_face(frames: np.ndarray, detector: FaceDetector, detect_every: in
     if keys[-1] != num_frames - 1:
         keys.append(num_frames - 1)
     boxes: list[np.ndarray | None] = [None] * num_frames
+    points: list[np.ndarray | None] = [None] * num_frames
     previous = None
-    for t in keys:
-        boxes[t] = choose_face(_check_boxes(detector.detect(frames[t])), previous)
+    for t, found in zip(keys, detect_frames(detector, frames[keys])):
+        boxes[t], points[t] = _choose(found, previous)
         previous = boxes[t] if boxes[t] is not None else previous
+    interpolated, to_detect = {}, []
     for start, end in zip(keys[:-1], keys[1:]):
-        if end - start < 2:
-            continue
         first, last = boxes[start], boxes[end]
-        interpolate = first is not None and last is not None and same_face(first, last[None])[0][0]
+        interpolate = (
+            end - start >= 2 and first is not None and last is not None and same_face(first, last[None])[0][0]
+        )
         if interpolate:
             templates = (_face_patch(frames[start], first), _face_patch(frames[end], last))
-        previous = first
         for t in range(start + 1, end):
             if interpolate:
                 weight = (t - start) / (end - start)
@@ -176,11 +237,18 @@ def track_main_face(frames: np.ndarray, detector: FaceDetector, detect_every: in
                 patch = _face_patch(frames[t], box)
                 # keep the interpolated box only where the frame still looks like the face at a key frame
                 if max(float(patch @ template) for template in templates) >= MIN_PATCH_CORRELATION:
-                    boxes[t] = previous = box
+                    interpolated[t] = box
                     continue
-            boxes[t] = choose_face(_check_boxes(detector.detect(frames[t])), previous)
-            previous = boxes[t] if boxes[t] is not None else previous
-    return boxes
+            to_detect.append(t)
+    detected = dict(zip(to_detect, detect_frames(detector, frames[to_detect]) if to_detect else []))
+    previous = None
+    for t in range(num_frames):
+        if t in interpolated:
+            boxes[t] = interpolated[t]
+        elif t in detected:
+            boxes[t], points[t] = _choose(detected[t], previous)
+        previous = boxes[t] if boxes[t] is not None else previous
+    return list(zip(boxes, points)) if with_landmarks else boxes
 
 
 def _face_patch(frame: np.ndarray, box: np.ndarray, size: int = 24) -> np.ndarray:
@@ -195,28 +263,78 @@ def _face_patch(frame: np.ndarray, box: np.ndarray, size: int = 24) -> np.ndarra
     return patch / max(float(np.linalg.norm(patch)), 1e-6)
 
 
-def detect_all_faces(frames: np.ndarray, detector: FaceDetector) -> list[np.ndarray]:
-    """Every face of every frame (VAVL keeps them all), ordered left to right. Returns one (N_t, 4) array per frame."""
+def detect_all_faces(frames: np.ndarray, detector: FaceDetector) -> list[FaceDetections]:
+    """Every face of every frame (VAVL keeps them all), ordered left to right: one `FaceDetections` per frame."""
     faces = []
-    for frame in frames:
-        boxes = _check_boxes(detector.detect(frame))
-        faces.append(boxes[np.argsort(boxes[:, 0], kind="stable")])
+    for found in detect_frames(detector, frames):
+        faces.append(_select(found, np.argsort(found.boxes[:, 0], kind="stable")))
     return faces
 
 
-def vavl_crop_square(
-    box: np.ndarray, face_box_scale: float = 1.1, crop_scale: float = 1.25
-) -> tuple[float, float, float]:
-    """VAVL's crop (reference/vavl.md §1.2): centre of the box, side `crop_scale * face_box_scale * (w + h) / 2`.
+# Where face-alignment's 68 landmarks lie relative to MTCNN's five, from the mean 68-point face shape (dlib's, as
+# normalised by OpenFace): in a frame where the 68 points' extent is the unit square, the mean of each eye's six
+# points, the nose tip (point 30) and the mouth corners (48, 54).
+MEAN_SHAPE_FIVE_POINTS = np.array(
+    [[0.2774, 0.1673], [0.7061, 0.1590], [0.4921, 0.4221], [0.3071, 0.6418], [0.6954, 0.6341]], dtype=np.float64
+)
+# A rotated face's 68-point extent, per unit of its upright extent, as a function of s = sin(angle): mean side
+# 1 + 0.180|s| - 0.144 s^2, centre shifted by (0.276 s - 0.257 s|s|, -0.111|s|) (least squares over -35..35 degrees;
+# each within 0.011 of the mean shape's own rotated extent).
+ROTATED_EXTENT_SIDE = (0.180, -0.144)
+ROTATED_EXTENT_SHIFT = (0.276, -0.257, -0.111)
 
-    VAVL takes the box from 68 landmarks; here the detector's box stands in for it.
+
+def landmark_extent_square(landmarks: np.ndarray) -> tuple[float, float, float, float]:
+    """The extent of the 68 landmarks face-alignment would find, estimated from MTCNN's five.
+
+    The mean face shape's five points are fitted to `landmarks` (5, 2) by a similarity transform (least squares:
+    scale, rotation, shift); the 68 points' extent is the transformed unit square's centre and side, corrected for
+    the rotation (`ROTATED_EXTENT_*`).
+
+    Returns:
+        (centre_x, centre_y, width, height) of the estimated 68-point extent, in pixels.
+    """
+    source = MEAN_SHAPE_FIVE_POINTS - MEAN_SHAPE_FIVE_POINTS.mean(axis=0)
+    target = np.asarray(landmarks, dtype=np.float64)
+    target_mean = target.mean(axis=0)
+    target = target - target_mean
+    # complex least squares: target = z * source, z = scale * exp(i angle)
+    zs, zt = source[:, 0] + 1j * source[:, 1], target[:, 0] + 1j * target[:, 1]
+    z = np.vdot(zs, zt) / np.vdot(zs, zs)
+    scale, sin = abs(z), np.sin(np.angle(z))
+    centre = target_mean + _rotate(z, np.array([0.5, 0.5]) - MEAN_SHAPE_FIVE_POINTS.mean(axis=0))
+    side = scale * (1 + ROTATED_EXTENT_SIDE[0] * abs(sin) + ROTATED_EXTENT_SIDE[1] * sin * sin)
+    shift = np.array(
+        [ROTATED_EXTENT_SHIFT[0] * sin + ROTATED_EXTENT_SHIFT[1] * sin * abs(sin), ROTATED_EXTENT_SHIFT[2] * abs(sin)]
+    )
+    centre = centre + scale * shift
+    return float(centre[0]), float(centre[1]), float(side), float(side)
+
+
+def _rotate(z: complex, vector: np.ndarray) -> np.ndarray:
+    rotated = z * (vector[0] + 1j * vector[1])
+    return np.array([rotated.real, rotated.imag])
+
+
+def vavl_crop_square(
+    box: np.ndarray, face_box_scale: float = 1.1, crop_scale: float = 1.25, landmarks: np.ndarray | None = None
+) -> tuple[float, float, float]:
+    """VAVL's crop (reference/vavl.md §1.2): centre of the 68-landmark box, side
+    `int(crop_scale * face_box_scale * (w + h) / 2)`.
+
+    With MTCNN's five `landmarks` (5, 2), the 68-landmark box is estimated from them (`landmark_extent_square`);
+    without (a detector that gives only boxes), the detector's box stands in for it.
 
     Returns:
         (centre_x, centre_y, side) in pixels.
     """
-    width, height = box[2] - box[0], box[3] - box[1]
+    if landmarks is not None and np.isfinite(landmarks).all():
+        centre_x, centre_y, width, height = landmark_extent_square(landmarks)
+    else:
+        centre_x, centre_y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        width, height = box[2] - box[0], box[3] - box[1]
     size = face_box_scale * (width + height) / 2
-    return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, float(int(crop_scale * size))
+    return float(centre_x), float(centre_y), float(int(crop_scale * size))
 
 
 def crop_square(
@@ -243,6 +361,7 @@ def crop_square(
 
 
 __all__ = [
+    "FaceDetections",
     "FaceDetector",
     "NoFaceFoundError",
     "HaarCascadeFaceDetector",
@@ -250,6 +369,8 @@ __all__ = [
     "choose_face",
     "crop_square",
     "detect_all_faces",
+    "detect_frames",
+    "landmark_extent_square",
     "track_main_face",
     "vavl_crop_square",
 ]

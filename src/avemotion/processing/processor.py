@@ -15,7 +15,7 @@ from avemotion.utils.paths import contained_file
 from avemotion.utils.transformers_compat import init_processor_subset
 
 from .audio import AvEmotionFeatureExtractor, settings_load_errors
-from .video import AvEmotionImageProcessor, _as_video_list
+from .video import AvEmotionImageProcessor, _as_video_list, saved_face_detector_weights
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,8 @@ class AvEmotionProcessor(ProcessorMixin):
         output_file = os.path.join(save_directory, PROCESSOR_NAME)
         self.to_json_file(output_file)
         logger.info("processor saved in %s", output_file)
-        return [output_file]
+        weights = self.image_processor.save_face_detector(save_directory)
+        return [output_file] if weights is None else [output_file, weights]
 
     @classmethod
     def from_pretrained(
@@ -252,6 +253,8 @@ class AvEmotionProcessor(ProcessorMixin):
         else:
             with settings_load_errors(path, "preprocessor_config.json"):
                 feature_extractor = AvEmotionFeatureExtractor.from_pretrained(path, subfolder=subfolder, **kwargs)
+        if os.path.isdir(path) and "face_detector_weights" not in image_kwargs:
+            image_kwargs["face_detector_weights"] = saved_face_detector_weights(path)
         if "image_processor" in processor_dict:
             image_processor = _saved_image_processor(path, processor_dict["image_processor"], image_kwargs)
         else:

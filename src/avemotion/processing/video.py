@@ -20,6 +20,7 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.processing_utils import ImagesKwargs
 
 from avemotion.models.config_limits import check_fields, choice, flag, is_real, is_whole, number, optional, whole
+from avemotion.utils.paths import contained_file
 
 from .audio import settings_load_errors
 from .faces import (
@@ -32,10 +33,14 @@ from .faces import (
     vavl_crop_square,
 )
 from .media import check_fps, check_max_frames, check_video_array, describe, is_path, load_video
+from .mtcnn import cached_mtcnn_detector
 
 logger = logging.getLogger(__name__)
 
 FACE_SELECTIONS = ("main", "all")
+BUILT_IN_DETECTORS = ("mtcnn", "haar")
+# the detector's weights saved with a processor (a model directory carries its face detector)
+FACE_DETECTOR_WEIGHTS_NAME = "face_detector.safetensors"
 _CV2_INTERPOLATION = {
     PILImageResampling.NEAREST: cv2.INTER_NEAREST,
     PILImageResampling.LANCZOS: cv2.INTER_LANCZOS4,
@@ -63,6 +68,7 @@ IMAGE_PROCESSOR_LIMITS = {
     "face_selection": choice(FACE_SELECTIONS),
     "detect_every": whole(1, MAX_DETECT_EVERY),
     "detection_max_side": optional(whole(24, 16384)),  # the Haar cascade's window is 24 px
+    "min_face_fraction": number(0.0, 1.0, low_open=True),
     "face_box_scale": number(0.1, MAX_SCALE),
     "crop_scale": number(0.1, MAX_SCALE),
 }
@@ -91,6 +97,17 @@ def check_image_settings(where: str, settings: Any) -> None:
     """The pixel and crop settings of `settings` (an image processor, or a dict of some of its settings): a
     `ValueError` naming `where` (the class), the field and the allowed values."""
     check_fields(where, settings, IMAGE_PROCESSOR_LIMITS)
+    thresholds = settings.get("face_thresholds", _UNSET) if isinstance(settings, dict) else getattr(
+        settings, "face_thresholds", _UNSET)  # fmt: skip
+    if thresholds is not _UNSET and not (
+        isinstance(thresholds, (list, tuple))
+        and len(thresholds) == 3
+        and all(is_real(t) and 0 < t < 1 for t in thresholds)
+    ):
+        raise ValueError(
+            f"{where}.face_thresholds = {thresholds!r:.80}: expected 3 numbers above 0 and below 1 (MTCNN's P-Net, "
+            "R-Net and O-Net face-probability thresholds)"
+        )
     for name, positive in (("image_mean", False), ("image_std", True)):
         value = settings.get(name, _UNSET) if isinstance(settings, dict) else getattr(settings, name, _UNSET)
         if value is not _UNSET:
@@ -105,6 +122,9 @@ class AvEmotionImageProcessorKwargs(ImagesKwargs, total=False):
     face_selection: str
     detect_every: int
     detection_max_side: int
+    min_face_fraction: float
+    face_thresholds: list[float]
+    device: Any
     face_box_scale: float
     crop_scale: float
     video_fps: float | None
@@ -126,8 +146,11 @@ class AvEmotionImageProcessor(PilBackend):
     rescale to [0, 1] and normalise with the ImageNet mean/std.
 
     Args:
-        face_detector (`str`, `FaceDetector` or `None`, defaults to `"haar"`): `"haar"` is OpenCV's frontal-face
-            Haar cascade (offline); any object with `detect(frame_rgb) -> (N, 4) boxes` works; `None` means the
+        face_detector (`str`, `FaceDetector` or `None`, defaults to `"mtcnn"`): `"mtcnn"` is MTCNN (Zhang et al.
+            2016) with facenet-pytorch's trained weights (MIT; `avemotion download-face-detector` installs them, and
+            `save_pretrained` writes them into the directory as `face_detector.safetensors`, so a saved processor
+            carries its detector); it gives boxes, scores and five landmarks and runs batched, on `device`.
+            `"haar"` is OpenCV's frontal-face Haar cascade (only where cv2 still has it: not OpenCV 5); any object with `detect(frame_rgb) -> (N, 4) boxes` works; `None` means the
             frames already are face crops (they are only resized and normalised). A custom detector object is not
             saved by `save_pretrained`: pass it again to `from_pretrained(..., face_detector=...)`.
         face_selection (`str`, defaults to `"main"`): `"main"`: one row per frame with the main face (the largest
@@ -135,8 +158,18 @@ class AvEmotionImageProcessor(PilBackend):
             every face; this detects on every frame.
         detect_every (`int`, defaults to 5): in `"main"` mode, run the detector on every k-th frame and follow the
             face in between (frames between two key frames that disagree are all detected).
-        detection_max_side (`int`, defaults to 320): the Haar detector sees frames downscaled to this longest side.
-        face_box_scale (`float`, defaults to 1.1), crop_scale (`float`, defaults to 1.25): VAVL's crop rule.
+        detection_max_side (`int`, defaults to 320): the detector sees frames downscaled to this longest side.
+        min_face_fraction (`float`, defaults to 0.08): MTCNN's smallest face, as a fraction of the shorter side of
+            the image it sees (never below 12 pixels there).
+        face_thresholds (`list[float]`, defaults to `[0.6, 0.7, 0.9]`): MTCNN's P-Net, R-Net and O-Net thresholds
+            (the original's O-Net threshold, 0.7, finds more faces in clutter that are not faces).
+        face_box_scale (`float`, defaults to 1.1), crop_scale (`float`, defaults to 1.25): VAVL's crop rule. VAVL
+            cuts a square of side `int(1.25 * 1.1 * (w + h) / 2)` around the box of face-alignment's 68 landmarks.
+            With MTCNN that box is estimated from the five landmarks: the mean 68-point face shape is fitted to them
+            by a similarity transform (scale, rotation, shift) and its extent taken, with a correction for the extent
+            of a rotated face (`faces.landmark_extent_square`); so the crop covers the same face region, brows to
+            chin and jaw to jaw. A detector without landmarks uses its box in place of the 68-point box.
+        device (*optional*): where MTCNN runs for a call (e.g. the model's GPU); defaults to the CPU. Not saved.
         video_fps (`float`, *optional*): sample decoded videos at this rate; `None` keeps the native rate (VAVL).
             Arrays are taken as already sampled.
         max_frames (`int`, *optional*): keep at most the first `max_frames` frames of each video (logged).
@@ -162,10 +195,13 @@ class AvEmotionImageProcessor(PilBackend):
     do_resize = True
     do_rescale = True
     do_normalize = True
-    face_detector = "haar"
+    face_detector = "mtcnn"
     face_selection = "main"
     detect_every = 5
     detection_max_side = 320
+    min_face_fraction = 0.08
+    face_thresholds = [0.6, 0.7, 0.9]
+    device = None
     face_box_scale = 1.1
     crop_scale = 1.25
     video_fps = None
@@ -174,6 +210,9 @@ class AvEmotionImageProcessor(PilBackend):
     def __init__(self, **kwargs: Any):
         # None is meaningful here (pre-cropped faces), so keep it from being replaced by the class default
         face_detector = kwargs.pop("face_detector", type(self).face_detector)
+        # a weights file read by `from_pretrained` (never saved as a setting: the file sits next to the settings)
+        self.face_detector_weights = kwargs.pop("face_detector_weights", None)
+        kwargs.pop("device", None)
         owner = type(self).__name__
         size = kwargs.get("size", 1)
         if isinstance(size, bool) or not isinstance(size, (int, dict, SizeDict, list, tuple)):
@@ -194,6 +233,8 @@ class AvEmotionImageProcessor(PilBackend):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
         """`PilBackend.from_pretrained`, with any failure to read the directory's settings (bad JSON, a structure
         of the wrong shape, a bad value) a `ValueError` naming the directory."""
+        if os.path.isdir(pretrained_model_name_or_path) and "face_detector_weights" not in kwargs:
+            kwargs["face_detector_weights"] = saved_face_detector_weights(pretrained_model_name_or_path)
         with settings_load_errors(pretrained_model_name_or_path, "preprocessor_config.json"):
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
@@ -220,22 +261,39 @@ class AvEmotionImageProcessor(PilBackend):
             raise ValueError(f"detect_every must be >= 1, got {detect_every}")
         if not (face_detector is None or isinstance(face_detector, (str, FaceDetector))):
             raise ValueError(
-                "face_detector must be 'haar', None (frames are face crops) or an object with "
+                "face_detector must be 'mtcnn', 'haar', None (frames are face crops) or an object with "
                 f"`detect(frame_rgb) -> boxes`, got {type(face_detector).__name__}"
             )
         # a saved processor's setting is data: the name of the built-in detector, or the record `to_dict` writes for
         # a custom one ("custom:module.Class", never imported); a path or any other name is refused here, at load
-        if isinstance(face_detector, str) and face_detector != "haar" and not face_detector.startswith("custom:"):
+        if (
+            isinstance(face_detector, str)
+            and face_detector not in BUILT_IN_DETECTORS
+            and not face_detector.startswith("custom:")
+        ):
             raise ValueError(
-                f"face_detector = {face_detector[:200]!r}: expected 'haar', None or a detector object (a saved "
+                f"face_detector = {face_detector[:200]!r}: expected 'mtcnn', 'haar', None or a detector object (a saved "
                 "processor names no file or class to load for it)"
             )
 
-    def get_face_detector(self, face_detector: Any = "default") -> FaceDetector | None:
-        """Resolve the `face_detector` setting to a detector object (None for pre-cropped faces)."""
+    def get_face_detector(
+        self, face_detector: Any = "default", device: Any = None, settings: dict | None = None
+    ) -> FaceDetector | None:
+        """Resolve the `face_detector` setting to a detector object (None for pre-cropped faces); MTCNN on `device`
+        (default: the CPU), with this processor's settings or a call's `settings`."""
         detector = self.face_detector if face_detector == "default" else face_detector
         if detector is None or isinstance(detector, FaceDetector):
             return detector
+        settings = settings or {}
+        if detector == "mtcnn":
+            weights = self.face_detector_weights
+            return cached_mtcnn_detector(
+                None if weights is None else str(weights),
+                tuple(float(t) for t in settings.get("face_thresholds", self.face_thresholds)),
+                float(settings.get("min_face_fraction", self.min_face_fraction)),
+                settings.get("detection_max_side", self.detection_max_side),
+                str(torch.device(device if device is not None else "cpu")),
+            )
         if detector == "haar":
             return _haar_detector(self.detection_max_side)
         raise ValueError(
@@ -272,9 +330,33 @@ class AvEmotionImageProcessor(PilBackend):
         if not (detector is None or isinstance(detector, str)):
             self.face_detector = f"custom:{type(detector).__module__}.{type(detector).__qualname__}"
         try:
-            return super().to_dict()
+            output = super().to_dict()
         finally:
             self.face_detector = detector
+        output.pop("face_detector_weights", None)
+        output.pop("device", None)
+        return output
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        """`PilBackend.save_pretrained`, plus MTCNN's weights as `face_detector.safetensors` (`save_face_detector`)."""
+        saved = super().save_pretrained(save_directory, *args, **kwargs)
+        self.save_face_detector(save_directory)
+        return saved
+
+    def save_face_detector(self, save_directory: str | os.PathLike) -> str | None:
+        """Write the built-in detector's weights into `save_directory` (MTCNN only: the Haar cascade ships with
+        OpenCV, a custom detector is the caller's). Returns the file written, or None."""
+        if self.face_detector != "mtcnn":
+            return None
+        from safetensors.torch import save_file
+
+        from .face_weights import MTCNN_METADATA
+
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, FACE_DETECTOR_WEIGHTS_NAME)
+        state = self.get_face_detector().state_dict()
+        save_file(state, path, metadata=MTCNN_METADATA)
+        return path
 
     def __call__(self, videos: Any, **kwargs: Any) -> BatchFeature:
         return self.preprocess(videos, **kwargs)
@@ -318,13 +400,14 @@ class AvEmotionImageProcessor(PilBackend):
         if unknown:
             raise ValueError(f"Unexpected arguments for {type(self).__name__}: {sorted(unknown)}")
         face_detector = kwargs.pop("face_detector", "default")
+        device = kwargs.pop("device", None)
         settings = {name: kwargs.get(name, getattr(self, name, None)) for name in names}
         if settings["size"] is not None and not isinstance(settings["size"], SizeDict):
             settings["size"] = SizeDict(
                 **get_size_dict(size=settings["size"], default_to_square=settings.get("default_to_square", True))
             )
         check_image_settings(type(self).__name__, {name: settings[name] for name in _CALL_CHECKED if name in kwargs})
-        detector = self.get_face_detector(face_detector)
+        detector = self.get_face_detector(face_detector, device, settings)
         self._check_settings(detector, settings["face_selection"], settings["detect_every"])
         self._check_frame_settings(settings["video_fps"], settings["max_frames"], settings["size"])
         crops, masks = [], []
@@ -374,21 +457,26 @@ class AvEmotionImageProcessor(PilBackend):
             crops = np.stack([cv2.resize(f, out_size[::-1], interpolation=interpolation) for f in frames])
             return crops, np.ones(len(frames), dtype=np.int64)
 
-        def crop(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
-            centre_x, centre_y, side = vavl_crop_square(box, settings["face_box_scale"], settings["crop_scale"])
+        def crop(frame: np.ndarray, box: np.ndarray, landmarks: np.ndarray | None = None) -> np.ndarray:
+            centre_x, centre_y, side = vavl_crop_square(
+                box, settings["face_box_scale"], settings["crop_scale"], landmarks
+            )
             return crop_square(frame, centre_x, centre_y, side, out_size, interpolation)
 
         blank = np.zeros((*out_size, 3), dtype=np.uint8)
         if settings["face_selection"] == "main":
-            boxes = track_main_face(frames, detector, int(settings["detect_every"]))
-            crops = [blank if box is None else crop(frame, box) for frame, box in zip(frames, boxes)]
-            mask = np.asarray([box is not None for box in boxes], dtype=np.int64)
+            tracked = track_main_face(frames, detector, int(settings["detect_every"]), with_landmarks=True)
+            crops = [
+                blank if box is None else crop(frame, box, points) for frame, (box, points) in zip(frames, tracked)
+            ]
+            mask = np.asarray([box is not None for box, _ in tracked], dtype=np.int64)
         else:
             crops, mask = [], []
-            for frame, frame_boxes in zip(frames, detect_all_faces(frames, detector)):
-                crops.extend(crop(frame, box) for box in frame_boxes)
-                mask.extend([1] * len(frame_boxes))
-                if len(frame_boxes) == 0:
+            for frame, found in zip(frames, detect_all_faces(frames, detector)):
+                points = [None] * len(found.boxes) if found.landmarks is None else found.landmarks
+                crops.extend(crop(frame, box, landmarks) for box, landmarks in zip(found.boxes, points))
+                mask.extend([1] * len(found.boxes))
+                if len(found.boxes) == 0:
                     crops.append(blank)
                     mask.append(0)
             mask = np.asarray(mask, dtype=np.int64)
@@ -404,7 +492,12 @@ class AvEmotionImageProcessor(PilBackend):
         return normalize_pixels(torch.from_numpy(crops).permute(0, 3, 1, 2), settings).numpy()
 
 
-_CALL_CHECKED = (*IMAGE_PROCESSOR_LIMITS, "image_mean", "image_std")  # a call's own settings, checked
+_CALL_CHECKED = (
+    *IMAGE_PROCESSOR_LIMITS,
+    "image_mean",
+    "image_std",
+    "face_thresholds",
+)  # a call's own settings, checked
 
 
 def normalize_pixels(crops: torch.Tensor, settings: dict[str, Any]) -> torch.Tensor:
@@ -420,6 +513,13 @@ def normalize_pixels(crops: torch.Tensor, settings: dict[str, Any]) -> torch.Ten
         std = torch.tensor(settings["image_std"], dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
         pixels.sub_(mean).div_(std)
     return pixels
+
+
+def saved_face_detector_weights(directory: str | os.PathLike) -> str | None:
+    """The face detector's weights saved in a local processor or model directory (`face_detector.safetensors`,
+    which must stay inside it), or None where there are none."""
+    path = contained_file(directory, FACE_DETECTOR_WEIGHTS_NAME, "the face detector's weights")
+    return str(path) if path.is_file() else None
 
 
 def backbone_image_settings(settings: dict[str, Any], name: str = "the backbone") -> dict[str, Any]:
