@@ -35,7 +35,7 @@ $(STAMP): setup.cfg pyproject.toml constraints-cpu.txt | system-deps
 	$(PY) -m pip install --quiet -c constraints-cpu.txt -e ".[$(EXTRAS)]"
 	@! $(PY) -m pip show --quiet torchvision torchaudio 2>/dev/null || \
 		(echo "torchvision/torchaudio must not be installed (they break transformers.pipeline)"; exit 1)
-	# MTCNN's weights (facenet-pytorch 2.6.0's data files, read from its wheel without installing or importing it)
+	@# MTCNN's weights (facenet-pytorch 2.6.0's data files, read from its wheel without installing or importing it)
 	$(VENV)/bin/avemotion download-face-detector
 	touch $(STAMP)
 

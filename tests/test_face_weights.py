@@ -54,7 +54,10 @@ def _pt_bytes(state: object) -> bytes:
 
 def _pin(monkeypatch, members: dict[str, bytes]) -> None:
     """Make the pinned sha256 of each network's member the hash of `members[network]`."""
-    pinned = {network: (member, hashlib.sha256(members[network]).hexdigest()) for network, (member, _) in MTCNN_MEMBERS.items()}
+    pinned = {
+        network: (member, hashlib.sha256(members[network]).hexdigest())
+        for network, (member, _) in MTCNN_MEMBERS.items()
+    }
     monkeypatch.setattr(face_weights, "MTCNN_MEMBERS", pinned)
 
 
@@ -197,10 +200,20 @@ def test_a_member_that_runs_code_is_refused_and_nothing_runs(fake, tmp_path, mon
     [
         (lambda state: state.pop("rnet.dense4.bias"), "missing MTCNN weight 'rnet.dense4.bias'"),
         (lambda state: state.update(extra=torch.zeros(1)), "unexpected MTCNN weight 'extra'"),
-        (lambda state: state.update({"onet.dense5.weight": torch.zeros(256, 1151)}), "MTCNN weight 'onet.dense5.weight' has shape"),
-        (lambda state: state["pnet.prelu2.weight"].__setitem__(3, float("nan")), "MTCNN weight 'pnet.prelu2.weight' holds NaN"),
-        (lambda state: state.update({"pnet.conv1.bias": torch.zeros(10, dtype=torch.float64)}), "MTCNN weight 'pnet.conv1.bias' is torch.float64"),
+        (
+            lambda state: state.update({"onet.dense5.weight": torch.zeros(256, 1151)}),
+            "MTCNN weight 'onet.dense5.weight' has shape",
+        ),
+        (
+            lambda state: state["pnet.prelu2.weight"].__setitem__(3, float("nan")),
+            "MTCNN weight 'pnet.prelu2.weight' holds NaN",
+        ),
+        (
+            lambda state: state.update({"pnet.conv1.bias": torch.zeros(10, dtype=torch.float64)}),
+            "MTCNN weight 'pnet.conv1.bias' is torch.float64",
+        ),
     ],
+    ids=["missing", "unexpected", "shape", "nan", "float64"],
 )
 def test_bad_weights_are_refused_naming_the_key(fake, tmp_path, change, message):
     state = {key: tensor.clone() for key, tensor in fake[1].items()}

@@ -122,6 +122,12 @@ PAYLOAD_PROCESSOR_AUTO_MAP = "test_load_payloads.py::test_processor_auto_map_is_
 PAYLOAD_PROCESSOR_CLASS = "test_load_payloads.py::test_an_unknown_processor_class_with_auto_map_is_not_imported"
 PAYLOAD_FE_TYPE = "test_load_payloads.py::test_an_unknown_feature_extractor_type_with_auto_map_is_not_imported"
 PAYLOAD_PREPROCESSOR_JSON = "test_load_payloads.py::test_a_crafted_preprocessor_config_runs_nothing"
+FACE_WEIGHTS_PAYLOAD = "test_face_weights.py::test_a_member_that_runs_code_is_refused_and_nothing_runs"
+FACE_WEIGHTS_TAMPERED = "test_face_weights.py::test_a_tampered_member_is_refused_naming_it"
+FACE_WEIGHTS_SHAPES = "test_face_weights.py::test_a_member_with_wrong_shapes_is_refused_naming_member_and_key"
+FACE_WEIGHTS_DISTRIBUTION = "test_face_weights.py::test_an_installed_distribution_is_found_without_importing_it"
+FACE_WEIGHTS_BAD = "test_face_weights.py::test_bad_weights_are_refused_naming_the_key"
+FACE_WEIGHTS_CACHE = "test_face_weights.py::test_a_good_cache_file_is_kept_and_force_rewrites_it"
 PAYLOAD_SANITIZE = "test_load_payloads.py::test_sanitize_saved_configs_of_a_crafted_file"
 PAYLOAD_SANITIZE_AUTO_MAP = "test_load_payloads.py::test_sanitize_saved_configs_leaves_auto_map_and_dunders_as_data"
 
@@ -153,6 +159,9 @@ INVENTORY: list[tuple[str, str, str, str, tuple[str, ...] | None]] = [
     ("pipelines.workers", "_worker", "pickle.loads", "internal", (WORKER_ITEMS,)),
     ("plotting.training", "read_training_log", "json.loads", "json", (TRAINING_LOG,)),
     ("processing.audio", "AvEmotionFeatureExtractor.from_pretrained", "super().from_pretrained", "json", ("test_processor_settings.py::test_feature_extractor_settings_are_checked", PAYLOAD_SUB_FE, PAYLOAD_SUB_FE_AUTO_MAP)),  # noqa: E501
+    # facenet-pytorch's .pt data files (from its wheel or an installed distribution): sha256-pinned before unpickling
+    ("processing.face_weights", "_read_member", "torch.load", "weights-only torch", (FACE_WEIGHTS_PAYLOAD, FACE_WEIGHTS_TAMPERED, FACE_WEIGHTS_SHAPES, FACE_WEIGHTS_DISTRIBUTION)),  # noqa: E501
+    ("processing.face_weights", "_read_safetensors", "safetensors.torch.load_file", "safetensors", (FACE_WEIGHTS_PAYLOAD, FACE_WEIGHTS_BAD, FACE_WEIGHTS_CACHE)),  # noqa: E501
     ("processing.faces", "HaarCascadeFaceDetector.__init__", "cv2.CascadeClassifier", "opencv cascade", (FACE_DETECTOR,)),  # noqa: E501
     ("processing.processor", "AvEmotionProcessor._sub_processors", "AvEmotionFeatureExtractor.from_pretrained", "transformers loader", (PAYLOAD_SUB_FE, PAYLOAD_SUB_FE_AUTO_MAP,)),  # noqa: E501
     ("processing.processor", "AvEmotionProcessor._sub_processors", "transformers.AutoTokenizer.from_pretrained", "transformers loader", (TOKENIZER, FUZZ)),  # noqa: E501

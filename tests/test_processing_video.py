@@ -82,7 +82,9 @@ def test_face_crops_contain_the_face_and_faceless_frames_are_masked(clip, haar):
         x0, y0, x1, y1 = boxes[0]
         # the face fills most of the crop and sits in its middle (VAVL crops 1.375x the face size)
         assert (x1 - x0) / 224 > 0.55 and (y1 - y0) / 224 > 0.55
-        assert abs((x0 + x1) / 2 - 112) < 20 and abs((y0 + y1) / 2 - 112) < 20
+        # VAVL's square is centred on the 68-landmark extent (brows to chin), which MTCNN's landmarks give: below
+        # the centre of the Haar box, which takes in the forehead (about 30 px here)
+        assert abs((x0 + x1) / 2 - 112) < 20 and -10 < 112 - (y0 + y1) / 2 < 40
 
 
 def test_tracking_between_key_frames_matches_per_frame_detection(clip, haar):
@@ -107,12 +109,12 @@ def test_main_face_is_the_largest_and_all_keeps_every_face():
     processor = AvEmotionImageProcessor(do_rescale=False, do_normalize=False)
     main = processor(frames)
     assert main["pixel_values_videos"].shape[1] == 4
-    boxes = processor.get_face_detector().detect(frames[0])
-    assert len(boxes) == 2
-    large_box = boxes[np.argmax(boxes[:, 2] - boxes[:, 0])]
-    assert large_box[0] > 200  # the large face is on the right
-    # the main-face crop is the crop of the large face
-    centre_x, centre_y, side = vavl_crop_square(large_box)
+    found = processor.get_face_detector().detect_faces(frames[:1])[0]
+    assert len(found.boxes) == 2
+    large = np.argmax(found.boxes[:, 2] - found.boxes[:, 0])
+    assert found.boxes[large][0] > 200  # the large face is on the right
+    # the main-face crop is the crop of the large face (VAVL's square from its landmarks)
+    centre_x, centre_y, side = vavl_crop_square(found.boxes[large], landmarks=found.landmarks[large])
     expected = crop_square(frames[0], centre_x, centre_y, side, (224, 224), interpolation=cv2.INTER_CUBIC)
     assert np.abs(as_uint8_crops(main["pixel_values_videos"][0])[0].astype(int) - expected).max() <= 1
     every = AvEmotionImageProcessor(face_selection="all")(frames)
