@@ -12,10 +12,19 @@ pipeline's own `preprocess` (decode, detect, crop, normalise, resample; one 12 s
 2-vs-1 speed-up (target >= 1.7x on 2 cores). Also the cost of moving one 12 s window of face crops (360 x 3 x 224 x
 224 float32, 217 MB) from a worker: the pool's pipe versus torch's shared memory (/dev/shm), for the record.
 
+Real faces (`tests/face_clips.py`): scikit-image's astronaut, matplotlib's Grace Hopper and scikit-image's cameraman
+(a profile), each rotated -25..+25 degrees and 70-200 px wide (`CONDITIONS`), moving over cluttered face-free
+scikit-image collages under a moving camera, `--real-frames` frames a clip; and face-free clips of every background.
+Per detector (`haar`, `mtcnn`, with the processor's settings) and photo: the share of frames whose tracked box
+(`detect_every=1`) lies on the face (IoU >= 0.5 against the hand-made face box carried through the transform;
+target >= 95 %), and of face-free frames given a face (target <= 1 %). Timed on those frames, best of `--repeats`:
+each detector alone one frame at a time, and MTCNN's batched `detect_faces` on batches of 16 (also on the GPU when
+`--device` is one).
+
 The front end runs on the CPU whatever `--device` says; the JSON (bench/results/video_preprocess.json, via
 `write_results`) names the device.
 
-    python bench/bench_video_preprocess.py [--repeats 3] [--detect-every 5] [--clips 4]
+    python bench/bench_video_preprocess.py [--repeats 3] [--detect-every 5] [--clips 4] [--real-frames 20]
 """
 
 from __future__ import annotations
@@ -32,11 +41,21 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_device_argument, resolve_device, write_results  # noqa: E402
+from face_clips import (  # noqa: E402
+    FRONTAL_PHOTOS,
+    background_clip,
+    face_clip,
+    load_backgrounds,
+    load_photos,
+    real_face_cases,
+    score_boxes,
+)
 from media_testing import face_frames, tone, write_video  # noqa: E402
 
 from avemotion import AvEmotionImageProcessor  # noqa: E402
@@ -44,6 +63,8 @@ from avemotion.processing.faces import crop_square, track_main_face, vavl_crop_s
 from avemotion.processing.media import load_video  # noqa: E402
 
 WORKER_COUNTS = (0, 1, 2)
+REAL_MIN_DETECTION_RATE, REAL_MAX_FALSE_POSITIVE_RATE, REAL_MIN_IOU = 0.95, 0.01, 0.5
+MTCNN_BATCH = 16
 TARGET_SPEEDUP = 1.7
 
 SECONDS, FPS, HEIGHT, WIDTH = 10, 30, 480, 640
@@ -172,6 +193,96 @@ def _shared_window(queue, received, shape) -> None:
     received.wait()  # the receiver fetches the file descriptor from this process
 
 
+def real_face_detectors(processor: AvEmotionImageProcessor) -> dict:
+    """The built-in detectors with the processor's settings, by name (those this install can build)."""
+    detectors = {}
+    for name in ("haar", "mtcnn"):
+        try:
+            detectors[name] = processor.get_face_detector(name)
+        except (ValueError, ImportError, OSError) as error:
+            print(f"{name}: not available ({error})")
+    return detectors
+
+
+def real_face_detection(detectors: dict, num_frames: int) -> list[dict]:
+    """Per detector and photo: frames whose tracked box (every frame detected) is on the face; per detector: frames
+    of the face-free clips given a face."""
+    rows = []
+    clips = [(photo, face_clip(photo, bg, num_frames, angles=a, widths=w, seed=seed))
+             for photo, a, w, bg, seed in real_face_cases(load_photos())]  # fmt: skip
+    empty = [background_clip(image, num_frames, seed=100 + i) for i, image in enumerate(load_backgrounds().values())]
+    for name, detector in detectors.items():
+        for photo in load_photos():
+            scores = [score_boxes(track_main_face(frames, detector, 1), boxes, REAL_MIN_IOU)
+                      for clip_photo, (frames, boxes) in clips if clip_photo == photo]  # fmt: skip
+            frames = sum(s.face_frames for s in scores)
+            ious = [i for s in scores for i in s.ious.tolist()]
+            rows.append({"detector": name, "photo": photo, "profile": photo not in FRONTAL_PHOTOS, "clips": len(scores),
+                         "frames": frames, "detection_rate": round(sum(s.hits for s in scores) / frames, 4),
+                         "worst_clip_rate": round(min(s.detection_rate for s in scores), 4),
+                         "median_iou": round(float(sorted(ious)[len(ious) // 2]), 3)})  # fmt: skip
+        found = sum(box is not None for frames in empty for box in track_main_face(frames, detector, 1))
+        total = sum(len(frames) for frames in empty)
+        rows.append({"detector": name, "photo": "(face-free)", "clips": len(empty), "frames": total,
+                     "false_positive_rate": round(found / total, 4)})  # fmt: skip
+    return rows
+
+
+def detector_timing(detectors: dict, processor: AvEmotionImageProcessor, device: torch.device, num_frames: int,
+                    repeats: int) -> list[dict]:  # fmt: skip
+    """Frames/s of each detector alone, one frame at a time, and of MTCNN's batched `detect_faces` (batches of 16,
+    on the CPU and on `device` when it is a GPU), on real-face clips (frontal photos, every condition)."""
+    frames = [frame for photo, a, w, bg, seed in real_face_cases(FRONTAL_PHOTOS)
+              for frame in face_clip(photo, bg, num_frames, angles=a, widths=w, seed=seed)[0]]  # fmt: skip
+    frames = np.stack(frames[: 4 * MTCNN_BATCH])
+
+    def best(run) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        return len(frames) / min(times)
+
+    def batched(detector) -> None:
+        for start in range(0, len(frames), MTCNN_BATCH):
+            detector.detect_faces(frames[start : start + MTCNN_BATCH])
+
+    rows = []
+    for name, detector in detectors.items():
+        label = "MTCNN" if name == "mtcnn" else "Haar"
+        detector.detect(frames[0])  # warm-up
+        rows.append({"timing": f"{label} alone per frame", "device": "cpu", "frames": len(frames),
+                     "frames_per_s": round(best(lambda d=detector: [d.detect(f) for f in frames]), 1)})  # fmt: skip
+        if hasattr(detector, "detect_faces"):
+            rows.append({"timing": f"{label} per batch of {MTCNN_BATCH} frames", "device": "cpu",
+                         "frames": len(frames), "frames_per_s": round(best(lambda d=detector: batched(d)), 1)})  # fmt: skip
+    if "mtcnn" in detectors and device.type == "cuda":
+        gpu = processor.get_face_detector("mtcnn", device=device)
+        batched(gpu)  # warm-up (kernels, allocator)
+        rows.append({"timing": f"MTCNN per batch of {MTCNN_BATCH} frames", "device": str(device),
+                     "frames": len(frames), "frames_per_s": round(best(lambda: batched(gpu)), 1)})  # fmt: skip
+    return rows
+
+
+def print_real_faces(rows: list[dict], timing: list[dict], num_frames: int) -> None:
+    print(f"\nreal faces: {len(rows)} rows, clips of {num_frames} frames, every frame detected (detect_every=1)")
+    print(f"{'detector':<8} {'photo':<20} {'clips':>5} {'frames':>6} {'found on face':>13} {'worst clip':>10} "
+          f"{'median IoU':>10} {'false pos.':>10}")  # fmt: skip
+    for row in rows:
+        if "false_positive_rate" in row:
+            print(f"{row['detector']:<8} {row['photo']:<20} {row['clips']:>5} {row['frames']:>6} {'-':>13} {'-':>10} "
+                  f"{'-':>10} {row['false_positive_rate']:>10.1%}")  # fmt: skip
+        else:
+            photo = row["photo"] + (" (profile)" if row["profile"] else "")
+            print(f"{row['detector']:<8} {photo:<20} {row['clips']:>5} {row['frames']:>6} {row['detection_rate']:>13.1%} "
+                  f"{row['worst_clip_rate']:>10.1%} {row['median_iou']:>10.2f} {'-':>10}")  # fmt: skip
+    print(f"targets: found on the face (IoU >= {REAL_MIN_IOU}) >= {REAL_MIN_DETECTION_RATE:.0%} of frames (frontal "
+          f"photos), false positives <= {REAL_MAX_FALSE_POSITIVE_RATE:.0%} of face-free frames")  # fmt: skip
+    for row in timing:
+        print(f"{row['timing']:<32} {row['device']:<7} {row['frames']:>4} frames {row['frames_per_s']:>8.1f} frames/s")
+
+
 def print_workers(workers: dict, transfer: dict) -> None:
     print(f"\npipeline preprocessing of {workers['clips']} clips of {SECONDS} s (decode, detect, crop, resample)")
     print(f"{'num_workers':>11} {'seconds':>8} {'frames/s':>9}")
@@ -191,6 +302,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--detect-every", type=int, default=AvEmotionImageProcessor.detect_every)
     parser.add_argument("--clips", type=int, default=4, help="clips for the num_workers measurement")
+    parser.add_argument("--real-frames", type=int, default=20, help="frames per real-face clip")
     parser.add_argument("--output", type=Path, default=None, help="default: bench/results/video_preprocess.json")
     add_device_argument(parser)
     args = parser.parse_args()
@@ -223,6 +335,9 @@ def main() -> None:
         clip = write_video(Path(folder) / "clip_sound.mp4", frames, fps=FPS, audio=audio)
         workers = parallel_preprocess(clip, args.clips, min(args.repeats, 2))
     transfer = window_transfer()
+    detectors = real_face_detectors(processor)
+    real_rows = real_face_detection(detectors, args.real_frames)
+    timing = detector_timing(detectors, processor, device, args.real_frames, args.repeats)
     for row in rows:
         row["frames_per_s"] = row["frames"] / row["total_s"]
         row["x_real_time"] = row["frames_per_s"] / FPS
@@ -247,6 +362,7 @@ def main() -> None:
     )
 
     print_workers(workers, transfer)
+    print_real_faces(real_rows, timing, args.real_frames)
     report = {
         "benchmark": "video_preprocess",
         "clip": {"seconds": SECONDS, "fps": FPS, "width": WIDTH, "height": HEIGHT, "frames_without_face": 30},
@@ -255,6 +371,14 @@ def main() -> None:
         "rows": rows,
         "num_workers": workers,
         "window_transfer": transfer,
+        "real_faces": {
+            "frames_per_clip": args.real_frames,
+            "min_iou": REAL_MIN_IOU,
+            "target_detection_rate": REAL_MIN_DETECTION_RATE,
+            "target_false_positive_rate": REAL_MAX_FALSE_POSITIVE_RATE,
+            "rows": real_rows,
+        },  # fmt: skip
+        "detector_timing": timing,
         "note": "the video front end runs on the CPU; the device entry names where a model would run",
     }
     write_results("video_preprocess.json", report, device, args.output)
