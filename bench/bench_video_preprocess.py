@@ -19,7 +19,7 @@ Per detector (`haar`, `mtcnn`, with the processor's settings) and photo: the sha
 (`detect_every=1`) lies on the face (IoU >= 0.5 against the hand-made face box carried through the transform;
 target >= 95 %), and of face-free frames given a face (target <= 1 %). Timed on those frames, best of `--repeats`:
 each detector alone one frame at a time, and MTCNN's batched `detect_faces` on batches of 16 (also on the GPU when
-`--device` is one).
+`--device` is one); MTCNN at the default torch threads and at one (as in the pipeline's workers).
 
 The front end runs on the CPU whatever `--device` says; the JSON (bench/results/video_preprocess.json, via
 `write_results`) names the device.
@@ -217,8 +217,9 @@ def real_face_detection(detectors: dict, num_frames: int) -> list[dict]:
                       for clip_photo, (frames, boxes) in clips if clip_photo == photo]  # fmt: skip
             frames = sum(s.face_frames for s in scores)
             ious = [i for s in scores for i in s.ious.tolist()]
-            rows.append({"detector": name, "photo": photo, "profile": photo not in FRONTAL_PHOTOS, "clips": len(scores),
-                         "frames": frames, "detection_rate": round(sum(s.hits for s in scores) / frames, 4),
+            rows.append({"detector": name, "photo": photo, "profile": photo not in FRONTAL_PHOTOS,
+                         "clips": len(scores), "frames": frames,
+                         "detection_rate": round(sum(s.hits for s in scores) / frames, 4),
                          "worst_clip_rate": round(min(s.detection_rate for s in scores), 4),
                          "median_iou": round(float(sorted(ious)[len(ious) // 2]), 3)})  # fmt: skip
         found = sum(box is not None for frames in empty for box in track_main_face(frames, detector, 1))
@@ -249,19 +250,27 @@ def detector_timing(detectors: dict, processor: AvEmotionImageProcessor, device:
             detector.detect_faces(frames[start : start + MTCNN_BATCH])
 
     rows = []
+    threads = torch.get_num_threads()
     for name, detector in detectors.items():
         label = "MTCNN" if name == "mtcnn" else "Haar"
         detector.detect(frames[0])  # warm-up
-        rows.append({"timing": f"{label} alone per frame", "device": "cpu", "frames": len(frames),
-                     "frames_per_s": round(best(lambda d=detector: [d.detect(f) for f in frames]), 1)})  # fmt: skip
-        if hasattr(detector, "detect_faces"):
-            rows.append({"timing": f"{label} per batch of {MTCNN_BATCH} frames", "device": "cpu",
-                         "frames": len(frames), "frames_per_s": round(best(lambda d=detector: batched(d)), 1)})  # fmt: skip
+        # MTCNN's small convolutions also at one torch thread (what the pipeline's worker processes run with)
+        for count in (threads, 1) if name == "mtcnn" and threads > 1 else (threads,):
+            torch.set_num_threads(count)
+            fps = round(best(lambda d=detector: [d.detect(f) for f in frames]), 1)
+            rows.append({"timing": f"{label} alone per frame", "device": "cpu", "threads": count,
+                         "frames": len(frames), "frames_per_s": fps})  # fmt: skip
+            if hasattr(detector, "detect_faces"):
+                fps = round(best(lambda d=detector: batched(d)), 1)
+                rows.append({"timing": f"{label} per batch of {MTCNN_BATCH} frames", "device": "cpu",
+                             "threads": count, "frames": len(frames), "frames_per_s": fps})  # fmt: skip
+        torch.set_num_threads(threads)
     if "mtcnn" in detectors and device.type == "cuda":
         gpu = processor.get_face_detector("mtcnn", device=device)
         batched(gpu)  # warm-up (kernels, allocator)
+        fps = round(best(lambda: batched(gpu)), 1)
         rows.append({"timing": f"MTCNN per batch of {MTCNN_BATCH} frames", "device": str(device),
-                     "frames": len(frames), "frames_per_s": round(best(lambda: batched(gpu)), 1)})  # fmt: skip
+                     "threads": threads, "frames": len(frames), "frames_per_s": fps})  # fmt: skip
     return rows
 
 
@@ -271,16 +280,18 @@ def print_real_faces(rows: list[dict], timing: list[dict], num_frames: int) -> N
           f"{'median IoU':>10} {'false pos.':>10}")  # fmt: skip
     for row in rows:
         if "false_positive_rate" in row:
-            print(f"{row['detector']:<8} {row['photo']:<20} {row['clips']:>5} {row['frames']:>6} {'-':>13} {'-':>10} "
-                  f"{'-':>10} {row['false_positive_rate']:>10.1%}")  # fmt: skip
+            print(f"{row['detector']:<8} {row['photo']:<20} {row['clips']:>5} {row['frames']:>6} {'-':>13} "
+                  f"{'-':>10} {'-':>10} {row['false_positive_rate']:>10.1%}")  # fmt: skip
         else:
             photo = row["photo"] + (" (profile)" if row["profile"] else "")
-            print(f"{row['detector']:<8} {photo:<20} {row['clips']:>5} {row['frames']:>6} {row['detection_rate']:>13.1%} "
-                  f"{row['worst_clip_rate']:>10.1%} {row['median_iou']:>10.2f} {'-':>10}")  # fmt: skip
+            print(f"{row['detector']:<8} {photo:<20} {row['clips']:>5} {row['frames']:>6} "
+                  f"{row['detection_rate']:>13.1%} {row['worst_clip_rate']:>10.1%} {row['median_iou']:>10.2f} "
+                  f"{'-':>10}")  # fmt: skip
     print(f"targets: found on the face (IoU >= {REAL_MIN_IOU}) >= {REAL_MIN_DETECTION_RATE:.0%} of frames (frontal "
           f"photos), false positives <= {REAL_MAX_FALSE_POSITIVE_RATE:.0%} of face-free frames")  # fmt: skip
     for row in timing:
-        print(f"{row['timing']:<32} {row['device']:<7} {row['frames']:>4} frames {row['frames_per_s']:>8.1f} frames/s")
+        print(f"{row['timing']:<32} {row['device']:<7} {row['threads']:>2} threads {row['frames']:>4} frames "
+              f"{row['frames_per_s']:>8.1f} frames/s")  # fmt: skip
 
 
 def print_workers(workers: dict, transfer: dict) -> None:

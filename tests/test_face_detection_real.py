@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from face_clips import (
     FRONTAL_PHOTOS,
     PROFILE_PHOTOS,
@@ -37,6 +38,17 @@ def _id(case) -> str:
     photo, angles, widths, background, _ = case
     show = lambda v: f"{v[0]}to{v[1]}" if isinstance(v, tuple) else str(v)  # noqa: E731
     return f"{photo}-{show(angles)}deg-{show(widths)}px-{background}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread: MTCNN's small convolutions lose badly to a second thread when the 2 cores are shared (16
+    frames in 0.8 s with 1 thread, 1.8-6.6 s with 2, measured under load; this file took 199 s with 2 threads and 27 s
+    with 1 there), and gain only 1.6x on idle cores (bench: 23 vs 37 frames/s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from media_testing import face_frames
 from skimage import data
 
 from avemotion.processing import AvEmotionImageProcessor, AvEmotionProcessor, MtcnnFaceDetector
 from avemotion.processing.face_weights import load_mtcnn_weights
 from avemotion.processing.faces import MEAN_SHAPE_FIVE_POINTS, box_iou, landmark_extent_square, vavl_crop_square
 from avemotion.processing.mtcnn import MtcnnNetworks, batched_nms, box_iou_matrix
-
-from media_testing import face_frames
 
 # read off the astronaut image by eye: her face from the hairline to the chin (what MTCNN's box covers), and where
 # face-alignment's 68 points would lie (jaw to jaw at the ears, brows to chin)
