@@ -104,7 +104,7 @@ class Checkpoint:
 
     @property
     def window_seconds(self) -> float:
-        return float(self.classify.model_spec.get("window_seconds") or 12.0)
+        return float(self.classify.model_spec.window_seconds or 12.0)
 
 
 @functools.lru_cache(maxsize=4)

@@ -29,6 +29,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForAudioClassification
 from transformers.utils import ModelOutput
 
 from avemotion import AutoModelForEmotionRecognition
+from avemotion.models.declaration import read_declaration
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -181,36 +182,30 @@ class ModelTesterMixin:
     def test_declaration_matches_forward(self):
         model, inputs = self._model_and_inputs()
         accepted = set(inspect.signature(model.forward).parameters)
-        spec = model.input_spec()
-        assert set(spec) >= {"modalities", "segments", "window_seconds"}
-        for modality, entry in spec["modalities"].items():
-            keys = [*entry["inputs"], *entry.get("features", ()), *entry.get("extra_inputs", ())]
-            assert {key for key in keys if key is not None} <= accepted, modality
-            assert isinstance(entry.get("feature_dim", 0), int)
-        for granularity, keys in spec["segments"].items():
+        declaration = read_declaration(model)  # checks the plain dicts once
+        for modality, spec in declaration.inputs.modalities.items():
+            assert {key for key in spec.keys if key is not None} <= accepted, modality
+        for granularity, keys in declaration.inputs.segments.items():
             assert set(keys) <= accepted, granularity
 
         parameters = {id(parameter) for parameter in model.parameters()}
         labels = self.labels_for(model.config, inputs)
         with torch.no_grad():
             output = model(**inputs, labels=labels)
-        for step in model.training_steps():
-            assert set(step) == {"name", "modules", "loss", "rows"}, step
-            for module in step["modules"]:
-                assert module is None or all(id(p) in parameters for p in module.parameters()), step["name"]
-            assert set(step["rows"]) <= set(spec["modalities"]), step["name"]
-            if isinstance(step["loss"], str):
-                loss = output[step["loss"]]
+        for step in declaration.steps:
+            for module in step.modules:
+                assert all(id(p) in parameters for p in module.parameters()), step.name
+            if isinstance(step.loss, str):
+                loss = output[step.loss]
             else:  # a bound method of the model, called on the inputs of the step's modalities and the labels
                 wanted = set()
-                for modality in step["rows"] or spec["modalities"]:
-                    entry = spec["modalities"][modality]
-                    wanted |= {*entry["inputs"], *entry.get("features", ()), *entry.get("extra_inputs", ())}
+                for modality in step.rows or declaration.inputs.modalities:
+                    wanted |= set(declaration.inputs.modalities[modality].keys)
                 with torch.no_grad():
-                    loss = step["loss"](labels=labels, **{k: v for k, v in inputs.items() if k in wanted})
-            assert loss.dim() == 0 and bool(torch.isfinite(loss)), step["name"]
+                    loss = step.loss(labels=labels, **{k: v for k, v in inputs.items() if k in wanted})
+            assert loss.dim() == 0 and bool(torch.isfinite(loss)), step.name
 
         head_logits = output.get("head_logits") or {}
-        for branch in model.evaluation_branches():
+        for branch in declaration.branches:
             value = head_logits.get(branch, output.get(branch))
             assert value is not None and value.shape == output.logits.shape, branch

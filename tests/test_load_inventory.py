@@ -172,16 +172,16 @@ INVENTORY: list[tuple[str, str, str, str, tuple[str, ...] | None]] = [
     ("processing.video", "AvEmotionImageProcessor.from_pretrained", "super().from_pretrained", "json", ("test_processor_settings.py::test_image_processor_settings_are_checked", FUZZ)),  # noqa: E501
     ("training.cli_train", "ModelArguments.__post_init__", "json.loads", "json", (CONFIG_OVERRIDES,)),
     ("training.cli_train", "_build_model", "transformers.AutoConfig.from_pretrained", "transformers loader", (CONFIG_FILE,)),  # noqa: E501
-    ("training.cli_train", "load_model", "avemotion.models.auto.AutoModelForEmotionRecognition.from_pretrained", "transformers loader", (TRUNCATED_WEIGHTS, FUZZ)),  # noqa: E501
     ("training.cli_train", "load_processor", "transformers.AutoFeatureExtractor.from_pretrained", "transformers loader", (PAYLOAD_FE_TYPE, PAYLOAD_PREPROCESSOR_JSON, PAYLOAD_PROCESSOR_CLASS,)),  # noqa: E501
     ("training.cli_train", "load_processor", "transformers.AutoProcessor.from_pretrained", "transformers loader", (PAYLOAD_PROCESSOR_AUTO_MAP, PAYLOAD_PROCESSOR_CLASS,)),  # noqa: E501
     ("training.files", "file_problem", "json.loads", "json", (TRUNCATED_CHECKPOINT, RESUME_STATE)),
     ("training.files", "file_problem", "safetensors.safe_open", "safetensors", (TRUNCATED_CHECKPOINT, FUZZ)),
     ("training.files", "load_weights", "safetensors.torch.load_file", "safetensors", (TRUNCATED_CHECKPOINT, FUZZ)),
-    ("training.hub", "_load_model_and_processor", "avemotion.models.auto.AutoModelForEmotionRecognition.from_pretrained", "transformers loader", (PUSH_TRUNCATED,)),  # noqa: E501
     ("training.hub", "_load_processor", "transformers.AutoFeatureExtractor.from_pretrained", "transformers loader", (PAYLOAD_FE_TYPE,)),  # noqa: E501
     ("training.hub", "_load_processor", "transformers.AutoImageProcessor.from_pretrained", "transformers loader", (PAYLOAD_FE_TYPE,)),  # noqa: E501
     ("training.hub", "_load_processor", "transformers.AutoProcessor.from_pretrained", "transformers loader", (PAYLOAD_PROCESSOR_AUTO_MAP, PAYLOAD_PROCESSOR_CLASS,)),
+    # the one loader of a trained model directory: train --model_name_or_path, evaluate, push
+    ("training.run_files", "load_model", "avemotion.models.auto.AutoModelForEmotionRecognition.from_pretrained", "transformers loader", (TRUNCATED_WEIGHTS, PUSH_TRUNCATED, FUZZ)),  # noqa: E501
     ("training.resume_state", "read_state", "safetensors.torch.load_file", "safetensors", (RESUME_STATE, FUZZ)),
     ("data.loading", "load_saved_dataset", "datasets.load_from_disk", "arrow dataset", (PAYLOAD_DATASET_PICKLE, PAYLOAD_DATASET_STATE, PAYLOAD_EVALUATE_DATASET)),  # noqa: E501
     ("utils.json_files", "parse_json", "json.loads", "json", (PAYLOAD_CORPUS_METADATA, PAYLOAD_CONVERT_CONFIG, PAYLOAD_CONVERT_AUTO_MAP, PAYLOAD_PUSH_METRICS, PAYLOAD_PREPROCESSOR_JSON, PAYLOAD_SANITIZE, PAYLOAD_SANITIZE_AUTO_MAP, TRAINER_STATE, RESUME_STATE, FUZZ)),  # noqa: E501

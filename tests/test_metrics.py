@@ -36,10 +36,13 @@ def test_branch_metrics_skip_rows_a_branch_could_not_score():
     audio = np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0], [1.0, 0.0]])
     visual = np.array([[0.0, 1.0], [np.nan, np.nan], [1.0, 0.0], [1.0, 0.0]])
     report = branch_metrics(
-        {"audio_logits": audio, "visual_logits": visual}, references, "single_label_classification"
-    )
+        {"audio_logits": audio, "visual_logits": visual}, references, "single_label_classification",
+        report_names={"audio_logits": "audio"},
+    )  # fmt: skip
     assert report["audio"]["accuracy"] == 1.0 and report["audio"]["num_samples"] == 4
-    assert report["visual"]["num_samples"] == 3 and report["visual"]["accuracy"] == pytest.approx(1 / 3)
+    # an output without a declared report name is reported under its own name
+    assert report["visual_logits"]["num_samples"] == 3 and report["visual_logits"]["accuracy"] == pytest.approx(1 / 3)
+    assert "visual" not in report
 
 
 def test_evaluate_modules_load_offline():

@@ -367,6 +367,9 @@ def test_declaration_for_generic_code(members, segments):
     assert text["features"] == ("text_features", "text_attention_mask") and text["max_length"] == 32
     assert spec["segments"] == {g: (f"{g}_segments", f"{g}_segments_mask") for g in segments}
     assert spec["window_seconds"] is None
+    assert audio["layout"] == "waveform" and text["layout"] == "tokens"
+    stride, receptive_field = model.mlfusion.frame_stride, model.mlfusion.frame_receptive_field
+    assert audio["feature_rate"] == 16000 / stride and audio["min_samples"] == receptive_field
     forward_inputs = set(inspect.signature(model.forward).parameters)
     named = {key for m in spec["modalities"].values() for key in (*m["inputs"], *m.get("extra_inputs", ()))}
     named |= {key for m in spec["modalities"].values() for key in m["features"] if key}
@@ -374,12 +377,15 @@ def test_declaration_for_generic_code(members, segments):
     assert named <= forward_inputs
     (step,) = model.training_steps()
     assert step == {"name": "joint", "modules": (), "loss": "loss", "rows": ()}
-    assert model.evaluation_branches() == ["logits", *config.fusion_members]
+    assert model.evaluation_branches() == {
+        "logits": "combined",
+        **{member: member for member in config.fusion_members},
+    }
     # the inputs the spec names run the model, and every branch is an output: `logits`, the members in `head_logits`
     batch = {k: v for k, v in make_batch().items() if "segments" not in k or k in named}
     with torch.no_grad():
         output = model.eval()(**batch, labels=LABELS)
-    assert set(output.head_logits) == set(model.evaluation_branches()[1:]) and output.loss is not None
+    assert set(output.head_logits) == set(list(model.evaluation_branches())[1:]) and output.loss is not None
 
 
 def test_frames_mask_from_the_convolution_geometry_equals_wav2vec2s():

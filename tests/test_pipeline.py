@@ -257,19 +257,36 @@ def test_trust_remote_code_pipeline_without_import(vavl_dir, media, tmp_path):
     assert (
         config["custom_pipelines"]["audio-visual-emotion"]["impl"] == "audio_visual_emotion.AudioVisualEmotionPipeline"
     )
+    # the copy imports its sibling modules (inputs, windows) absolutely: transformers would look for relative imports
+    # in the model directory, which holds only the copied file
+    copied = open(f"{vavl_dir}/audio_visual_emotion.py").read()
+    assert "from avemotion.pipelines.inputs import" in copied and "from avemotion.pipelines.windows import" in copied
+    assert not [line for line in copied.splitlines() if line.lstrip().startswith("from .")]
     expected = _scores(pipeline("audio-visual-emotion", model=vavl_dir)(media["wav"]))
     script = textwrap.dedent(f"""
-        import json
+        import json, sys
         from transformers import pipeline
+        before = "avemotion.pipelines.audio_visual_emotion" in sys.modules
         pipe = pipeline(model={vavl_dir!r}, trust_remote_code=True)
         result = pipe({media["wav"]!r})
-        print(json.dumps({{item["label"]: item["score"] for item in result}}))
+        installed = sys.modules.get("avemotion.pipelines.audio_visual_emotion")
+        print(json.dumps({{
+            "before": before,
+            "module": type(pipe).__module__,
+            "installed_class": installed is not None and type(pipe) is installed.AudioVisualEmotionPipeline,
+            "scores": {{item["label"]: item["score"] for item in result}},
+        }}))
     """)
     env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    scores = json.loads(result.stdout.strip().splitlines()[-1])
-    assert scores == pytest.approx(expected, abs=1e-5)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    # the pipeline class is the copy's (a transformers_modules module), not the installed module's; the installed one
+    # is imported only as a side effect of `import avemotion` (the package root registers the task), which the copy's
+    # absolute `avemotion.*` imports trigger
+    assert not report["before"] and not report["installed_class"]
+    assert report["module"].startswith("transformers_modules.") and report["module"].endswith(".audio_visual_emotion")
+    assert report["scores"] == pytest.approx(expected, abs=1e-5)
 
 
 def test_predict_cli_reports_failures_per_file(vavl_dir, media, tmp_path, capsys):

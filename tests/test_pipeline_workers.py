@@ -142,7 +142,7 @@ def test_fusion_model_transcripts_and_pre_extracted_features(tmp_path, media):
     config = tiny_mlfusion_config(fusion_members=["audio_frame", "text"], audio_layer="last")
     model = MultiLevelFusionForEmotionRecognition(config).eval()
     fusion = pipeline("audio-visual-emotion", model=_save(model, tmp_path / "mlf", tokenizer))
-    dim = fusion.model_spec["modalities"]["audio"]["feature_dim"]
+    dim = fusion.model_spec.modalities["audio"].feature_dim
     features = np.random.default_rng(1).standard_normal((9, dim)).astype(np.float32)
     inputs = [
         {"audio": media["clip"], "text": "i am so happy", "video": media["clip"]},

@@ -199,7 +199,7 @@ def test_a_state_that_cannot_be_restored_stops_the_resume_naming_the_file(
         _resume(run_dir, str(newest))
     assert "resumed from" not in capsys.readouterr().out
     trainer = _resume(run_dir, "last")
-    (record,) = trainer.state["resumed_from"]
+    (record,) = trainer.state.resumed_from
     assert record["checkpoint"] == "checkpoint-0000002"
     assert (
         record["skipped"][0]["checkpoint"] == "checkpoint-0000004"
@@ -378,7 +378,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_parameters(tmp_p
     trainer = EmotionTrainer(model, _args(out, save_total_limit=1, resume_from_checkpoint="last"),
                              toy_dataset(12, 0, unpaired=0.2))  # fmt: skip
     trainer.train()
-    assert trainer.state["global_step"] == 6
+    assert trainer.state.global_step == 6
     for name, parameter in model.named_parameters():
         torch.testing.assert_close(parameter, uninterrupted[name], rtol=0, atol=1e-6, msg=name)
 

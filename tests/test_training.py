@@ -181,13 +181,13 @@ def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path):
     resumed = EmotionTrainer(resumed_model, _args(tmp_path / "b", resume_from_checkpoint="last", **options), train,
                              evaluation)  # fmt: skip
     resumed_report = resumed.train()
-    assert resumed.state["global_step"] == reference.state["global_step"] == 12
+    assert resumed.state.global_step == reference.state.global_step == 12
     for (name, a), (_, b) in zip(reference_model.named_parameters(), resumed_model.named_parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
     assert resumed_report["combined"] == reference_report["combined"]
     assert resumed_report["loss"] == pytest.approx(reference_report["loss"], abs=1e-6)
-    assert resumed.state["log_history"][-1]["train_loss"] == pytest.approx(
-        reference.state["log_history"][-1]["train_loss"], abs=1e-6
+    assert resumed.state.log_history[-1]["train_loss"] == pytest.approx(
+        reference.state.log_history[-1]["train_loss"], abs=1e-6
     )
 
 
@@ -208,14 +208,14 @@ def test_options_accumulation_groups_and_schedule(tmp_path):
     trainer = EmotionTrainer(model, args, toy_dataset(40, 0), toy_dataset(12, 1))
     trainer.train()
     # 5 batches per epoch, 2 per update (the last update of an epoch takes the odd batch): 3 updates per epoch
-    assert trainer.state["global_step"] == 6
+    assert trainer.state.global_step == 6
     changed = _changed(before, model)
     assert not any(name.startswith("vavl.visual_encoder.") for name in changed)  # the group at lr 0 is frozen
     assert any(name.startswith("fusion_head.") for name in changed)
     assert sorted(group["initial_lr"] for group in trainer.optimizer.param_groups) == [3e-3, 1e-2]
     assert all(group["lr"] == 0.0 for group in trainer.optimizer.param_groups)  # linear decay reached its end
     assert trainer.greater_is_better is False and trainer.metric_name == "loss"
-    assert set(trainer.state["log_history"][0]["train_loss"]) == {"joint"}
+    assert set(trainer.state.log_history[0]["train_loss"]) == {"joint"}
 
 
 def test_early_stopping_stops(tmp_path):
@@ -224,7 +224,7 @@ def test_early_stopping_stops(tmp_path):
     trainer = EmotionTrainer(model, args, toy_dataset(16, 0), toy_dataset(9, 1))
     trainer.train()
     # the metric cannot improve at lr 1e-12: best at epoch 1, stop after epoch 2
-    assert trainer.state["best_epoch"] == 1 and trainer.state["epoch"] == 2
+    assert trainer.state.best_epoch == 1 and trainer.state.epoch == 2
 
 
 def test_regression_targets_use_label_scale(tmp_path):

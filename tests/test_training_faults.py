@@ -17,7 +17,7 @@ from vavl_testing import tiny_efficientnet_config, tiny_vavl_config, tiny_wav2ve
 from avemotion import AvEmotionFeatureExtractor, AvEmotionImageProcessor, AvEmotionProcessor, VavlForEmotionRecognition
 from avemotion.cli import main as cli_main
 from avemotion.training import EmotionTrainer, TrainingArguments
-from avemotion.training.cli_train import load_model
+from avemotion.training.run_files import load_model
 from avemotion.training.trainer import NonFiniteLossError, load_weights
 
 
@@ -66,7 +66,7 @@ def test_existing_output_dir_is_refused_unless_overwritten_or_resumed(tmp_path):
         _model(2), _args(out, num_train_epochs=2, resume_from_checkpoint="last", **options), train
     )
     resumed.train()
-    assert resumed.state["global_step"] == 4
+    assert resumed.state.global_step == 4
     assert [json.loads(line)["epoch"] for line in (out / "training_log.jsonl").read_text().splitlines()] == [1, 2]
 
 
@@ -142,9 +142,9 @@ def test_a_nan_row_is_skipped_and_counted(tmp_path, caplog):
         report = trainer.train()
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
         assert torch.isfinite(tensor).all(), name
-    assert trainer.state["nonfinite_skipped_batches"] == 2
-    assert [record["nonfinite_skipped_batches"] for record in trainer.state["log_history"]] == [1, 1]
-    assert all(math.isfinite(v) for record in trainer.state["log_history"] for v in record["train_loss"].values())
+    assert trainer.state.nonfinite_skipped_batches == 2
+    assert [record["nonfinite_skipped_batches"] for record in trainer.state.log_history] == [1, 1]
+    assert all(math.isfinite(v) for record in trainer.state.log_history for v in record["train_loss"].values())
     last = sorted((tmp_path / "out" / "checkpoints").iterdir())[-1]
     assert json.loads((last / "trainer_state.json").read_text())["nonfinite_skipped_batches"] == 2
     warnings = [r.getMessage() for r in caplog.records if "non-finite loss" in r.getMessage()]
@@ -208,9 +208,9 @@ def test_resume_skips_a_truncated_checkpoint(tmp_path, uninterrupted, damaged, c
     with caplog.at_level(logging.WARNING, logger="avemotion.training.trainer"):
         trainer.train()
     assert any("checkpoint-0000004" in r.getMessage() and damaged in r.getMessage() for r in caplog.records)
-    assert trainer.state["global_step"] == 6
+    assert trainer.state.global_step == 6
     # the fall-back is recorded in the state, so in every later checkpoint's trainer_state.json
-    (record,) = trainer.state["resumed_from"]
+    (record,) = trainer.state.resumed_from
     assert record["checkpoint"] == "checkpoint-0000002"
     assert [s["checkpoint"] for s in record["skipped"]] == ["checkpoint-0000004"]
     assert damaged in record["skipped"][0]["problem"]
@@ -229,7 +229,7 @@ def test_an_interrupted_save_leaves_the_previous_checkpoints(tmp_path):
     class DiesWhileSaving(EmotionTrainer):
         def _write_model_dir(self, directory, state_dict, metrics):
             super()._write_model_dir(directory, state_dict, metrics)
-            if self.state["global_step"] == 4 and "checkpoint" in directory.name:
+            if self.state.global_step == 4 and "checkpoint" in directory.name:
                 _truncate(directory / "model.safetensors")
                 raise Killed
 
@@ -238,7 +238,7 @@ def test_an_interrupted_save_leaves_the_previous_checkpoints(tmp_path):
     assert _checkpoints(out) == ["checkpoint-0000002"]
     trainer = EmotionTrainer(_model(3), _args(out, resume_from_checkpoint="last", **RESUME_OPTIONS), train)
     trainer.train()
-    assert trainer.state["global_step"] == 6
+    assert trainer.state.global_step == 6
 
 
 def test_truncated_weights_name_the_file(tmp_path, capsys):

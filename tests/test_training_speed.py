@@ -156,7 +156,7 @@ def test_nonfinite_losses_are_handled_alike_on_the_device_and_the_host(tmp_path)
     results = {}
     for implementation in ("fused", "for_loop"):
         trainer, params = _train(tmp_path / implementation, data, optimizer_implementation=implementation)
-        results[implementation] = (trainer.state["nonfinite_skipped_batches"], trainer.recorded, params)
+        results[implementation] = (trainer.state.nonfinite_skipped_batches, trainer.recorded, params)
     assert results["fused"][0] == results["for_loop"][0] == 1
     _assert_same_losses(results["fused"][1], results["for_loop"][1])
     _assert_same(results["fused"][2], results["for_loop"][2], atol=FUSED_PARAMETER_ATOL)
@@ -250,7 +250,7 @@ def test_auto_find_batch_size_halves_until_it_fits(tmp_path, monkeypatch):
 
     def out_of_memory(self, batch, boundary):
         attempts.append(self.args.per_device_train_batch_size)
-        if self.args.per_device_train_batch_size > 4 and self.state["global_step"] == 1:
+        if self.args.per_device_train_batch_size > 4 and self.state.global_step == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return original(self, batch, boundary)
 
@@ -260,7 +260,7 @@ def test_auto_find_batch_size_halves_until_it_fits(tmp_path, monkeypatch):
                                           auto_find_batch_size=True, save_strategy="steps", save_steps=1), data)  # fmt: skip
     trainer.train()
     assert (trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps) == (4, 4)
-    assert attempts[:3] == [16, 16, 8] and trainer.state["global_step"] == 2
+    assert attempts[:3] == [16, 16, 8] and trainer.state.global_step == 2
     # the failed attempts' checkpoints are gone; the last attempt's update 1 (update 2 ends the epoch: no save)
     assert sorted(p.name for p in (tmp_path / "auto" / "checkpoints").iterdir()) == ["checkpoint-0000001"]
     direct = _model()
@@ -336,7 +336,7 @@ def test_bf16_keeps_float32_weights_and_losses(tmp_path, fresh_accelerate_state)
     trainer.train()
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert all(torch.isfinite(torch.tensor(v)) for record in trainer.recorded for v in record.values())
-    assert trainer.state["log_history"][-1]["train_loss"].keys() == {"visual", "acoustic", "fusion"}
+    assert trainer.state.log_history[-1]["train_loss"].keys() == {"visual", "acoustic", "fusion"}
 
 
 def test_frames_are_read_from_arrow_as_the_numpy_formatter_gives_them():
@@ -417,7 +417,7 @@ def test_a_checkpoint_of_another_optimizer_implementation_resumes_with_the_curre
                             save_strategy="epoch", resume_from_checkpoint="last")  # fmt: skip
         groups = trainer.optimizer.optimizer.param_groups
         assert [bool(g["fused"]) for g in groups] == [implementation == "auto"] * len(groups)
-        assert trainer._device_checks is (implementation == "auto") and trainer.state["global_step"] == 4
+        assert trainer._device_checks is (implementation == "auto") and trainer.state.global_step == 4
         resumed[implementation] = trainer.recorded
     assert len(resumed["auto"]) == 2
     _assert_same_losses(resumed["auto"], resumed["for_loop"])
@@ -445,7 +445,7 @@ def test_a_previous_release_checkpoint_resumes_with_fused_adam(tmp_path):
     write_state(checkpoint, "optimizer", saved)
     trainer, params = _train(tmp_path, data, model=_model(), num_train_epochs=2, save_strategy="epoch",
                              resume_from_checkpoint="last")  # fmt: skip
-    assert trainer.state["global_step"] == 4 and trainer._device_checks
+    assert trainer.state.global_step == 4 and trainer._device_checks
     assert all(g["fused"] is True for g in trainer.optimizer.optimizer.param_groups)
     assert all(torch.isfinite(p).all() for p in params.values()) and len(trainer.recorded) == 2
 
@@ -483,7 +483,7 @@ def test_auto_find_batch_size_keeps_the_rows_per_update_of_an_odd_batch(tmp_path
                                           auto_find_batch_size=True), data)  # fmt: skip
     trainer.train()
     assert (trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps) == (1, 5)
-    assert trainer.state["global_step"] == 2
+    assert trainer.state.global_step == 2
     monkeypatch.undo()
     direct = _model()
     EmotionTrainer(direct, _args(tmp_path / "direct", per_device_train_batch_size=1, gradient_accumulation_steps=5),

@@ -507,12 +507,16 @@ def test_input_spec_follows_the_config():
     spec = make_model(sampling_rate=8000, window_seconds=6.0).input_spec()
     assert spec["modalities"]["audio"] == {
         "inputs": ("input_values", "attention_mask"),
+        "layout": "waveform",
         "features": ("audio_features", "audio_features_mask"),
         "feature_dim": AUDIO_DIM,
+        "feature_rate": 25.0,  # wav2vec2's 320-sample hop at 8 kHz
         "sampling_rate": 8000,
+        "min_samples": 400,  # the receptive field of one frame
     }
     assert spec["modalities"]["video"] == {
         "inputs": ("pixel_values_videos", "visual_features_mask"),
+        "layout": "frames",
         "features": ("visual_features", "visual_features_mask"),
         "feature_dim": VISUAL_DIM,
     }
@@ -522,7 +526,9 @@ def test_input_spec_follows_the_config():
     )
     dims = {name: entry["feature_dim"] for name, entry in paper.input_spec()["modalities"].items()}
     assert dims == {"audio": 1024, "video": 1408}
-    assert make_model().evaluation_branches() == ["logits", "fusion_logits", "audio_logits", "visual_logits"]
+    assert make_model().evaluation_branches() == {
+        "logits": "combined", "fusion_logits": "audio_visual", "audio_logits": "audio", "visual_logits": "visual"
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("adapter", [False, True])

@@ -40,6 +40,6 @@ class KilledTrainer(EmotionTrainer):
     """Stops after update 5, like a process killed mid-epoch (for resume tests)."""
 
     def _training_batch(self, batch, boundary):
-        if self.state["global_step"] == 5:
+        if self.state.global_step == 5:
             raise Killed
         return super()._training_batch(batch, boundary)

@@ -3,24 +3,35 @@ speech segments and labels."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from avemotion.models.declaration import InputSpec, ModalitySpec, read_input_spec
 from avemotion.processing.media import decode_audio_value, is_path
 from avemotion.processing.segments import SEGMENT_GRANULARITIES, pad_segments
 
 from .iemocap import SEGMENT_COLUMNS as IEMOCAP_SEGMENT_COLUMNS
 
-# row key -> mask key in the batch (the names the models' forward takes)
-SEQUENCE_KEYS = {
-    "input_values": "attention_mask",
-    "audio_features": "audio_features_mask",
-    "pixel_values_videos": "visual_features_mask",
-    "visual_features": "visual_features_mask",
-}
+# The inputs the package's processors and corpus builders produce, padded when the collator is given no model's
+# declaration (the trainer and `default_collator` always pass the model's, `read_declaration(model).inputs`).
+PROCESSOR_INPUTS = read_input_spec(
+    {
+        "modalities": {
+            "audio": {"inputs": ("input_values", "attention_mask"), "layout": "waveform",
+                      "features": ("audio_features", "audio_features_mask")},
+            "video": {"inputs": ("pixel_values_videos", "visual_features_mask"), "layout": "frames",
+                      "features": ("visual_features", "visual_features_mask")},
+            "text": {"inputs": ("input_ids", "text_attention_mask"), "layout": "tokens",
+                     "extra_inputs": ("token_type_ids",)},
+        },
+        "segments": {g: (f"{g}_segments", f"{g}_segments_mask") for g in SEGMENT_GRANULARITIES},
+    },
+    "AvEmotionCollator",
+)  # fmt: skip
 # granularity -> the row columns that may hold its segments (the model input's name first, then the IEMOCAP builder's)
 SEGMENT_COLUMNS = {g: (f"{g}_segments", IEMOCAP_SEGMENT_COLUMNS[g]) for g in SEGMENT_GRANULARITIES}
 
@@ -31,10 +42,10 @@ def _is_audio_value(value: Any) -> bool:
     return is_path(value) or isinstance(value, dict) or hasattr(value, "get_all_samples")
 
 
-def _as_tensor(key: str, value: Any, sampling_rate: int, index: int) -> torch.Tensor:
-    """A row's value of `key` as a float tensor; an audio value becomes its mono waveform at `sampling_rate`
-    (resampled from the value's own rate)."""
-    if key == "input_values" and _is_audio_value(value):
+def _as_tensor(key: str, value: Any, sampling_rate: int, index: int, waveform: bool) -> torch.Tensor:
+    """A row's value of `key` as a float tensor; an audio value of a `waveform` input becomes its mono waveform at
+    `sampling_rate` (resampled from the value's own rate)."""
+    if waveform and _is_audio_value(value):
         return torch.from_numpy(decode_audio_value(value, sampling_rate, name=f"row {index}: audio"))
     return torch.as_tensor(np.asarray(value), dtype=torch.float32)
 
@@ -91,6 +102,11 @@ class AvEmotionCollator:
     `{g}_segments_mask` (B, N_max) bool via `pad_segments`; a row without them gets an all-False mask row (the
     model ignores the segments of a row without audio).
 
+    Keys: `inputs` is the model's declaration (`avemotion.models.declaration.read_declaration(model).inputs`):
+    its waveform and frame inputs and features are padded under its keys, its token input as text, its declared
+    segments as segments. Without one, the keys of the package's processors and builders (`PROCESSOR_INPUTS`, named
+    below) are used.
+
     Returns a dict of tensors: `input_values` (B, N_max) + `attention_mask` (B, N_max), `audio_features`
     (B, T_max, D_a) + `audio_features_mask`, `pixel_values_videos` or `visual_features` (B, T_max, ...) +
     `visual_features_mask` (B, T_max), `labels`.
@@ -103,28 +119,41 @@ class AvEmotionCollator:
     text_column: str = "text"
     max_text_length: int | None = 512
     sampling_rate: int = 16000
+    inputs: InputSpec | None = None
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         if not rows:
             raise ValueError("AvEmotionCollator got an empty list of rows")
         rows = [dict(row) for row in rows]
-        for row in rows:
-            if row.get("input_values") is None and row.get("audio") is not None:
-                row["input_values"] = row["audio"]
-        for raw, features in (("pixel_values_videos", "visual_features"), ("input_values", "audio_features")):
-            if any(r.get(raw) is not None for r in rows) and any(r.get(features) is not None for r in rows):
+        inputs = self.inputs or PROCESSOR_INPUTS
+        waveform_keys = {spec.inputs[0] for spec in inputs.with_layout("waveform")}
+        for key in waveform_keys:  # an `audio` column is the waveform input of a row without one
+            for row in rows:
+                if row.get(key) is None and row.get("audio") is not None:
+                    row[key] = row["audio"]
+        for spec in reversed(inputs.modalities.values()):
+            raw, features = spec.inputs[0], (spec.features or (None,))[0]
+            if (
+                features
+                and any(r.get(raw) is not None for r in rows)
+                and any(r.get(features) is not None for r in rows)
+            ):
                 raise ValueError(f"rows mix `{raw}` and `{features}`; use one input per modality and batch")
         batch: dict[str, Any] = {}
-        for key, mask_key in SEQUENCE_KEYS.items():
+        for key, mask_key in inputs.padded_keys.items():
+            waveform = key in waveform_keys
             values = [
-                None if row.get(key) is None else _as_tensor(key, row[key], self.sampling_rate, index)
+                None if row.get(key) is None else _as_tensor(key, row[key], self.sampling_rate, index, waveform)
                 for index, row in enumerate(rows)
             ]
             if all(v is None for v in values):
                 continue
-            batch[key], batch[mask_key] = self._pad(key, values)
-        batch.update(self._text(rows))
-        batch.update(self._segments(rows))
+            batch[key], padded_mask = self._pad(key, values)
+            if mask_key:
+                batch[mask_key] = padded_mask
+        for spec in inputs.with_layout("tokens"):
+            batch.update(self._text(rows, spec))
+        batch.update(self._segments(rows, inputs.segments))
         if self.label_column is not None:
             batch["labels"] = self._labels(rows)
         for column in self.keep_columns:
@@ -154,23 +183,26 @@ class AvEmotionCollator:
         padded[mask.bool()] = flat
         return padded, mask
 
-    def _text(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """`input_ids`, `text_attention_mask` (and `token_type_ids`) from token ids or, with a tokenizer, raw text."""
-        ids = [row.get("input_ids") for row in rows]
-        types = [row.get("token_type_ids") for row in rows]
+    def _text(self, rows: list[dict[str, Any]], spec: ModalitySpec) -> dict[str, torch.Tensor]:
+        """The token modality's ids and mask (`input_ids`, `text_attention_mask`, and its first extra input,
+        `token_type_ids`) from token ids or, with a tokenizer, raw text."""
+        ids_key, mask_key = spec.inputs
+        types_key = spec.extra_inputs[0] if spec.extra_inputs else None
+        ids = [row.get(ids_key) for row in rows]
+        types = [row.get(types_key) if types_key else None for row in rows]
         texts = [row.get(self.text_column) for row in rows]
         to_tokenize = [i for i, (t, x) in enumerate(zip(ids, texts)) if t is None and x is not None]
         if to_tokenize and self.tokenizer is not None:
             encoded = self.tokenizer([texts[i] for i in to_tokenize], truncation=True, max_length=self.max_text_length)
             for position, index in enumerate(to_tokenize):
                 ids[index] = encoded["input_ids"][position]
-                if "token_type_ids" in encoded:
+                if types_key and "token_type_ids" in encoded:
                     types[index] = encoded["token_type_ids"][position]
         elif to_tokenize and any(t is not None for t in ids):
             first = to_tokenize[0]
             raise ValueError(
-                f"row {first} ({rows[first].get('id', '?')}) has `{self.text_column}` but no `input_ids` while other "
-                "rows have `input_ids`; pass AvEmotionCollator(tokenizer=...) to tokenise it"
+                f"row {first} ({rows[first].get('id', '?')}) has `{self.text_column}` but no `{ids_key}` while other "
+                f"rows have `{ids_key}`; pass AvEmotionCollator(tokenizer=...) to tokenise it"
             )
         if all(t is None for t in ids):
             return {}
@@ -178,37 +210,41 @@ class AvEmotionCollator:
         for index, tensor in enumerate(tensors):
             if tensor is not None and tensor.dim() != 1:
                 raise ValueError(
-                    f"row {index}: `input_ids` must be a 1-D list of token ids, got {tuple(tensor.shape)}"
+                    f"row {index}: `{ids_key}` must be a 1-D list of token ids, got {tuple(tensor.shape)}"
                 )
             if tensor is not None and len(tensor) == 0:
-                raise ValueError(f"row {index}: `input_ids` is empty; pass None for a row without text")
+                raise ValueError(f"row {index}: `{ids_key}` is empty; pass None for a row without text")
             if tensor is not None and types[index] is not None and len(types[index]) != len(tensor):
                 raise ValueError(
-                    f"row {index}: `token_type_ids` has {len(types[index])} entries, `input_ids` {len(tensor)}"
+                    f"row {index}: `{types_key}` has {len(types[index])} entries, `{ids_key}` {len(tensor)}"
                 )
         pad_id = getattr(self.tokenizer, "pad_token_id", None) or 0
         length = max(len(t) for t in tensors if t is not None)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
         out = {
-            "input_ids": torch.full((len(rows), length), pad_id, dtype=torch.long),
-            "text_attention_mask": torch.zeros(len(rows), length, dtype=torch.long),
+            ids_key: torch.full((len(rows), length), pad_id, dtype=torch.long),
+            mask_key: torch.zeros(len(rows), length, dtype=torch.long),
         }
-        if any(t is not None for t in types):
-            out["token_type_ids"] = torch.zeros(len(rows), length, dtype=torch.long)
+        if types_key and any(t is not None for t in types):
+            out[types_key] = torch.zeros(len(rows), length, dtype=torch.long)
         for index, tensor in enumerate(tensors):
             if tensor is None:
                 continue
-            out["input_ids"][index, : len(tensor)] = tensor
-            out["text_attention_mask"][index, : len(tensor)] = 1
-            if "token_type_ids" in out and types[index] is not None:
-                out["token_type_ids"][index, : len(tensor)] = torch.as_tensor(np.asarray(types[index]))
+            out[ids_key][index, : len(tensor)] = tensor
+            out[mask_key][index, : len(tensor)] = 1
+            if types_key in out and types[index] is not None:
+                out[types_key][index, : len(tensor)] = torch.as_tensor(np.asarray(types[index]))
         return out
 
-    def _segments(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """`{g}_segments` (B, N, 2) seconds and `{g}_segments_mask` (B, N) bool for each granularity any row has."""
+    def _segments(
+        self, rows: list[dict[str, Any]], declared: Mapping[str, tuple[str, str]]
+    ) -> dict[str, torch.Tensor]:
+        """`{g}_segments` (B, N, 2) seconds and `{g}_segments_mask` (B, N) bool (the keys `declared` for granularity
+        `g`) for each declared granularity any row has, from the row's `{g}_segments` or IEMOCAP's column."""
         out = {}
-        for granularity, columns in SEGMENT_COLUMNS.items():
+        for granularity, (segments_key, mask_key) in declared.items():
+            columns = tuple(dict.fromkeys((segments_key, *SEGMENT_COLUMNS.get(granularity, ()))))
             if not any(row.get(c) is not None for row in rows for c in columns):
                 continue
             per_row = []
@@ -217,7 +253,7 @@ class AvEmotionCollator:
                 if len(present) > 1:
                     raise ValueError(f"row {index} has both `{present[0]}` and `{present[1]}`; keep one of them")
                 per_row.append(_segment_list(row[present[0]], present[0], index) if present else None)
-            out[f"{granularity}_segments"], out[f"{granularity}_segments_mask"] = pad_segments(per_row)
+            out[segments_key], out[mask_key] = pad_segments(per_row)
         return out
 
     def _labels(self, rows: list[dict[str, Any]]) -> torch.Tensor:

@@ -4,6 +4,6 @@
 the Hub here): `"unweighted_accuracy"` and `"concordance_correlation"`.
 """
 
-from .emotion import BRANCH_NAMES, branch_metrics, classification_metrics, load_metric, regression_metrics
+from .emotion import branch_metrics, classification_metrics, load_metric, regression_metrics
 
-__all__ = ["BRANCH_NAMES", "branch_metrics", "classification_metrics", "load_metric", "regression_metrics"]
+__all__ = ["branch_metrics", "classification_metrics", "load_metric", "regression_metrics"]

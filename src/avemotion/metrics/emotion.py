@@ -11,14 +11,6 @@ import torch
 
 from avemotion.utils.losses import concordance_correlation_coefficient
 
-# Output branches of the models and the names used in metric reports.
-BRANCH_NAMES = {
-    "logits": "combined",
-    "fusion_logits": "audio_visual",
-    "audio_logits": "audio",
-    "visual_logits": "visual",
-    "text_logits": "text",
-}
 _EVALUATE_MODULES = Path(__file__).parent / "evaluate_modules"
 
 
@@ -73,6 +65,7 @@ def branch_metrics(
     references: np.ndarray,
     problem_type: str,
     id2label: Mapping[int, str] | None = None,
+    report_names: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Metrics for each model output branch.
 
@@ -82,6 +75,8 @@ def branch_metrics(
         references: (N,) class indices, or (N, K) targets for regression.
         problem_type: `"single_label_classification"` or `"regression"`.
         id2label: class or attribute names.
+        report_names: output name -> report name, as the model declares its evaluation branches
+            (`avemotion.models.declaration`); an output without one is reported under its own name.
 
     Returns:
         branch report name (`"audio_visual"`, `"audio"`, ...) -> metrics, plus `"num_samples"` per branch.
@@ -93,7 +88,7 @@ def branch_metrics(
         scored = ~np.isnan(values).any(axis=-1)
         if not scored.any():
             continue
-        name = BRANCH_NAMES.get(output_name, output_name)
+        name = (report_names or {}).get(output_name, output_name)
         if problem_type == "regression":
             names = [id2label[k] for k in range(values.shape[-1])] if id2label else None
             metrics = regression_metrics(references[scored], values[scored], names)

@@ -6,425 +6,76 @@ pipeline builds exactly those inputs; it never names a model. Every result names
 are cut into windows while they are decoded, so memory stays bounded whatever the length; audio and video are
 paired by time (presentation timestamps), not by position. Such inputs give one result per window with
 `start`/`end` seconds and an aggregate over the whole input.
+
+Input recognition is in `pipelines.inputs`, time windows in `pipelines.windows`; this module is the pipeline class
+(preprocess -> batched `_forward` -> postprocess), `model_input_spec` and `register_pipeline`. It is copied next to
+every saved checkpoint (`models.auto`) and imports its siblings absolutely, so that `trust_remote_code=True` loads it.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
 import numbers
 import os
-import re
 import types
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import av
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 from transformers.pipelines.base import ChunkPipeline, no_collate_fn, pad_collate_fn
-from transformers.pipelines.pt_utils import PipelineIterator, PipelinePackIterator
+from transformers.pipelines.pt_utils import PipelineChunkIterator, PipelineIterator, PipelinePackIterator
 
+from avemotion.models.declaration import InputSpec, ModalitySpec, read_declaration
+
+# re-exported here (their public names, and the private ones that tests reach) from where they now live
+from avemotion.pipelines.inputs import (  # noqa: F401
+    EmotionInput,
+    InputError,
+    _describe_input,
+    _Numbered,
+    check_seconds,
+    looks_like_path,
+    normalize_input,
+)
+from avemotion.pipelines.windows import (  # noqa: F401
+    _EPS,
+    MIN_WINDOW_SECONDS,
+    _AudioTrack,
+    _note,
+    _SpanNotes,
+    _stream_start,
+    _VideoTrack,
+    audio_windows,
+    media_windows,
+    time_windows,
+    transcript_window,
+    video_windows,
+)
 from avemotion.pipelines.workers import PreprocessPool, can_fork
 from avemotion.processing.faces import NoFaceFoundError
 from avemotion.processing.media import (
-    MEDIA_SUFFIXES,
     MIN_AUDIO_SAMPLES,
-    check_fps,
     check_sampling_rate,
     check_video_array,
     check_waveform,
     iter_audio_blocks,
     iter_video_frames,
-    media_streams,
     resample,
 )
 from avemotion.processing.processor import AvEmotionProcessor
-from avemotion.processing.segments import SEGMENT_GRANULARITIES, pad_segments
+from avemotion.processing.segments import pad_segments
 from avemotion.utils.inference import prepare_for_inference
 
 logger = logging.getLogger(__name__)
 
 TASK = "audio-visual-emotion"
 MODALITIES = ("audio", "video", "text")
-# the input-dict keys of pre-extracted features, per modality (the model's `input_spec` says which it accepts)
-FEATURE_FIELDS = {"audio": "audio_features", "video": "visual_features"}
 DEFAULT_WINDOW_SECONDS = 12.0
 _MAIN_PROCESS = os.getpid()  # the preprocessing workers are forked from it: they have other pids
-# Strings with one of these suffixes are file names even with spaces in them (a missing one is an error, not text).
-_FILE_SUFFIXES = MEDIA_SUFFIXES | {".txt", ".json", ".jsonl", ".csv", ".tsv", ".srt", ".vtt", ".lab", ".npy", ".npz"}
-# A file-like suffix: "speech.wa", "notes.txt" (not "e.g." or "3.5").
-_SUFFIX_PATTERN = re.compile(r"[^.\s]\.[A-Za-z][A-Za-z0-9]{0,4}$")
-_MIN_AUDIO_SAMPLES = MIN_AUDIO_SAMPLES  # one wav2vec2 frame (25 ms at 16 kHz)
-# Shortest window and stride: one model frame; shorter ones only multiply windows (1e-6 s ran out of memory).
-MIN_WINDOW_SECONDS = 0.025
 ERRORS_MODES = ("raise", "skip")
-_EPS = 1e-6  # seconds; tolerance when comparing timestamps
-
-
-@dataclass
-class EmotionInput:
-    """One normalised pipeline input. `audio`/`video` are a file path, or an array with its rate."""
-
-    name: str
-    audio: str | np.ndarray | None = None
-    sampling_rate: int | None = None
-    video: str | np.ndarray | None = None
-    fps: float | None = None
-    text: str | None = None
-    segments: dict[str, list] = field(default_factory=dict)
-    # pre-extracted (frames, dim) features, for models without backbones (e.g. from the feature cache)
-    audio_features: np.ndarray | None = None
-    visual_features: np.ndarray | None = None
-
-    @property
-    def has_features(self) -> bool:
-        return self.audio_features is not None or self.visual_features is not None
-
-
-def looks_like_path(value: str) -> bool:
-    """Whether a string names a file rather than being a transcript.
-
-    A string is a path when it ends in a media or text-file suffix (`clip.mp4`, `my notes.txt`), or has no whitespace
-    and contains a path separator or a file-like suffix (`clips/a`, `speech.wa`). Sentences (anything with a space
-    that does not end in such a suffix, e.g. "yes/no, and/or a transcript") are text; `{"text": ...}` is always text.
-    """
-    stripped = value.strip()
-    if not stripped or "\n" in stripped:
-        return False
-    if Path(stripped).suffix.lower() in _FILE_SUFFIXES:
-        return True
-    if any(character.isspace() for character in stripped):
-        return False
-    return "/" in stripped or os.sep in stripped or _SUFFIX_PATTERN.search(stripped) is not None
-
-
-def _exists(path: str) -> bool:
-    try:
-        return Path(path).exists()
-    except (OSError, ValueError):  # a name too long for the file system, or with a NUL byte: not a file
-        return False
-
-
-def _is_media_path(value: Any) -> bool:
-    """A path object, an existing file or directory, or a string that looks like a path (see `looks_like_path`)."""
-    if isinstance(value, os.PathLike):
-        return True
-    return isinstance(value, str) and (_exists(value) or looks_like_path(value))
-
-
-def check_seconds(value: Any, name: str) -> float:
-    """A window length or stride: finite and at least `MIN_WINDOW_SECONDS` (one model frame)."""
-    valid = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not valid or value < MIN_WINDOW_SECONDS:
-        raise ValueError(
-            f"{name} must be a finite number of seconds >= {MIN_WINDOW_SECONDS} (one model frame), got {value!r}"
-        )
-    return float(value)
-
-
-def _array_input(array: np.ndarray, name: str, sampling_rate: int | None) -> EmotionInput:
-    """Classify a bare array by its shape: 1-D is a waveform, (T, H, W, C) or grayscale (T, H, W) is video; anything
-    else is an error (a 2-D array is not a batch: several inputs go in a list)."""
-    if array.ndim == 1:
-        return EmotionInput(name=name, audio=array, sampling_rate=sampling_rate)
-    if array.ndim in (3, 4):  # (T, H, W, C) frames, or (T, H, W) grayscale; check_video_array says what it takes
-        return EmotionInput(name=name, video=array)
-    if array.ndim == 2:
-        raise ValueError(
-            f"{name}: a 2-D array of shape {array.shape} is neither a waveform (samples,) nor video frames "
-            "(frames, height, width, 3); mix channels to mono (e.g. x.mean(axis=0)), and pass several waveforms as "
-            "a list"
-        )
-    raise ValueError(
-        f"{name}: expected a 1-D waveform or (frames, height, width, 3) frames, got an array of shape {array.shape}"
-    )
-
-
-def normalize_input(inputs: Any, index: int = 0, sampling_rate: int | None = None) -> EmotionInput:
-    """Turn any accepted input form into an `EmotionInput`.
-
-    Accepted: a media path (a video gives its frames and its sound track), a transcript string (a string that does
-    not look like a path, see `looks_like_path`), a 1-D waveform (with `sampling_rate`), (T, H, W, 3) uint8 frames,
-    `{"array", "sampling_rate"}`, or a dict `{"audio", "video", "text", "segments", "sampling_rate", "fps"}` with
-    any subset (other keys such as `label` or `id` of a dataset row are ignored). Errors are `ValueError`s naming
-    the file or `input #index`.
-    """
-    name = f"input #{index}"
-    if sampling_rate is not None:
-        sampling_rate = check_sampling_rate(sampling_rate, name)
-    if isinstance(inputs, (str, os.PathLike)):
-        if not _is_media_path(inputs):
-            return EmotionInput(name=name, text=str(inputs))
-        path = os.fspath(inputs)
-        if Path(path).is_dir():
-            raise ValueError(f"{path!r}: is a directory, expected a media file")
-        if not Path(path).is_file():
-            hint = "" if Path(path).suffix.lower() in MEDIA_SUFFIXES else "; pass a transcript as {'text': ...}"
-            raise ValueError(f"{path!r}: no such file{hint}")
-        has_audio, has_video = media_streams(path)
-        return EmotionInput(name=path, audio=path if has_audio else None, video=path if has_video else None)
-    if isinstance(inputs, np.ndarray) or torch.is_tensor(inputs):
-        return _array_input(inputs.detach().cpu().numpy() if torch.is_tensor(inputs) else inputs, name, sampling_rate)
-    if isinstance(inputs, dict) or hasattr(inputs, "keys"):
-        if "array" in inputs and not ({"audio", "video", "text"} & set(inputs.keys())):
-            array, rate = _audio_dict(inputs, name, sampling_rate)
-            return EmotionInput(name=name, audio=array, sampling_rate=rate)
-        return _normalize_dict(inputs, index, sampling_rate)
-    raise ValueError(
-        f"{name}: expected a media path, a transcript, a waveform array, video frames or a dict with "
-        f"'audio', 'video' and/or 'text', got {type(inputs).__name__}"
-    )
-
-
-def _audio_dict(audio: Any, name: str, sampling_rate: int | None) -> tuple[np.ndarray, int]:
-    """`{"array", "sampling_rate"}` (or a `datasets` audio decoder); the call's `sampling_rate` fills a missing one."""
-    rate = audio["sampling_rate"] if "sampling_rate" in audio else sampling_rate
-    if rate is None:
-        raise ValueError(f"{name}: the {{'array': ...}} audio dict needs a 'sampling_rate' (or pass sampling_rate=)")
-    array = audio["array"]
-    return np.asarray(array.detach().cpu() if torch.is_tensor(array) else array), check_sampling_rate(rate, name)
-
-
-def _normalize_dict(inputs: Any, index: int, sampling_rate: int | None) -> EmotionInput:
-    item = EmotionInput(name=f"input #{index}", sampling_rate=sampling_rate)
-    if inputs.get("sampling_rate") is not None:
-        item.sampling_rate = check_sampling_rate(inputs["sampling_rate"], item.name)
-    if inputs.get("fps") is not None:
-        item.fps = check_fps(inputs["fps"], item.name)
-    audio, video, text = inputs.get("audio"), inputs.get("video"), inputs.get("text")
-    if audio is not None:
-        if isinstance(audio, (str, os.PathLike)):
-            item.audio, item.name = os.fspath(audio), os.fspath(audio)
-        elif hasattr(audio, "keys") or hasattr(audio, "__getitem__") and not isinstance(audio, (list, np.ndarray)):
-            # {"array", "sampling_rate"} or a datasets audio decoder
-            item.audio, item.sampling_rate = _audio_dict(audio, item.name, item.sampling_rate)
-        else:
-            item.audio = np.asarray(audio.detach().cpu() if torch.is_tensor(audio) else audio)
-    if video is not None:
-        item.video = os.fspath(video) if isinstance(video, (str, os.PathLike)) else np.asarray(video)
-        if isinstance(item.video, str):
-            item.name = item.video if item.audio is None else item.name
-    if text is not None:
-        if not isinstance(text, str):
-            raise ValueError(f"{item.name}: 'text' must be a string, got {type(text).__name__}")
-        item.text = text
-    for name in FEATURE_FIELDS.values():
-        value = inputs.get(name)
-        if value is not None:
-            value = np.asarray(value.detach().cpu() if torch.is_tensor(value) else value, dtype=np.float32)
-            if value.ndim not in (2, 3) or not np.isfinite(value).all():  # the model's spec fixes which (later)
-                raise ValueError(
-                    f"{item.name}: {name!r} must be a finite (frames, dim) array (or (layers, frames, dim) for a "
-                    f"model that takes every hidden state), got shape {value.shape}"
-                )
-            setattr(item, name, value)
-    item.segments = dict(inputs.get("segments") or {})
-    unknown = set(item.segments) - set(SEGMENT_GRANULARITIES)
-    if unknown:
-        raise ValueError(
-            f"{item.name}: unknown segment granularities {sorted(unknown)}; expected {SEGMENT_GRANULARITIES}"
-        )
-    if any(item.segments.values()) and item.audio is None and item.video is None and item.audio_features is None:
-        # the same error whether the item is alone or batched with items that have audio
-        raise ValueError(f"{item.name}: 'segments' are times in the audio, but the input has no audio")
-    if item.audio is None and item.video is None and item.text is None and not item.has_features:
-        raise ValueError(f"{item.name}: the dict holds none of 'audio', 'video' or 'text'")
-    return item
-
-
-class _AudioTrack:
-    """A stream of sample blocks read on demand, holding only the samples later windows still need."""
-
-    def __init__(self, blocks: Iterator[np.ndarray], rate: int):
-        self._blocks, self.rate = iter(blocks), rate
-        self._buffer, self._offset, self.done = np.zeros(0, dtype=np.float32), 0, False
-
-    @property
-    def end(self) -> float:
-        """Seconds read so far (the duration once `done`)."""
-        return (self._offset + len(self._buffer)) / self.rate
-
-    def read_to(self, seconds: float) -> None:
-        target = int(round(seconds * self.rate))
-        while not self.done and self._offset + len(self._buffer) < target:
-            block = next(self._blocks, None)
-            if block is None:
-                self.done = True
-            else:
-                self._buffer = np.concatenate([self._buffer, np.asarray(block, dtype=np.float32)])
-
-    def take(self, start: float, end: float) -> np.ndarray:
-        begin = int(round(start * self.rate))
-        stop = begin + int(round((end - start) * self.rate))
-        return self._buffer[max(begin - self._offset, 0) : max(stop - self._offset, 0)]
-
-    def drop_before(self, seconds: float) -> None:
-        cut = int(round(seconds * self.rate)) - self._offset
-        if cut > 0:
-            self._buffer, self._offset = self._buffer[cut:], self._offset + cut
-
-
-class _VideoTrack:
-    """Timed frames `(seconds, frame)` read on demand, holding only the frames later windows still need.
-
-    Frames are placed by their presentation time, so gaps (variable frame rate, dropped frames) stay gaps. The stream
-    ends one frame duration after its last frame (`frame_duration`, else the shortest interval seen)."""
-
-    def __init__(self, frames: Iterator[tuple[float, np.ndarray]], frame_duration: float | None = None):
-        self._frames, self._held = iter(frames), []
-        self._last: float | None = None
-        self._step, self.done = frame_duration, False
-
-    @property
-    def end(self) -> float:
-        if self._last is None:
-            return 0.0
-        return self._last + (self._step or 0.0) if self.done else self._last
-
-    def read_to(self, seconds: float) -> None:
-        while not self.done and (self._last is None or self._last < seconds - _EPS):
-            item = next(self._frames, None)
-            if item is None:
-                self.done = True
-                break
-            time, frame = float(item[0]), item[1]
-            if self._last is not None and time - self._last > _EPS:
-                self._step = min(self._step or math.inf, time - self._last)
-            self._last = time if self._last is None else max(self._last, time)
-            self._held.append((time, frame))
-
-    def take(self, start: float, end: float) -> list[np.ndarray]:
-        return [frame for time, frame in self._held if start - _EPS <= time < end - _EPS]
-
-    def drop_before(self, seconds: float) -> None:
-        self._held = [(time, frame) for time, frame in self._held if time >= seconds - _EPS]
-
-
-def time_windows(
-    audio: _AudioTrack | None, video: _VideoTrack | None, window_seconds: float, stride_seconds: float
-) -> Iterator[tuple[float, float, np.ndarray | None, list[np.ndarray] | None]]:
-    """Cut audio and video into the same windows, by time: `[k * stride, k * stride + window)` while the longer
-    stream covers them, then one last window aligned to the end of the longer stream if its tail is uncovered.
-
-    Yields `(start, end, samples, frames)`; `samples` / `frames` hold what that stream has in the window (possibly
-    nothing: a gap in the video, or a stream shorter than the other). Memory stays bounded by one window per
-    stream, whatever the input's length."""
-    tracks = [track for track in (audio, video) if track is not None]
-    if not tracks:
-        return
-
-    def take(start: float, end: float):
-        return (
-            audio.take(start, end) if audio is not None else None,
-            video.take(start, end) if video is not None else None,
-        )
-
-    k, covered = 0, None
-    while True:
-        start = k * stride_seconds
-        end = start + window_seconds
-        for track in tracks:
-            track.read_to(end)
-        if all(track.done for track in tracks) and end > max(track.end for track in tracks) + _EPS:
-            break
-        yield (start, end, *take(start, end))
-        covered, k = end, k + 1
-        for track in tracks:  # keep what the next window, or a tail window at the end of this stream, needs
-            track.drop_before(min(k * stride_seconds, track.end - window_seconds))
-    duration = max(track.end for track in tracks)
-    if covered is None or duration > covered + _EPS:
-        start = max(0.0, duration - window_seconds)
-        yield (start, duration, *take(start, duration + window_seconds))  # everything from `start` on
-
-
-def audio_windows(
-    blocks: Iterator[np.ndarray], rate: int, window_seconds: float, stride_seconds: float
-) -> Iterator[tuple[float, float, np.ndarray]]:
-    """Cut a stream of sample blocks into windows `[k * stride, k * stride + window)`; an uncovered tail gets one
-    last window aligned to the end of the stream. Only about one window of samples is held."""
-    for start, end, samples, _ in time_windows(_AudioTrack(blocks, rate), None, window_seconds, stride_seconds):
-        yield start, end, samples
-
-
-def video_windows(
-    frames: Iterator[tuple[float, np.ndarray]], window_seconds: float, stride_seconds: float
-) -> Iterator[tuple[float, float, np.ndarray]]:
-    """Group timed frames into the same windows as `audio_windows` (by timestamp; windows without frames are left
-    out); holds about one window of frames."""
-    for start, end, _, chunk in time_windows(None, _VideoTrack(frames), window_seconds, stride_seconds):
-        if chunk:
-            yield start, end, np.stack(chunk)
-
-
-def _stream_start(path: str, kind: str) -> float:
-    """Seconds at which the first `kind` ("audio" or "video") stream of a media file starts (0 when unknown)."""
-    try:
-        with av.open(path) as container:
-            streams = getattr(container.streams, kind)
-            if streams and streams[0].start_time is not None:
-                return float(streams[0].start_time * streams[0].time_base)
-    except (av.error.FFmpegError, OSError):  # unreadable: the decoders report it, naming the file
-        pass
-    return 0.0
-
-
-def _note(notes: list[str], note: str) -> None:
-    if note not in notes:
-        notes.append(note)
-
-
-class _SpanNotes:
-    """Notes about time spans, consecutive spans merged: "1.00-2.00, 5.00-9.00 s: no video frames; ..."."""
-
-    def __init__(self, limit: int = 5):
-        self._spans: dict[str, list[list[float]]] = {}
-        self._limit = limit
-
-    def add(self, what: str, start: float, end: float) -> None:
-        spans = self._spans.setdefault(what, [])
-        if spans and start <= spans[-1][1] + _EPS:
-            spans[-1][1] = max(spans[-1][1], end)
-        else:
-            spans.append([start, end])
-
-    def render(self) -> list[str]:
-        notes = []
-        for what, spans in self._spans.items():
-            text = ", ".join(f"{start:.2f}-{end:.2f}" for start, end in spans[: self._limit])
-            more = f" (and {len(spans) - self._limit} more spans)" if len(spans) > self._limit else ""
-            notes.append(f"{text} s{more}: {what}")
-        return notes
-
-
-@dataclass
-class _Numbered:
-    """An item of a list or generator input with its position, so that errors can name it."""
-
-    index: int
-    value: Any
-
-
-def _input_file(value: Any) -> str | None:
-    """The file an input names (for error messages), if any."""
-    if isinstance(value, os.PathLike) or isinstance(value, str) and _is_media_path(value):
-        return os.fspath(value)
-    if isinstance(value, dict):
-        for key in ("video", "audio"):
-            if isinstance(value.get(key), (str, os.PathLike)):
-                return os.fspath(value[key])
-    return None
-
-
-def _describe_input(item: Any) -> str:
-    """How errors of a worker name an input: `input #k` and its file, if any."""
-    index, value = (item.index, item.value) if isinstance(item, _Numbered) else (0, item)
-    file = _input_file(value)
-    return f"input #{index}" + (f" ({file!r})" if file is not None else "")
 
 
 class _Windows(IterableDataset):
@@ -443,6 +94,22 @@ def _closing(results: Iterator[Any], pool: PreprocessPool) -> Iterator[Any]:
         yield from results
     finally:
         pool.close()
+
+
+def _collate_errors(collate: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """`collate` (transformers' `pad_collate_fn`) for the items that have model inputs; error items (an `InputError`
+    meta, no model inputs) keep their place in the batch's `is_last` and `meta` lists only."""
+
+    def inner(items: list[dict[str, Any]]) -> dict[str, Any]:
+        media = [item for item in items if not isinstance(item["meta"], InputError)]
+        if len(media) == len(items):
+            return collate(items)
+        batch = collate(media) if media else {}
+        batch["is_last"] = [item["is_last"] for item in items]
+        batch["meta"] = [item["meta"] for item in items]
+        return batch
+
+    return inner
 
 
 class AudioVisualEmotionPipeline(ChunkPipeline):
@@ -532,8 +199,8 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
             raise ValueError(f"torch_compile needs a PyTorch model, got {type(self.model).__name__}")
 
     @property
-    def model_spec(self) -> dict[str, Any]:
-        """The model's `input_spec()` (read once)."""
+    def model_spec(self) -> InputSpec:
+        """The model's declared inputs (`avemotion.models.declaration`, read once)."""
         if "_model_spec" not in self.__dict__:
             self._model_spec = model_input_spec(self.model)
         return self._model_spec
@@ -541,7 +208,15 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
     @property
     def model_modalities(self) -> tuple[str, ...]:
         """The modalities the model takes, in its order."""
-        return tuple(self.model_spec["modalities"])
+        return tuple(self.model_spec.modalities)
+
+    @property
+    def min_audio_samples(self) -> int:
+        """The shortest waveform the pipeline passes on: the model's one frame (its waveform input's declared
+        `min_samples`), at least what the feature extractor takes (`MIN_AUDIO_SAMPLES`)."""
+        waveforms = self.model_spec.with_layout("waveform")
+        declared = next((spec.min_samples for spec in waveforms if spec.min_samples), 0)
+        return max(declared, MIN_AUDIO_SAMPLES)
 
     def _sanitize_parameters(
         self,
@@ -578,7 +253,7 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
     def _window_and_stride(self, window_seconds: float | None, stride_seconds: float | None) -> tuple[float, float]:
         """The window and stride in effect (defaults: `config.window_seconds` and the window), validated."""
         if window_seconds is None:
-            default = self.model_spec.get("window_seconds") or DEFAULT_WINDOW_SECONDS
+            default = self.model_spec.window_seconds or DEFAULT_WINDOW_SECONDS
             window = check_seconds(default, "config.window_seconds")
         else:
             window = check_seconds(window_seconds, "window_seconds")
@@ -636,23 +311,31 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
         if num_workers and not single and not can_fork():
             logger.warning("%s: num_workers=%d needs forked processes; preprocessing in-process", TASK, num_workers)
             num_workers = 0
+        if "TOKENIZERS_PARALLELISM" not in os.environ:  # as transformers' ChunkPipeline.get_iterator
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        pool = None
         if not num_workers or single:
-            # the parent's DataLoader in the calling process (transformers would start one worker for num_workers=1)
-            return super().get_iterator(inputs, 0, batch_size, preprocess_params, forward_params, postprocess_params)
-        workers = min(int(num_workers), len(inputs)) if isinstance(inputs, list) else int(num_workers)
-        pool = PreprocessPool(
-            functools.partial(self.preprocess, **preprocess_params),
-            inputs,
-            workers,
-            describe=_describe_input,
-            windows_ahead=PreprocessPool.windows_ahead_for(batch_size, workers),
-        )
-        # the same batching, forward and regrouping as transformers' ChunkPipeline.get_iterator
+            # preprocessed in the calling process (transformers would start one DataLoader worker for num_workers=1)
+            windows: IterableDataset = PipelineChunkIterator(inputs, self.preprocess, preprocess_params)
+        else:
+            workers = min(int(num_workers), len(inputs)) if isinstance(inputs, list) else int(num_workers)
+            pool = PreprocessPool(
+                functools.partial(self.preprocess, **preprocess_params),
+                inputs,
+                workers,
+                describe=_describe_input,
+                windows_ahead=PreprocessPool.windows_ahead_for(batch_size, workers),
+            )
+            windows = _Windows(pool)
+        # the same batching, forward and regrouping as transformers' ChunkPipeline.get_iterator, error items aside
         feature_extractor = self.feature_extractor if self.feature_extractor is not None else self.image_processor
-        collate_fn = no_collate_fn if batch_size == 1 else pad_collate_fn(self.tokenizer, feature_extractor)
-        loader = DataLoader(_Windows(pool), num_workers=0, batch_size=batch_size, collate_fn=collate_fn)
+        collate_fn = (
+            no_collate_fn if batch_size == 1 else _collate_errors(pad_collate_fn(self.tokenizer, feature_extractor))
+        )
+        loader = DataLoader(windows, num_workers=0, batch_size=batch_size, collate_fn=collate_fn)
         model_iterator = PipelinePackIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
-        return _closing(PipelineIterator(model_iterator, self.postprocess, postprocess_params), pool)
+        results = PipelineIterator(model_iterator, self.postprocess, postprocess_params)
+        return results if pool is None else _closing(results, pool)
 
     # -- preprocessing ------------------------------------------------------------------------------------------------
 
@@ -668,9 +351,9 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
         try:
             yield from self._preprocess_item(value, index or 0, window, stride, sampling_rate)
         except (ValueError, OSError) as error:
-            # an unusable input becomes an error item: reported (or skipped) in its turn by `postprocess`, so that
-            # the inputs before it, batched with it or not, keep their results
-            yield self._error_item(value, index, error)
+            # an unusable input becomes an error item (an `InputError` and no model inputs): reported (or skipped) in
+            # its turn by `postprocess`, so that the inputs before it, batched with it or not, keep their results
+            yield {"is_last": True, "meta": InputError.from_exception(value, index, error)}
 
     def _preprocess_item(
         self, value: Any, index: int, window: float, stride: float, sampling_rate: int | None
@@ -711,62 +394,52 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
             }
             current = following
 
-    def _error_item(self, value: Any, index: int | None, error: Exception) -> dict[str, Any]:
-        """An item carrying the error message (naming the position and the file) instead of media; its model inputs
-        are empty placeholders with the usual keys, so that it can be batched, and `_forward` leaves it out."""
-        message, file = str(error) or type(error).__name__, _input_file(value)
-        where = []
-        if index is not None and not re.search(rf"\binput #{index}\b", message):
-            where.append(f"input #{index}")
-        if file is not None and file not in message:
-            where.append(f"({file!r})" if where else repr(file))
-        if where:
-            message = f"{' '.join(where)}: {message}"
-        name = file if file is not None else f"input #{index or 0}"
-        encoded = self._model_inputs(EmotionInput(name=name), None, None)
-        return {**encoded, "is_last": True, "meta": {"error": message, "name": name}}
-
     def _features_item(self, item: EmotionInput) -> dict[str, Any]:
         """Pre-extracted features go to the model as they are, in one window: every modality whose `input_spec` entry
         has `"features"` takes them (absent: one zero frame, masked), except a transcript given as text, which keeps
         its token inputs; modalities without a `"features"` entry get their usual (possibly empty) inputs."""
         if item.audio is not None or item.video is not None:
             raise ValueError(f"{item.name}: give either media or pre-extracted features, not both")
-        modalities = self.model_spec["modalities"]
-        for modality, field_name in FEATURE_FIELDS.items():
-            if getattr(item, field_name) is not None and "features" not in modalities.get(modality, {}):
+        modalities = self.model_spec.modalities
+        # a transcript is given as text: its cached features (if the model declares any) are the collator's business
+        taken = {spec.features[0]: spec for spec in modalities.values() if spec.features and spec.layout != "tokens"}
+        for field_name in item.features:
+            if field_name not in taken:
+                accepted = f"pre-extracted features {sorted(taken)}" if taken else "no pre-extracted features"
                 raise ValueError(
-                    f"{item.name}: this model does not take pre-extracted {modality} features ({field_name!r}); it "
-                    f"takes {' and '.join(self.model_modalities)} as media"
+                    f"{item.name}: this model does not take pre-extracted features {field_name!r}; it takes "
+                    f"{accepted}, or {' and '.join(self.model_modalities)} as media"
                 )
         encoded, used = self._model_inputs(item, None, None), []
         for modality, spec in modalities.items():
-            field_name = FEATURE_FIELDS.get(modality)  # text: tokens of a transcript (or its empty placeholder)
-            if field_name is not None and "features" in spec:
+            if spec.features and spec.features[0] in taken:
                 self._drop_inputs(encoded, spec)
-                value = getattr(item, field_name)
+                value = item.features.get(spec.features[0])
                 encoded.update(self._feature_inputs(item.name, spec, value))
                 used += [modality] if value is not None else []
-            elif modality == "text" and item.text is not None:
+            elif spec.layout == "tokens" and item.text is not None:
                 used.append(modality)
-        frames = item.audio_features if item.audio_features is not None else item.visual_features
-        rate = 50.0 if item.audio_features is not None else (item.fps or 30.0)
+        # the length in seconds, from the first given features that have a declared frame rate (else the video's)
+        given = [spec for spec in taken.values() if spec.features[0] in item.features]
+        timed = next((spec for spec in given if spec.feature_rate), given[0])
+        frames = item.features[timed.features[0]]
+        rate = timed.feature_rate or item.fps or 30.0
         end = frames.shape[-2] / rate
         meta = {"start": 0.0, "end": end, "modalities": used, "notes": [], "name": item.name}
         return {**encoded, "is_last": True, "meta": meta}
 
     @staticmethod
-    def _drop_inputs(encoded: dict[str, Any], spec: dict[str, Any]) -> None:
+    def _drop_inputs(encoded: dict[str, Any], spec: ModalitySpec) -> None:
         """Remove a modality's raw inputs (replaced by its features)."""
-        for name in (*spec["inputs"], *spec.get("extra_inputs", ())):
+        for name in (*spec.inputs, *spec.extra_inputs):
             encoded.pop(name, None)
 
     @staticmethod
-    def _feature_inputs(name: str, spec: dict[str, Any], value: np.ndarray | None) -> dict[str, torch.Tensor]:
+    def _feature_inputs(name: str, spec: ModalitySpec, value: np.ndarray | None) -> dict[str, torch.Tensor]:
         """`{features key: (1, [layers,] frames, dim), mask key: (1, frames)}` (`layers` where the spec declares
         `feature_layers`); an absent value is one zero frame, masked."""
-        key, mask_key = spec["features"]
-        dim, layers = spec["feature_dim"], spec.get("feature_layers")
+        key, mask_key = spec.features
+        dim, layers = spec.feature_dim, spec.feature_layers
         shape = (layers, 1, dim) if layers else (1, dim)
         if value is not None:
             if value.ndim != len(shape) or (layers and value.shape[0] != layers):
@@ -784,45 +457,18 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
     def _windows(
         self, item: EmotionInput, usable: list[str], window: float, stride: float, notes: list[str]
     ) -> Iterator[tuple[float, float, np.ndarray | None, np.ndarray | None]]:
-        """Time-aligned `(start, end, audio samples, video frames)` windows, decoded lazily; a modality that has
-        nothing usable in a window is None there (and noted); windows with nothing usable are left out (noted).
-
-        An input with a transcript is one window (the transcript belongs to the whole utterance)."""
+        """Time-aligned `(start, end, audio samples, video frames)` windows, decoded lazily (see
+        `windows.media_windows`); an input with a transcript is one window (`windows.transcript_window`)."""
         rate = self.processor.feature_extractor.sampling_rate
         if "text" in usable:
             samples = np.concatenate(list(self._audio_blocks(item, rate, alone=False))) if "audio" in usable else None
-            if samples is not None and len(samples) < _MIN_AUDIO_SAMPLES:
-                _note(notes, f"the audio is shorter than one model frame ({_MIN_AUDIO_SAMPLES} samples); not used")
-                samples = None
-            yield 0.0, 0.0 if samples is None else len(samples) / rate, samples, None
+            yield transcript_window(samples, rate, self.min_audio_samples, notes)
             return
         audio = (
             _AudioTrack(self._audio_blocks(item, rate, alone=usable == ["audio"]), rate) if "audio" in usable else None
         )
         video = self._video_track(item, audio is not None) if "video" in usable else None
-        if isinstance(video, np.ndarray):  # frames of unknown rate and no audio: one window
-            yield 0.0, 0.0, None, video
-            return
-        spans = _SpanNotes()
-        for start, end, samples, frames in time_windows(audio, video, window, stride):
-            has_audio = samples is not None and len(samples) >= _MIN_AUDIO_SAMPLES
-            if not has_audio and not frames:
-                missing = []
-                if audio is not None:
-                    short = samples is not None and len(samples) > 0
-                    missing.append(f"audio shorter than one model frame ({_MIN_AUDIO_SAMPLES} samples)" if short
-                                   else "no audio")  # fmt: skip
-                if video is not None:
-                    missing.append("no video frames")
-                spans.add(f"{' and '.join(missing)}; window left out", start, end)
-                continue
-            if audio is not None and not has_audio:
-                spans.add("no audio; used video only", start, end)
-            if video is not None and not frames:
-                spans.add("no video frames; used audio only", start, end)
-            yield start, end, samples if has_audio else None, np.stack(frames) if frames else None
-        for note in spans.render():
-            _note(notes, note)
+        yield from media_windows(audio, video, window, stride, self.min_audio_samples, notes)
 
     def _audio_blocks(self, item: EmotionInput, rate: int, alone: bool = True) -> Iterator[np.ndarray]:
         """Mono sample blocks at `rate`; a waveform shorter than one model frame is an error when it is the only
@@ -835,10 +481,10 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
             logger.warning("%s: no sampling_rate given for the waveform; assuming %d Hz", item.name, rate)
             source_rate = rate
         waveform = resample(waveform, int(source_rate), rate)
-        if len(waveform) < _MIN_AUDIO_SAMPLES and alone:
+        if len(waveform) < self.min_audio_samples and alone:
             raise ValueError(
                 f"audio of {item.name}: {len(item.audio)} samples at {source_rate} Hz is shorter than one model frame "
-                f"({_MIN_AUDIO_SAMPLES / rate * 1000:.0f} ms)"
+                f"({self.min_audio_samples / rate * 1000:.0f} ms)"
             )
         return iter([waveform])
 
@@ -898,78 +544,76 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
         placeholder with an all-zero mask."""
         encoded: dict[str, torch.Tensor] = {}
         builders = {"audio": self._audio_inputs, "video": self._video_inputs, "text": self._text_inputs}
-        for modality, spec in self.model_spec["modalities"].items():
+        for modality, spec in self.model_spec.modalities.items():
             if modality not in builders:
                 raise ValueError(f"{TASK} takes {MODALITIES}; the model's input_spec names {modality!r}")
             values, mask, extra = builders[modality](item, audio, pixels, spec)
-            values_key, mask_key = spec["inputs"]
+            values_key, mask_key = spec.inputs
             encoded[values_key], encoded[mask_key] = values, mask
-            encoded.update({name: extra[name] for name in spec.get("extra_inputs", ()) if name in extra})
-        for granularity, (segments_key, mask_key) in self.model_spec.get("segments", {}).items():
+            encoded.update({name: extra[name] for name in spec.extra_inputs if name in extra})
+        for granularity, (segments_key, mask_key) in self.model_spec.segments.items():
             segments, mask = pad_segments([item.segments.get(granularity)])
             encoded[segments_key], encoded[mask_key] = segments, mask.long()
         return encoded
 
-    def _audio_inputs(self, item: EmotionInput, audio: np.ndarray | None, pixels: Any, spec: dict[str, Any]):
+    def _audio_inputs(self, item: EmotionInput, audio: np.ndarray | None, pixels: Any, spec: ModalitySpec):
         """`(input_values (1, samples), mask (1, samples), {})`; no audio: one model frame of zeros, masked."""
         if audio is None:
-            return torch.zeros(1, _MIN_AUDIO_SAMPLES), torch.zeros(1, _MIN_AUDIO_SAMPLES, dtype=torch.long), {}
+            frame = self.min_audio_samples
+            return torch.zeros(1, frame), torch.zeros(1, frame, dtype=torch.long), {}
         rate = self.processor.feature_extractor.sampling_rate
         features = self.processor(audio=audio, sampling_rate=rate, return_tensors="pt")
         return features["input_values"], features["audio_attention_mask"], {}
 
-    def _video_inputs(self, item: EmotionInput, audio: np.ndarray | None, pixels: Any, spec: dict[str, Any]):
+    def _video_inputs(self, item: EmotionInput, audio: np.ndarray | None, pixels: Any, spec: ModalitySpec):
         """`(uint8 face crops (1, frames, 3, H, W), mask (1, frames), {})`; no face crops: one zero frame, masked
         (uint8 too: a batch's items share a dtype)."""
         if pixels is None:
             size = self.processor.image_processor.size
             frames = torch.zeros(1, 1, 3, size["height"], size["width"], dtype=torch.uint8)
             return frames, torch.zeros(1, 1, dtype=torch.long), {}
-        return pixels["face_crops"], pixels["visual_features_mask"], {}
+        return pixels["face_crops"], pixels[self.processor.image_processor.model_input_names[1]], {}
 
-    def _text_inputs(self, item: EmotionInput, audio: np.ndarray | None, pixels: Any, spec: dict[str, Any]):
-        """`(input_ids (1, tokens), mask (1, tokens), other tokenizer outputs)`, cut to the spec's `max_length`; no
-        transcript: the tokens of an empty string, masked."""
-        max_length = spec.get("max_length") or 128
-        tokens = self.processor(
-            text=item.text or "", return_tensors="pt", text_kwargs={"truncation": True, "max_length": max_length}
-        )
+    def _text_inputs(self, item: EmotionInput, audio: np.ndarray | None, pixels: Any, spec: ModalitySpec):
+        """`(input_ids (1, tokens), mask (1, tokens), other tokenizer outputs)`, cut to the declared `max_length`
+        (none declared: the tokenizer's own limit); no transcript: the tokens of an empty string, masked."""
+        text_kwargs: dict[str, Any] = {"truncation": True}
+        if spec.max_length:
+            text_kwargs["max_length"] = spec.max_length
+        tokens = self.processor(text=item.text or "", return_tensors="pt", text_kwargs=text_kwargs)
         return tokens["input_ids"], tokens["attention_mask"] * int(item.text is not None), dict(tokens)
 
     # -- forward and postprocessing -----------------------------------------------------------------------------------
 
     def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
+        """Logits of a window or a batch of them. Error items (`InputError` metas) have no model inputs (`_collate`
+        leaves them out of the batched inputs): their logits are None, and the model sees only the other rows."""
         is_last, meta = model_inputs.pop("is_last"), model_inputs.pop("meta")
-        metas = meta if isinstance(meta, list) else [meta]
-        kept = [row for row, item_meta in enumerate(metas) if "error" not in item_meta]
-        if len(kept) == len(metas):
-            logits = self._run_model(model_inputs)
-        else:  # error items carry no media: the model sees only the other rows
-            logits = torch.zeros(len(metas), self.model.config.num_labels)
-            if kept:
-                rows = torch.tensor(kept)
-                kept_logits = self._run_model({name: value[rows] for name, value in model_inputs.items()})
-                logits = kept_logits.new_zeros(len(metas), kept_logits.shape[-1])  # on the model's device
-                logits[rows.to(logits.device)] = kept_logits
-        return {"is_last": is_last, "meta": meta, "logits": logits}
+        if isinstance(meta, InputError):  # an unbatched error item
+            return {"is_last": is_last, "meta": meta, "logits": None}
+        errors = [isinstance(item_meta, InputError) for item_meta in meta] if isinstance(meta, list) else []
+        if not any(errors):
+            return {"is_last": is_last, "meta": meta, "logits": self._run_model(model_inputs)}
+        rows = iter(self._run_model(model_inputs) if model_inputs else ())
+        return {"is_last": is_last, "meta": meta, "logits": [None if error else next(rows) for error in errors]}
 
     def _run_model(self, model_inputs: dict[str, Any]) -> torch.Tensor:
         """The model's logits (float32) for a batch: a modality that no row of the batch has is not passed at all,
         segment masks are booleans and other float inputs take the model's dtype."""
-        for spec in self.model_spec["modalities"].values():
-            groups = [(spec["inputs"], spec.get("extra_inputs", ()))]
-            if "features" in spec:
-                groups.append((spec["features"], ()))
+        for spec in self.model_spec.modalities.values():
+            groups = [(spec.inputs, spec.extra_inputs)]
+            if spec.features:
+                groups.append((spec.features, ()))
             for (values, mask), extra in groups:
                 if values in model_inputs and mask in model_inputs and not model_inputs[mask].any():
                     for name in (values, mask, *extra):
                         model_inputs.pop(name, None)
-        video = self.model_spec["modalities"].get("video")
-        crops = model_inputs.get(video["inputs"][0]) if video else None
-        if crops is not None and crops.dtype == torch.uint8:  # face crops: normalised on the model's device
-            model_inputs[video["inputs"][0]] = self.processor.image_processor.normalize_crops(crops)
-        segment_keys = {key for keys in self.model_spec.get("segments", {}).values() for key in keys}
-        segment_masks = {mask for _, mask in self.model_spec.get("segments", {}).values()}
+        for spec in self.model_spec.with_layout("frames"):
+            crops = model_inputs.get(spec.inputs[0])
+            if crops is not None and crops.dtype == torch.uint8:  # face crops: normalised on the model's device
+                model_inputs[spec.inputs[0]] = self.processor.image_processor.normalize_crops(crops)
+        segment_keys = {key for keys in self.model_spec.segments.values() for key in keys}
+        segment_masks = {mask for _, mask in self.model_spec.segments.values()}
         for name, value in model_inputs.items():
             if name in segment_masks:
                 model_inputs[name] = value.bool()
@@ -1012,10 +656,10 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
         """An error item's `{"error", "input"}` result (`errors="skip"`); raises it with `errors="raise"`."""
         for output in model_outputs:
             meta = output["meta"][0] if isinstance(output["meta"], list) else output["meta"]
-            if "error" in meta:
+            if isinstance(meta, InputError):
                 if errors == "skip":
-                    return {"error": meta["error"], "input": meta["name"]}
-                raise ValueError(meta["error"])
+                    return {"error": meta.message, "input": meta.name}
+                raise ValueError(meta.message)
         return None
 
     def _window_values(self, model_outputs: list[dict[str, Any]], regression: bool) -> list[tuple[dict, torch.Tensor]]:
@@ -1059,18 +703,13 @@ class AudioVisualEmotionPipeline(ChunkPipeline):
         return predictions
 
 
-def model_input_spec(model: Any) -> dict[str, Any]:
-    """The model's `input_spec()` (see the model classes), checked: every modality names its `"inputs"` pair."""
-    declare = getattr(model, "input_spec", None)
-    if not callable(declare):
+def model_input_spec(model: Any) -> InputSpec:
+    """The model's declared inputs, read and checked by `avemotion.models.declaration.read_declaration`."""
+    if not callable(getattr(model, "input_spec", None)):
         raise ValueError(
             f"{TASK} needs a model that declares its inputs with `input_spec()`, got {type(model).__name__}"
         )
-    spec = declare()
-    modalities = spec.get("modalities") or {}
-    if not modalities or any(len(entry.get("inputs", ())) != 2 for entry in modalities.values()):
-        raise ValueError(f"{type(model).__name__}.input_spec(): each modality needs an (inputs, mask) pair")
-    return spec
+    return read_declaration(model).inputs
 
 
 def register_pipeline() -> None:

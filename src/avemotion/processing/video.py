@@ -182,7 +182,9 @@ class AvEmotionImageProcessor(PilBackend):
         - `visual_features_mask` (batch, frames) int64: 1 on rows holding a face crop, 0 on frames without a face
           and on padding;
         - `num_frames_without_face` (batch,) int64: frames of each video in which no face was found.
-    A video in which no frame shows a face raises a `ValueError`.
+    A video in which no frame shows a face raises a `ValueError`. The first two keys are `model_input_names`, VAVL's
+    by default; a processor for another model takes that model's declared video `inputs` pair
+    (`AvEmotionImageProcessor(model_input_names=[values key, mask key])`, saved with the other settings).
     """
 
     valid_kwargs = AvEmotionImageProcessorKwargs
@@ -376,7 +378,7 @@ class AvEmotionImageProcessor(PilBackend):
         """
         settings, crops, masks = self._face_crops_of(videos, kwargs)
         rows = [self._normalize(row, settings) for row in crops]
-        return BatchFeature(data=self._batch("pixel_values_videos", rows, masks), tensor_type=return_tensors)
+        return BatchFeature(data=self._batch(self.model_input_names[0], rows, masks), tensor_type=return_tensors)
 
     def face_crops(self, videos: Any, return_tensors: str | None = None, **kwargs: Any) -> BatchFeature:
         """`preprocess` without the rescaling and normalisation: `face_crops` (B, T, 3, H, W) uint8, a quarter of
@@ -419,20 +421,21 @@ class AvEmotionImageProcessor(PilBackend):
             masks.append(mask)
         return settings, crops, masks
 
-    @staticmethod
-    def _batch(key: str, rows: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """`{key: (B, T_max, ...) zero-padded rows, "visual_features_mask", "num_frames_without_face"}`."""
+    def _batch(self, key: str, rows: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """`{key: (B, T_max, ...) zero-padded rows, mask key: (B, T_max), "num_frames_without_face"}`; the mask key is
+        the second of `model_input_names` (the model's, see `model_input_names`)."""
+        mask_key = self.model_input_names[1]
         # each frame without a face is exactly one masked row
         missing = np.asarray([int((mask == 0).sum()) for mask in masks], dtype=np.int64)
         if len(rows) == 1:  # one video (the pipeline's case): no padded copy
-            return {key: rows[0][None], "visual_features_mask": masks[0][None], "num_frames_without_face": missing}
+            return {key: rows[0][None], mask_key: masks[0][None], "num_frames_without_face": missing}
         max_len = max(len(r) for r in rows)
         batch = np.zeros((len(rows), max_len, *rows[0].shape[1:]), dtype=rows[0].dtype)
         batch_mask = np.zeros((len(rows), max_len), dtype=np.int64)
         for i, (row, mask) in enumerate(zip(rows, masks)):
             batch[i, : len(row)] = row
             batch_mask[i, : len(mask)] = mask
-        return {key: batch, "visual_features_mask": batch_mask, "num_frames_without_face": missing}
+        return {key: batch, mask_key: batch_mask, "num_frames_without_face": missing}
 
     def _frames(self, video: Any, name: str, settings: dict) -> np.ndarray:
         max_frames = settings["max_frames"]

@@ -3,6 +3,9 @@
 - `trainer`: `EmotionTrainer` (the training loop, the steps, evaluation per branch, model selection);
 - `schedules`: the steps of a batch read from `model.training_steps()` / `input_spec()`, and their rows;
 - `checkpointing`: the run's files in `output_dir` (model directories, checkpoints, resumption);
+- `run_files`: the layout of `output_dir` (file and folder names, a model directory's files) and `load_model`, the
+  loader of a trained model directory (train, evaluate, push);
+- `resume_state`: what a checkpoint holds besides the model (`TrainerState`, optimizer, scheduler, random states);
 - `files`, `batches`: atomic writes and checkpoint-file checks; row-indexed batches with checked labels;
 - `arguments`: `TrainingArguments` and their command-line form (`transformers.HfArgumentParser`);
 - `cli_train`, `cli_evaluate`, `cli_push`: the `avemotion train` / `evaluate` / `push` commands;

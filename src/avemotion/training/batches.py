@@ -141,12 +141,16 @@ class RowIndexedCollator:
 
 
 def default_collator(
-    label_column: str | list[str] = "label", sampling_rate: int = 16000, pad_to_multiple_of: int | None = None
+    label_column: str | list[str] = "label",
+    sampling_rate: int = 16000,
+    pad_to_multiple_of: int | None = None,
+    inputs: Any = None,
 ) -> Callable:
-    """The data package's padding collator (`avemotion.data.collators.AvEmotionCollator`); audio values are resampled
-    to `sampling_rate` (the model's, from its `input_spec`); padded lengths rounded up to `pad_to_multiple_of`."""
+    """The data package's padding collator (`avemotion.data.collators.AvEmotionCollator`) for the model's declared
+    `inputs` (`read_declaration(model).inputs`); audio values are resampled to `sampling_rate` (the model's);
+    padded lengths rounded up to `pad_to_multiple_of`."""
     from avemotion.data.collators import AvEmotionCollator
 
     return AvEmotionCollator(
-        label_column=label_column, sampling_rate=sampling_rate, pad_to_multiple_of=pad_to_multiple_of
+        label_column=label_column, sampling_rate=sampling_rate, pad_to_multiple_of=pad_to_multiple_of, inputs=inputs
     )

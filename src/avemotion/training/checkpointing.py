@@ -21,13 +21,13 @@ import torch
 from avemotion.utils.json_files import read_json
 
 from .files import atomic_write_text, file_problem, load_weights, recover_directory, replace_directory
-from .hub import CARD_FIGURES
 from .resume_state import (
     OPTIMIZER_STATE,
     RNG_STATE,
     SCALER_STATE,
     SCHEDULER_STATE,
     CheckpointError,
+    TrainerState,
     UnsafeCheckpointError,
     check_like_live,
     check_optimizer_state,
@@ -38,29 +38,37 @@ from .resume_state import (
     set_rng_state,
     write_state,
 )
+from .run_files import (  # the run directory's names, importable from here as before
+    ARGS_FILE,
+    BEST_DIR,
+    CARD_FIGURES,
+    CARD_FILE,
+    CHECKPOINT_PREFIX,
+    CHECKPOINTS_DIR,
+    LOG_FILE,
+    RESULTS_FILE,
+    RUN_ARTIFACTS,
+    SAVING_DIR,
+    STAGING_DIRS,
+    STATE_FILE,
+    TEST_RESULTS_FILE,
+    WEIGHT_PATTERNS,
+    checkpoint_name,
+)
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "trainer_state.json"
-RESULTS_FILE = "eval_results.json"
-LOG_FILE = "training_log.jsonl"
-BEST_DIR = "best_model"
-CHECKPOINTS_DIR = "checkpoints"
-ARGS_FILE = "training_args.json"
-TEST_RESULTS_FILE = "test_results.json"
-SAVING_DIR = ".saving.tmp"  # save_model's staging folder inside the directory it saves to
-# the staging folders of an interrupted save: save_model's, and best_model's (written aside, then swapped in by
-# replace_directory, which renames the previous one to .best_model.old meanwhile)
-STAGING_DIRS = (SAVING_DIR, f".{BEST_DIR}.tmp", f".{BEST_DIR}.old")
-# what a previous run leaves in output_dir (refused without overwrite_output_dir; deleted with it)
-RUN_ARTIFACTS = (CHECKPOINTS_DIR, BEST_DIR, LOG_FILE, RESULTS_FILE, TEST_RESULTS_FILE, ARGS_FILE, "config.json",
-                 "model.safetensors", "model.safetensors.index.json", *CARD_FIGURES, *STAGING_DIRS)  # fmt: skip
-WEIGHT_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin")
+__all__ = [
+    "ARGS_FILE", "BEST_DIR", "CHECKPOINTS_DIR", "LOG_FILE", "RESULTS_FILE", "RUN_ARTIFACTS", "SAVING_DIR",
+    "STAGING_DIRS", "STATE_FILE", "TEST_RESULTS_FILE", "WEIGHT_PATTERNS", "CheckpointingMixin",
+]  # fmt: skip
 
 
 class CheckpointingMixin:
     """The saving and resuming half of `EmotionTrainer` (which provides `accelerator`, `args`, `model`, `state`,
     `processor`, `output_dir` and `train_dataset`)."""
+
+    state: TrainerState
 
     def _previous_run(self) -> list[str]:
         return [name for name in RUN_ARTIFACTS if (self.output_dir / name).exists()]
@@ -158,7 +166,7 @@ class CheckpointingMixin:
         if self.processor is not None:
             self.processor.save_pretrained(directory)
         markdown = self._card_figures(directory, metrics) if figures else None
-        self.model_card(metrics, figures=markdown).save(str(directory / "README.md"))
+        self.model_card(metrics, figures=markdown).save(str(directory / CARD_FILE))
 
     def _card_figures(self, directory: Path, metrics: dict[str, Any] | None) -> str:
         """Write the card's figures (`hub.write_card_figures`) into `directory`; returns the markdown embedding them."""
@@ -167,7 +175,7 @@ class CheckpointingMixin:
         config = self.accelerator.unwrap_model(self.model).config
         return write_card_figures(
             directory, metrics, class_names=class_names_of(config), metric_name=self.metric_name,
-            log_records=self.state["log_history"], split="evaluation",
+            log_records=self.state.log_history, split="evaluation",
         )  # fmt: skip
 
     def model_card(self, metrics: dict[str, Any] | None = None, figures: str | None = None):
@@ -182,8 +190,8 @@ class CheckpointingMixin:
                 hyperparameters[key] = Path(hyperparameters[key]).name
         rows = len(self.train_dataset) if self.train_dataset is not None else 0
         training_data = (
-            f"Trained with `avemotion.training.EmotionTrainer` on {rows} rows ({self.state['epoch']} epochs, "
-            f"{self.state['global_step']} updates); metrics on the evaluation set it was selected on."
+            f"Trained with `avemotion.training.EmotionTrainer` on {rows} rows ({self.state.epoch} epochs, "
+            f"{self.state.global_step} updates); metrics on the evaluation set it was selected on."
         )
         if self.processor is None:
             training_data += (
@@ -203,7 +211,7 @@ class CheckpointingMixin:
         were)."""
         acc = self.accelerator
         checkpoints = self.output_dir / CHECKPOINTS_DIR
-        name = f"checkpoint-{self.state['global_step']:07d}"
+        name = checkpoint_name(self.state.global_step)
         staging = checkpoints / f".{name}.tmp"
         if acc.is_main_process:
             shutil.rmtree(staging, ignore_errors=True)
@@ -211,7 +219,7 @@ class CheckpointingMixin:
         state_dict = acc.get_state_dict(self.model)  # a collective under some distributed back-ends
         if acc.is_main_process:
             staging.mkdir(parents=True)
-            history = self.state["log_history"]
+            history = self.state.log_history
             self._write_model_dir(staging, state_dict, history[-1].get("eval") if history else None)
             write_state(staging, OPTIMIZER_STATE, self.optimizer.state_dict())
             write_state(staging, SCHEDULER_STATE, self.lr_scheduler.state_dict())
@@ -221,10 +229,10 @@ class CheckpointingMixin:
         write_state(staging, RNG_STATE.format(rank=acc.process_index), rng_state())
         acc.wait_for_everyone()  # every process's random states are written
         if acc.is_main_process:
-            atomic_write_text(staging / STATE_FILE, json.dumps(self.state, indent=2) + "\n")
+            atomic_write_text(staging / STATE_FILE, json.dumps(self.state.to_dict(), indent=2) + "\n")
             replace_directory(staging, checkpoints / name)
             if self.args.save_total_limit:
-                for old in sorted(checkpoints.glob("checkpoint-*"))[: -self.args.save_total_limit]:
+                for old in sorted(checkpoints.glob(f"{CHECKPOINT_PREFIX}*"))[: -self.args.save_total_limit]:
                     shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
 
@@ -294,12 +302,12 @@ class CheckpointingMixin:
     def _load_checkpoint(self, checkpoint: str) -> None:
         """Restore a checkpoint, every piece of it (model, optimizer, scheduler, loss scaler, random states, trainer
         state) or fail. `"last"`: the newest one that every process can read; a damaged or incomplete one is skipped
-        with a warning naming the file, and the skip is recorded in `state["resumed_from"]` (so in every later
+        with a warning naming the file, and the skip is recorded in `state.resumed_from` (so in every later
         `trainer_state.json`). A checkpoint holding a pickle is refused, never skipped."""
         acc = self.accelerator
         recover_directory(self.output_dir / BEST_DIR)
         if checkpoint == "last":
-            candidates = sorted((self.output_dir / CHECKPOINTS_DIR).glob("checkpoint-*"), reverse=True)
+            candidates = sorted((self.output_dir / CHECKPOINTS_DIR).glob(f"{CHECKPOINT_PREFIX}*"), reverse=True)
             for candidate in candidates:  # a run directory's checkpoints are its own folders, not links elsewhere
                 if candidate.is_symlink():
                     raise UnsafeCheckpointError(
@@ -313,7 +321,7 @@ class CheckpointingMixin:
             if not (candidates[0] / STATE_FILE).is_file():
                 raise FileNotFoundError(f"{checkpoint} is not a trainer checkpoint (no {STATE_FILE})")
         skipped: list[dict[str, str]] = []
-        history = list(self.state.get("resumed_from", []))
+        history = list(self.state.resumed_from or [])
         for directory in candidates:
             unsafe = None
             try:
@@ -339,29 +347,30 @@ class CheckpointingMixin:
             raise CheckpointError(
                 "no checkpoint to resume from could be read: " + "; ".join(s["problem"] for s in skipped)
             )
-        self.state.setdefault("epoch_nonfinite_skipped_batches", 0)
-        self.state["resumed_from"] = [*history, {"checkpoint": directory.name, "skipped": skipped}]
+        if self.state.epoch_nonfinite_skipped_batches is None:
+            self.state.epoch_nonfinite_skipped_batches = 0
+        self.state.resumed_from = [*history, {"checkpoint": directory.name, "skipped": skipped}]
         if skipped:
             logger.warning("resumed from the older %s: %d newer checkpoint(s) could not be read (recorded in "
                            "resumed_from of trainer_state.json)", directory.name, len(skipped))  # fmt: skip
-        acc.print(f"resumed from {directory}: epoch {self.state['epoch'] + 1}, batch {self.state['step_in_epoch']}")
+        acc.print(f"resumed from {directory}: epoch {self.state.epoch + 1}, batch {self.state.step_in_epoch}")
 
     def _finish(self, report: dict[str, Any]) -> None:
         """Put the selected model (best evaluation, else the last epoch) into `output_dir` and the model."""
         acc = self.accelerator
         best_dir = self.output_dir / BEST_DIR
-        if self.state.get("best_report") is not None and best_dir.is_dir():
+        if self.state.best_report is not None and best_dir.is_dir():
             acc.wait_for_everyone()
             load_weights(acc.unwrap_model(self.model), best_dir, allow_missing="backbone")
-            report = self.state["best_report"]
+            report = self.state.best_report
         self.save_model(self.output_dir, metrics=report or None)
         if acc.is_main_process:
             results = {
                 "metric_for_best_model": self.metric_name,
-                "best_metric": self.state["best_metric"],
-                "best_epoch": self.state["best_epoch"],
-                "epochs_trained": self.state["epoch"],
-                "global_step": self.state["global_step"],
+                "best_metric": self.state.best_metric,
+                "best_epoch": self.state.best_epoch,
+                "epochs_trained": self.state.epoch,
+                "global_step": self.state.global_step,
                 "num_processes": acc.num_processes,
                 "distributed_type": str(acc.distributed_type),
                 "eval": report,

@@ -52,7 +52,7 @@ def evaluate_checkpoint(
     """Per-branch metrics (see `avemotion.metrics.branch_metrics`) of the checkpoint in `model_dir` on `dataset`;
     with `figures`, the evaluation figures are written into that folder (`write_figures`)."""
     from .arguments import TrainingArguments
-    from .cli_train import load_model
+    from .run_files import load_model
     from .trainer import EmotionTrainer
 
     if figures is not None:
@@ -69,24 +69,27 @@ def evaluate_checkpoint(
         branches, references, loss = trainer.predict()
         report = trainer.evaluation_report(branches, references, loss)
     if figures is not None:
-        write_figures(figures, report, model.config, branches, references)
+        report_names = trainer.branches
+        write_figures(figures, report, model.config, branches, references, report_names)
     return report
 
 
-def write_figures(directory: str | Path, report: dict[str, Any], config: Any, branches=None, references=None) -> list:
+def write_figures(
+    directory: str | Path, report: dict[str, Any], config: Any, branches=None, references=None, report_names=None
+) -> list:
     """The figures of `report` in `directory`: a confusion matrix per branch; for regression, predicted-vs-true
     scatter plots per branch from `branches` (output name -> (N, K)) and `references` (N, K), both on the model's
-    output scale, drawn on the corpus scale (`config.label_scale`). Returns the paths written."""
+    output scale, drawn on the corpus scale (`config.label_scale`), under the branches' `report_names` (output name ->
+    report name, as the model declares them). Returns the paths written."""
     import numpy as np
 
-    from avemotion.metrics import BRANCH_NAMES
     from avemotion.plotting import write_evaluation_figures
 
     names = [config.id2label[k] for k in sorted(config.id2label, key=int)]
     predictions = None
     if config.problem_type == "regression" and branches is not None:
         low, high = getattr(config, "label_scale", None) or (0.0, 1.0)
-        predictions = {BRANCH_NAMES.get(k, k): low + (high - low) * np.asarray(v) for k, v in branches.items()}
+        predictions = {(report_names or {}).get(k, k): low + (high - low) * np.asarray(v) for k, v in branches.items()}
         references = low + (high - low) * np.asarray(references, dtype=np.float64).reshape(len(references), -1)
     return write_evaluation_figures(report, directory, names, predictions, references)
 
@@ -95,7 +98,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate as the parsed options of `add_arguments` say; writes and returns the report."""
     import datasets
 
-    from .cli_train import format_report, load_dataset_dict, load_model, load_processor
+    from .cli_train import format_report, load_dataset_dict, load_processor
+    from .run_files import load_model
 
     options = dataclass_from_namespace(EvaluationArguments, args)
     corpus = dataclass_from_namespace(CorpusArguments, args)

@@ -55,12 +55,11 @@ def _read_json(path: Path) -> dict:
 
 def run(args: argparse.Namespace) -> str:
     from .hub import push_to_hub
+    from .run_files import ARGS_FILE, RESULTS_FILE, TEST_RESULTS_FILE
 
     model_dir = Path(args.model)
     metrics, split = None, args.split
-    candidates = (
-        [Path(args.metrics)] if args.metrics else [model_dir / "test_results.json", model_dir / "eval_results.json"]
-    )
+    candidates = [Path(args.metrics)] if args.metrics else [model_dir / TEST_RESULTS_FILE, model_dir / RESULTS_FILE]
     for path in candidates:
         if path.is_file():
             metrics = _read_json(path)
@@ -78,8 +77,8 @@ def run(args: argparse.Namespace) -> str:
             raise ValueError(f"--hub_id {item!r}: expected LOCAL_DIR=ORG/NAME")
         hub_ids[directory] = repo
     hyperparameters = None
-    if (model_dir / "training_args.json").is_file():
-        hyperparameters = _read_json(model_dir / "training_args.json")  # local paths are sanitised by push_to_hub
+    if (model_dir / ARGS_FILE).is_file():
+        hyperparameters = _read_json(model_dir / ARGS_FILE)  # local paths are sanitised by push_to_hub
     url = push_to_hub(
         model_dir, args.repo_id, metrics, args.training_data, hyperparameters, split or "test",
         private=args.private or None, token=args.token, template_path=args.template, processor_dir=args.processor,

@@ -28,6 +28,10 @@ from .arguments import (
     dataclass_from_namespace,
     training_arguments_from_namespace,
 )
+from .run_files import PROCESSOR_FILES, TEST_RESULTS_FILE, load_model
+
+__all__ = ["CorpusArguments", "ModelArguments", "SplitArguments", "load_dataset_dict", "load_model", "load_processor",
+           "main", "run"]  # fmt: skip
 
 CORPORA = "crema-d, ravdess, msp-improv, iemocap, synthetic"
 
@@ -182,30 +186,6 @@ def _new_config(model_type: str, train_dataset, overrides: dict[str, Any], label
     return AutoConfig.for_model(model_type, **kwargs)
 
 
-PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
-
-
-def load_model(path: str):
-    """`AutoModelForEmotionRecognition.from_pretrained(path)`, with a `ValueError` naming the directory or the file
-    that cannot be read (a missing directory, no config.json, truncated weights) instead of a library traceback."""
-    from avemotion.models.auto import AutoModelForEmotionRecognition
-
-    directory = Path(path)
-    if directory.exists() and not (directory / "config.json").is_file():
-        raise ValueError(f"{path} is not a saved model directory (no config.json)")
-    if directory.is_dir():
-        from .trainer import file_problem
-
-        for file in sorted(directory.glob("*.safetensors")):
-            problem = file_problem(file)
-            if problem:
-                raise ValueError(f"cannot load the model: {problem}")
-    try:
-        return AutoModelForEmotionRecognition.from_pretrained(path)
-    except OSError as error:  # a missing directory / hub id offline
-        raise ValueError(f"cannot load a model from {path}: {error}") from error
-
-
 def load_processor(path: str, required: bool = False):
     """The processor saved in `path` (`AutoProcessor`, else its feature extractor); None when `path` holds none
     (a `ValueError` instead when `required`)."""
@@ -289,7 +269,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if test is not None:
         result["test"] = trainer.evaluate(test)
         if trainer.accelerator.is_main_process:
-            path = Path(training_args.output_dir) / "test_results.json"
+            path = Path(training_args.output_dir) / TEST_RESULTS_FILE
             atomic_write_text(path, json.dumps(result["test"], indent=2) + "\n")
     if trainer.accelerator.is_main_process:
         print(format_report(result.get("test") or result["eval"]))

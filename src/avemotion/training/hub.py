@@ -22,13 +22,19 @@ from typing import Any
 
 from avemotion.utils.json_files import read_json, read_json_object
 
+from .run_files import CARD_FIGURES as CARD_FIGURES  # the figures' names, importable from here as before
+from .run_files import (
+    CARD_FILE,
+    CONFIG_FILE,
+    CONFUSION_MATRIX_FILE,
+    TRAINING_CURVES_FILE,
+    load_model,
+    run_log_candidates,
+)
+
 logger = logging.getLogger(__name__)
 
 _TABLE_METRICS = ("accuracy", "unweighted_accuracy", "macro_f1", "micro_f1")
-# the figures a model card embeds, written into the model directory (and so uploaded with it)
-CONFUSION_MATRIX_FILE = "confusion_matrix.png"
-TRAINING_CURVES_FILE = "training_curves.png"
-CARD_FIGURES = (CONFUSION_MATRIX_FILE, TRAINING_CURVES_FILE)
 _BRANCH_TITLES = {"combined": "combined (per-row best available)", "audio_visual": "audio-visual (fusion head)"}
 
 
@@ -202,15 +208,7 @@ def training_log_records(model_dir: str | Path) -> list[dict[str, Any]] | None:
     `best_model/`, or one of its `checkpoints/`; None when there is no log (or it cannot be read)."""
     from avemotion.plotting import read_training_log
 
-    from .checkpointing import BEST_DIR, CHECKPOINTS_DIR, LOG_FILE
-
-    model_dir = Path(model_dir)
-    candidates = [model_dir / LOG_FILE]
-    if model_dir.name == BEST_DIR:
-        candidates.append(model_dir.parent / LOG_FILE)
-    if model_dir.parent.name == CHECKPOINTS_DIR:
-        candidates.append(model_dir.parent.parent / LOG_FILE)
-    for path in candidates:
+    for path in run_log_candidates(model_dir):
         if path.is_file():
             try:
                 return read_training_log(path)
@@ -357,7 +355,7 @@ def push_to_hub(
             model.config.model_type, repo_id, metrics, training_data, hyperparameters, split,
             template_path=template_path, hub_ids=hub_ids, figures=figures,
         )  # fmt: skip
-        card.save(str(Path(folder) / "README.md"))
+        card.save(str(Path(folder) / CARD_FILE))
         commit, stale = _commit_folder(api, repo_id, folder, private, commit_message)
     if stale:
         logger.info("%s: deleted %d file(s) the new upload does not contain: %s", repo_id, len(stale), stale)
@@ -372,14 +370,12 @@ def class_names_of(config: Any) -> list[str] | None:
 
 
 def _load_model_and_processor(model_dir: Path, processor_dir: str | Path | None) -> tuple[Any, Any]:
-    """The model saved in `model_dir` and its processor (from `processor_dir` when given); a `FileNotFoundError` or
-    `ValueError` naming what is missing or unreadable."""
+    """The model saved in `model_dir` (`run_files.load_model`) and its processor (from `processor_dir` when given); a
+    `FileNotFoundError` or `ValueError` naming what is missing or unreadable."""
     from safetensors import SafetensorError
 
-    from avemotion.models.auto import AutoModelForEmotionRecognition
-
-    if not (model_dir / "config.json").is_file():
-        what = "does not exist" if not model_dir.exists() else "is not a saved model (no config.json)"
+    if not (model_dir / CONFIG_FILE).is_file():
+        what = "does not exist" if not model_dir.exists() else f"is not a saved model (no {CONFIG_FILE})"
         raise FileNotFoundError(f"{model_dir} {what}")
     source = model_dir if processor_dir is None else processor_dir
     if Path(source).is_dir():
@@ -394,7 +390,7 @@ def _load_model_and_processor(model_dir: Path, processor_dir: str | Path | None)
             "(`processor.save_pretrained(DIR)`) or name one with --processor DIR"
         )
     try:
-        model = AutoModelForEmotionRecognition.from_pretrained(model_dir)
+        model = load_model(model_dir)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:  # e.g. truncated weights
         raise ValueError(f"{model_dir}: the model cannot be loaded ({error})") from error
     return model, processor

@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -366,6 +367,51 @@ def _whole_number(state: dict[str, Any], key: str, high: int, where: str, option
         return
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
         raise CheckpointError(f"{where}: {key} = {value!r:.40}: expected a whole number from 0 to {high} (this run)")
+
+
+# the fields of `TrainerState` that `trainer_state.json` holds only once they are set
+_SET_LATER = ("loss_sums", "epoch_nonfinite_skipped_batches", "best_report", "resumed_from")
+
+
+@dataclass
+class TrainerState:
+    """What `EmotionTrainer` counts and keeps across a run, saved in each checkpoint as `trainer_state.json`
+    (`to_dict`) and read back on resumption (`from_dict`, `update`), like `transformers.TrainerState`."""
+
+    epoch: int = 0  # the epochs completed (during an epoch: its index)
+    step_in_epoch: int = 0  # the batches of the current epoch done
+    global_step: int = 0  # the updates made
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    evaluations_without_improvement: int = 0
+    nonfinite_skipped_batches: int = 0
+    consecutive_nonfinite_batches: int = 0
+    log_history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
+    # set during the run, absent from trainer_state.json until then
+    loss_sums: dict[str, list[float]] | None = None  # the epoch's running [sum, count] per training step
+    epoch_nonfinite_skipped_batches: int | None = None
+    best_report: dict[str, Any] | None = None  # the evaluation report of the best epoch
+    resumed_from: list[dict[str, Any]] | None = None  # each resumption: the checkpoint, the ones skipped
+    # keys of a trainer_state.json that this release does not know: written back as they were read
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `trainer_state.json` object (the fields set; `extra`'s keys last)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return {**{k: v for k, v in values.items() if not (k in _SET_LATER and v is None)}, **self.extra}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainerState:
+        """The state of a `trainer_state.json` object (checked first: `check_trainer_state`)."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        extra = {key: value for key, value in values.items() if key not in known}
+        return cls(**{key: value for key, value in values.items() if key in known}, extra=extra)
+
+    def update(self, values: Mapping[str, Any]) -> None:
+        """Set the fields `values` holds (a `trainer_state.json` object), keeping the others."""
+        restored = self.from_dict({**self.to_dict(), **values})
+        for name in (f.name for f in fields(self)):
+            setattr(self, name, getattr(restored, name))
 
 
 def check_trainer_state(state: Any, where: Path, epochs: int, batches_per_epoch: int, step_names: list[str]) -> None:

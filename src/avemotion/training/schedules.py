@@ -1,17 +1,16 @@
 """Optimisation schedules: the steps of a batch, read from the model's declaration, and the rows each step takes.
 
-A task model declares what the trainer needs as plain data (see `VavlForEmotionRecognition.training_steps` for an
-example), so that this module names no model:
+The model's declaration (`training_steps()`, `input_spec()`) is read by `avemotion.models.declaration`, so that this
+module names no model and reads none of the plain dicts:
 
-- `model.training_steps()`: per batch, a tuple of steps, each `{"name", "modules", "loss", "rows"}`. `modules` are
-  the `nn.Module`s whose parameters the step updates (an empty tuple: every parameter; `None` entries are skipped),
-  mapped here to parameter names by identity against the model's `named_parameters()`, so a renamed module cannot
-  silently stop being trained. `loss` is a field of the forward output (`"visual_loss"`, `"loss"`) computed on the
-  step's sub-batch through the (possibly DDP-wrapped) model, or a bound method of the model called as
+- `StepSpec` (one declared step): `modules` are the `nn.Module`s whose parameters the step updates (none: every
+  parameter), mapped here to parameter names by identity against the model's `named_parameters()`, so a renamed
+  module cannot silently stop being trained. `loss` is a field of the forward output (`"visual_loss"`, `"loss"`)
+  computed on the step's sub-batch through the (possibly DDP-wrapped) model, or a bound method of the model called as
   `loss(**sub_batch)` whose gradient the trainer takes outside DDP. `rows` are the modalities a row must have to
   join the step (empty: every row).
-- `model.input_spec()["modalities"]`: which batch keys belong to which modality (raw inputs, pre-extracted features
-  and their masks) and the features' width, for row selection, sub-batches and placeholders.
+- `ModalitySpec` (one declared modality): which batch keys belong to it (raw inputs, pre-extracted features and
+  their masks) and the features' width, for row selection, sub-batches and placeholders.
 
 Schedules: `"auto"`, the declared steps (a model that declares none is trained jointly), and `"joint"`, one step on
 the model's `loss` that updates every parameter. Rows that lack a step's modality join only the steps they can take.
@@ -21,13 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from .arguments import SCHEDULE_ALIASES, SCHEDULES
+from avemotion.models.declaration import JOINT_STEP, ModalitySpec, StepSpec, read_declaration
 
-JOINT_STEP: dict[str, Any] = {"name": "joint", "modules": (), "loss": "loss", "rows": ()}
+from .arguments import SCHEDULE_ALIASES, SCHEDULES
 
 
 @dataclass(frozen=True)
@@ -56,70 +54,33 @@ class TrainingStep:
         return callable(self.loss)
 
 
-@dataclass(frozen=True)
-class ModalityInputs:
-    """The batch keys of one modality, from `model.input_spec()["modalities"][name]`.
-
-    Args:
-        inputs: (raw-input key, its mask key or None), e.g. `("input_values", "attention_mask")`.
-        features: (pre-extracted features key, its mask key or None), or None when the model takes none.
-        extra: other keys of the modality (e.g. `token_type_ids`).
-        feature_dim: width D of the features (placeholders).
-    """
-
-    name: str
-    inputs: tuple[str, str | None] | None
-    features: tuple[str, str | None] | None
-    extra: tuple[str, ...] = ()
-    feature_dim: int | None = None
-
-    @classmethod
-    def from_spec(cls, name: str, spec: dict[str, Any]) -> ModalityInputs:
-        return cls(name, spec.get("inputs"), spec.get("features"), tuple(spec.get("extra_inputs", ())),
-                   spec.get("feature_dim"))  # fmt: skip
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        keys = [key for pair in (self.inputs, self.features) if pair for key in pair]
-        return tuple(dict.fromkeys(key for key in (*keys, *self.extra) if key))
-
-    @property
-    def mask_keys(self) -> tuple[str, ...]:
-        return tuple(pair[1] for pair in (self.inputs, self.features) if pair and pair[1])
-
-    def present(self, batch: dict, size: int, device: torch.device) -> torch.Tensor:
-        """(B,) bool: rows that have this modality: the mask of its features (else of its raw input) has a frame;
-        all rows when the values come without a mask, none when the batch holds neither."""
-        for pair in (self.features, self.inputs):
-            if pair and batch.get(pair[0]) is not None:
-                mask = batch.get(pair[1]) if pair[1] else None
-                return (
-                    mask.bool().any(dim=-1) if mask is not None else torch.ones(size, dtype=torch.bool, device=device)
-                )
-        return torch.zeros(size, dtype=torch.bool, device=device)
+# the name the trainer's earlier releases used for a declared modality
+ModalityInputs = ModalitySpec
 
 
-def modality_inputs(model: torch.nn.Module) -> dict[str, ModalityInputs]:
-    """The modalities of `model.input_spec()` (empty when the model declares none)."""
-    declare = getattr(model, "input_spec", None)
-    spec = declare() if callable(declare) else {}
-    return {name: ModalityInputs.from_spec(name, entry) for name, entry in spec.get("modalities", {}).items()}
+def modality_inputs(model: torch.nn.Module) -> dict[str, ModalitySpec]:
+    """The declared modalities of `model` (empty when it declares no `input_spec()`)."""
+    if not callable(getattr(model, "input_spec", None)):
+        return {}
+    return dict(read_declaration(model).inputs.modalities)
 
 
 def audio_sampling_rate(model: torch.nn.Module, default: int = 16000) -> int:
-    """The waveform rate the model's audio input expects (`input_spec`), `default` when it declares none."""
-    declare = getattr(model, "input_spec", None)
-    spec = declare() if callable(declare) else {}
-    return int(spec.get("modalities", {}).get("audio", {}).get("sampling_rate") or default)
+    """The waveform rate the model's waveform input expects, `default` when it declares none."""
+    waveforms = (
+        read_declaration(model).inputs.with_layout("waveform") if callable(getattr(model, "input_spec", None)) else ()
+    )
+    return int(next((spec.sampling_rate for spec in waveforms if spec.sampling_rate), default))
 
 
-def declared_steps(model: torch.nn.Module) -> tuple[dict[str, Any], ...]:
-    """`model.training_steps()`, or one joint step for a model that declares none."""
-    declare = getattr(model, "training_steps", None)
-    return tuple(declare()) if callable(declare) else (JOINT_STEP,)
+def declared_steps(model: torch.nn.Module) -> tuple[StepSpec, ...]:
+    """The model's declared training steps, or one joint step for a model that declares none."""
+    if not callable(getattr(model, "input_spec", None)):
+        return (JOINT_STEP,)
+    return read_declaration(model).steps
 
 
-SCHEDULE_STEPS: dict[str, Callable[[torch.nn.Module], tuple[dict[str, Any], ...]]] = {
+SCHEDULE_STEPS: dict[str, Callable[[torch.nn.Module], tuple[StepSpec, ...]]] = {
     "auto": declared_steps,
     "joint": lambda model: (JOINT_STEP,),
 }
@@ -141,36 +102,21 @@ def resolve_schedule(name: str, model: torch.nn.Module) -> tuple[TrainingStep, .
     return steps
 
 
-def _build_step(model: torch.nn.Module, declared: dict[str, Any], names_by_id: dict[int, str],
-                modalities: dict[str, ModalityInputs]) -> TrainingStep:  # fmt: skip
+def _build_step(model: torch.nn.Module, declared: StepSpec, names_by_id: dict[int, str],
+                modalities: dict[str, ModalitySpec]) -> TrainingStep:  # fmt: skip
     """A `TrainingStep` from one declared step: its modules mapped to parameter names by identity."""
-    name, owner = declared.get("name"), type(model).__name__
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"{owner}.training_steps(): a step has no name: {declared!r}")
-    loss = declared.get("loss")
-    if not (isinstance(loss, str) or callable(loss)):
-        raise ValueError(f"training step {name!r} of {owner}: loss must be an output field name or a callable, got "
-                         f"{loss!r}")  # fmt: skip
-    rows = tuple(declared.get("rows", ()))
-    unknown = [modality for modality in rows if modality not in modalities]
-    if unknown:
-        raise ValueError(f"training step {name!r} of {owner}: rows {unknown} are not modalities of its input_spec() "
-                         f"({sorted(modalities)})")  # fmt: skip
-    declared_modules = tuple(declared.get("modules", ()))
-    modules = [module for module in declared_modules if module is not None]
-    if declared_modules and not modules:
-        raise ValueError(f"training step {name!r} of {owner} owns nothing (every declared module is None)")
+    name, owner = declared.name, type(model).__name__
     parameter_names: set[str] = set()
-    for module in modules:
+    for module in declared.modules:
         owned = [names_by_id[id(p)] for p in module.parameters() if id(p) in names_by_id]
         if not owned:
             raise ValueError(f"training step {name!r}: the declared module {type(module).__name__} owns no parameter "
                              f"of {owner} (not one of its submodules, or without parameters)")  # fmt: skip
         parameter_names.update(owned)
-    return TrainingStep(name, frozenset(parameter_names), loss, rows)
+    return TrainingStep(name, frozenset(parameter_names), declared.loss, declared.rows)
 
 
-def rows_with(batch: dict, step: TrainingStep, modalities: dict[str, ModalityInputs]) -> torch.Tensor | None:
+def rows_with(batch: dict, step: TrainingStep, modalities: dict[str, ModalitySpec]) -> torch.Tensor | None:
     """(B,) bool: rows of `batch` that have every modality of `step.rows`; None when the step takes every row."""
     if not step.rows:
         return None
@@ -188,12 +134,12 @@ def select_rows(batch: dict, rows: torch.Tensor, keys: set[str]) -> dict:
     return {key: value[rows] for key, value in batch.items() if key in wanted and isinstance(value, torch.Tensor)}
 
 
-def step_keys(step: TrainingStep, modalities: dict[str, ModalityInputs]) -> set[str]:
+def step_keys(step: TrainingStep, modalities: dict[str, ModalitySpec]) -> set[str]:
     """The batch keys of the step's modalities."""
     return {key for modality in step.rows for key in modalities[modality].keys}
 
 
-def placeholder_batch(batch: dict, step: TrainingStep, modalities: dict[str, ModalityInputs]) -> dict:
+def placeholder_batch(batch: dict, step: TrainingStep, modalities: dict[str, ModalitySpec]) -> dict:
     """A one-row batch for a process with no row for `step`, whose loss the trainer multiplies by 0: it still runs the
     step's forward and backward, so that every process joins the same gradient all-reduces. Row 0 with one valid
     frame per modality, or a one-frame zero feature of `feature_dim` for a modality the batch does not hold."""

@@ -44,12 +44,15 @@ from accelerate.utils import find_executable_batch_size, send_to_device, set_see
 from torch.utils.data import DataLoader
 
 from avemotion.metrics import branch_metrics
+from avemotion.models.declaration import read_branches, read_declaration, read_freeze_flags
 from avemotion.utils.inference import compile_model, set_tf32
 
 from .arguments import TrainingArguments
 from .batches import RowIndexedCollator, RowIndexedDataset, check_labels, default_collator
-from .checkpointing import ARGS_FILE, LOG_FILE, CheckpointingMixin
+from .checkpointing import CheckpointingMixin
 from .files import atomic_write_text, file_problem, load_weights
+from .resume_state import TrainerState
+from .run_files import ARGS_FILE, LOG_FILE
 from .schedules import (
     TrainingStep,
     audio_sampling_rate,
@@ -63,7 +66,8 @@ from .schedules import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "EmotionTrainer", "NonFiniteLossError", "RowIndexedCollator", "RowIndexedDataset", "atomic_write_text",
+    "EmotionTrainer", "NonFiniteLossError", "RowIndexedCollator", "RowIndexedDataset", "TrainerState",
+    "atomic_write_text",
     "branch_tensors", "check_labels", "default_collator", "evaluation_branches", "file_problem", "load_weights",
     "set_backbones_trainable", "train_and_evaluate",
 ]  # fmt: skip
@@ -84,16 +88,13 @@ def set_backbones_trainable(model: torch.nn.Module, freeze: bool | None) -> None
     if freeze is None:
         return
     name = type(model).__name__
-    declared = getattr(model, "backbone_freeze_flags", None)
-    if not declared or not callable(getattr(model, "apply_backbone_freezing", None)):
+    declared = read_freeze_flags(model, name)  # checked against the config's fields
+    if not declared:
         raise ValueError(
             f"freeze_backbones={freeze} needs a model that declares its backbone freeze flags (`backbone_freeze_flags`)"
             f" and applies them (`apply_backbone_freezing()`); {name} does not: leave freeze_backbones at None"
         )
     config = model.config
-    named = [field for flag, refining in declared.items() for field in (flag, *refining)]
-    if missing := [flag for flag in named if not hasattr(config, flag)]:
-        raise ValueError(f"{name}.backbone_freeze_flags names {missing}: no fields of its {type(config).__name__}")
     before = {flag: getattr(config, flag) for flag in declared}
     for flag in declared:
         setattr(config, flag, bool(freeze))
@@ -107,10 +108,13 @@ def set_backbones_trainable(model: torch.nn.Module, freeze: bool | None) -> None
     model.apply_backbone_freezing()
 
 
-def evaluation_branches(model: torch.nn.Module) -> list[str]:
-    """The output branches the evaluation reports: `model.evaluation_branches()`, else `["logits"]`."""
-    declare = getattr(model, "evaluation_branches", None)
-    return list(declare()) if callable(declare) else ["logits"]
+def evaluation_branches(model: torch.nn.Module) -> dict[str, str]:
+    """The output branches the evaluation reports, output field -> report name (the model's declared
+    `evaluation_branches()`, else `{"logits": "logits"}`)."""
+    if not callable(getattr(model, "input_spec", None)):
+        declare = getattr(model, "evaluation_branches", None)
+        return read_branches(declare(), type(model).__name__) if callable(declare) else {"logits": "logits"}
+    return dict(read_declaration(model).branches)
 
 
 def branch_tensors(outputs: Any, branches: list[str], batch_size: int, num_labels: int) -> dict[str, torch.Tensor]:
@@ -211,8 +215,9 @@ class EmotionTrainer(CheckpointingMixin):
         self.args = args
         self.processor = processor
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
+        declared = read_declaration(model).inputs if callable(getattr(model, "input_spec", None)) else None
         self.data_collator = data_collator or default_collator(
-            args.label_column, audio_sampling_rate(model), args.pad_to_multiple_of
+            args.label_column, audio_sampling_rate(model), args.pad_to_multiple_of, declared
         )
         self.accelerator = Accelerator(
             mixed_precision=args.mixed_precision,
@@ -245,17 +250,7 @@ class EmotionTrainer(CheckpointingMixin):
         self.output_dir = Path(args.output_dir)
         self.model = model
         self._config = model.config
-        self.state: dict[str, Any] = {
-            "epoch": 0,
-            "step_in_epoch": 0,
-            "global_step": 0,
-            "best_metric": None,
-            "best_epoch": None,
-            "evaluations_without_improvement": 0,
-            "nonfinite_skipped_batches": 0,
-            "consecutive_nonfinite_batches": 0,
-            "log_history": [],
-        }
+        self.state = TrainerState()
         self._nonfinite_steps: list[tuple[str, torch.Tensor | None]] = []
         self._batch_rows: torch.Tensor | None = None
 
@@ -450,10 +445,7 @@ class EmotionTrainer(CheckpointingMixin):
         model.load_state_dict(initial)
         self.model, self._prepared, self._model_prepared = model, False, False
         self.args.per_device_train_batch_size, self.args.gradient_accumulation_steps = batch_size, accumulation
-        self.state.update(epoch=0, step_in_epoch=0, global_step=0, best_metric=None, best_epoch=None,
-                          evaluations_without_improvement=0, nonfinite_skipped_batches=0,
-                          consecutive_nonfinite_batches=0, log_history=[])  # fmt: skip
-        self.state.pop("best_report", None)
+        self.state = TrainerState()
         self._clear_run_files()
         set_seed(self.args.seed)
 
@@ -474,36 +466,36 @@ class EmotionTrainer(CheckpointingMixin):
             self.output_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.output_dir / ARGS_FILE, json.dumps(args.to_dict(), indent=2, sort_keys=True) + "\n")
             if args.resume_from_checkpoint:  # the log: the checkpoint's epochs, not the interrupted run's later ones
-                lines = "".join(json.dumps(record) + "\n" for record in self.state["log_history"])
+                lines = "".join(json.dumps(record) + "\n" for record in self.state.log_history)
                 atomic_write_text(self.output_dir / LOG_FILE, lines)
         report: dict[str, Any] = {}
-        start_epoch = self.state["epoch"]
+        start_epoch = self.state.epoch
         for epoch in range(start_epoch, args.num_train_epochs):
             if self._stopped_early():
                 break
-            self.state["epoch"] = epoch
+            self.state.epoch = epoch
             train_loss = self._train_epoch(epoch)
-            record = {"epoch": epoch + 1, "global_step": self.state["global_step"], "train_loss": train_loss,
-                      "nonfinite_skipped_batches": self.state["epoch_nonfinite_skipped_batches"]}  # fmt: skip
+            record = {"epoch": epoch + 1, "global_step": self.state.global_step, "train_loss": train_loss,
+                      "nonfinite_skipped_batches": self.state.epoch_nonfinite_skipped_batches}  # fmt: skip
             if self.eval_loader is not None:
                 report = self.evaluate()
                 record["eval"] = report
                 self._update_best(report, epoch)
-            self.state["epoch"], self.state["step_in_epoch"] = epoch + 1, 0
-            self.state["log_history"].append(record)
+            self.state.epoch, self.state.step_in_epoch = epoch + 1, 0
+            self.state.log_history.append(record)
             self._log_epoch(record)
             if args.save_strategy == "epoch":
                 self._save_checkpoint()
         self._finish(report)
         acc.end_training()
-        return self.state.get("best_report") or report
+        return self.state.best_report or report
 
     def _stopped_early(self) -> bool:
         patience = self.args.early_stopping_patience
-        if patience is not None and self.state["evaluations_without_improvement"] >= patience:
+        if patience is not None and self.state.evaluations_without_improvement >= patience:
             self.accelerator.print(
                 f"early stopping: no improvement of {self.metric_name} in {patience} evaluations "
-                f"(best {self.state['best_metric']} at epoch {self.state['best_epoch']})"
+                f"(best {self.state.best_metric} at epoch {self.state.best_epoch})"
             )
             return True
         return False
@@ -513,7 +505,7 @@ class EmotionTrainer(CheckpointingMixin):
 
         acc, args = self.accelerator, self.args
         self.train_loader.set_epoch(epoch)
-        skip = self.state["step_in_epoch"]
+        skip = self.state.step_in_epoch
         loader = acc.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
         num_batches = len(self.train_loader)
         progress = tqdm(
@@ -522,8 +514,8 @@ class EmotionTrainer(CheckpointingMixin):
         )  # fmt: skip
         # running sums live in the state so that a resumed epoch reports the same mean loss
         if not skip:
-            self.state["loss_sums"] = {step.name: [0.0, 0] for step in self.steps}
-            self.state["epoch_nonfinite_skipped_batches"] = 0
+            self.state.loss_sums = {step.name: [0.0, 0] for step in self.steps}
+            self.state.epoch_nonfinite_skipped_batches = 0
         self._loss_totals.zero_()
         self.model.train()
         for index, batch in enumerate(loader, start=skip):
@@ -533,12 +525,12 @@ class EmotionTrainer(CheckpointingMixin):
             self._nonfinite_steps = []
             losses = self._training_batch(batch, boundary)
             self._count_nonfinite(epoch, index, num_batches)
-            self.state["step_in_epoch"] = index + 1
+            self.state.step_in_epoch = index + 1
             progress.update(1)
             if boundary:
                 self.lr_scheduler.step()
-                self.state["global_step"] += 1
-                step = self.state["global_step"]
+                self.state.global_step += 1
+                step = self.state.global_step
                 if args.logging_steps and step % args.logging_steps == 0:  # the losses are read here only
                     values = {k: float(v) for k, v in losses.items()}
                     acc.log({f"train/{k}_loss": v for k, v in values.items()}, step=step)
@@ -548,16 +540,16 @@ class EmotionTrainer(CheckpointingMixin):
                     self._save_checkpoint()
         progress.close()
         self._read_loss_sums()
-        sums = self.state["loss_sums"]
+        sums = self.state.loss_sums
         # mean over the batches each step ran on, averaged over processes
         totals = torch.tensor([sums[k] for k in sums], dtype=torch.float64, device=acc.device)
         totals = acc.reduce(totals, reduction="sum")
         return {k: float(totals[i, 0] / totals[i, 1]) for i, k in enumerate(sums) if totals[i, 1] > 0}
 
     def _read_loss_sums(self) -> None:
-        """Move the device's per-step loss sums into `state["loss_sums"]` (one host read; before a checkpoint is
+        """Move the device's per-step loss sums into `state.loss_sums` (one host read; before a checkpoint is
         written and at the end of the epoch)."""
-        sums = self.state["loss_sums"]
+        sums = self.state.loss_sums
         for step, (total, count) in zip(self.steps, self._loss_totals.tolist()):
             sums[step.name][0] += total
             sums[step.name][1] += int(count)
@@ -717,18 +709,18 @@ class EmotionTrainer(CheckpointingMixin):
     def _count_nonfinite(self, epoch: int, index: int, num_batches: int) -> None:
         state = self.state
         if not self._nonfinite_steps:
-            state["consecutive_nonfinite_batches"] = 0
+            state.consecutive_nonfinite_batches = 0
             return
-        state["nonfinite_skipped_batches"] += 1
-        state["epoch_nonfinite_skipped_batches"] += 1
-        state["consecutive_nonfinite_batches"] += 1
+        state.nonfinite_skipped_batches += 1
+        state.epoch_nonfinite_skipped_batches += 1
+        state.consecutive_nonfinite_batches += 1
         names = [name for name, _ in self._nonfinite_steps]
         where = (
-            f"epoch {epoch + 1}, update {state['global_step'] + 1}, batch {index + 1}/{num_batches}, step(s) "
+            f"epoch {epoch + 1}, update {state.global_step + 1}, batch {index + 1}/{num_batches}, step(s) "
             f"{names}, {self._describe_rows(self._nonfinite_steps[0][1])}"
         )
         limit = self.args.max_consecutive_nonfinite_batches
-        if state["consecutive_nonfinite_batches"] >= limit:
+        if state.consecutive_nonfinite_batches >= limit:
             raise NonFiniteLossError(
                 f"non-finite (NaN/inf) loss in {limit} batch(es) in a row (max_consecutive_nonfinite_batches="
                 f"{limit}), the last at {where}. Check these rows' features and labels for NaN/inf, or lower the "
@@ -736,7 +728,7 @@ class EmotionTrainer(CheckpointingMixin):
             )
         logger.warning(
             "non-finite loss at %s: update skipped (%d skipped so far, %d this epoch)",
-            where, state["nonfinite_skipped_batches"], state["epoch_nonfinite_skipped_batches"],
+            where, state.nonfinite_skipped_batches, state.epoch_nonfinite_skipped_batches,
         )  # fmt: skip
 
     def _describe_rows(self, rows: torch.Tensor | None) -> str:
@@ -876,7 +868,7 @@ class EmotionTrainer(CheckpointingMixin):
         config = self.accelerator.unwrap_model(self.model).config
         problem_type = "regression" if self.is_regression else "single_label_classification"
         id2label = {int(k): v for k, v in (config.id2label or {}).items()}
-        report: dict[str, Any] = branch_metrics(branches, references, problem_type, id2label)
+        report: dict[str, Any] = branch_metrics(branches, references, problem_type, id2label, self.branches)
         report["loss"] = loss
         report["num_samples"] = int(references.shape[0])
         return report
@@ -894,7 +886,7 @@ class EmotionTrainer(CheckpointingMixin):
 
     def _update_best(self, report: dict[str, Any], epoch: int) -> None:
         value = self.metric_value(report)
-        best = self.state["best_metric"]
+        best = self.state.best_metric
         improved = math.isfinite(value) and (
             best is None or (value > best if self.greater_is_better else value < best)
         )
@@ -902,11 +894,11 @@ class EmotionTrainer(CheckpointingMixin):
             logger.warning("epoch %d: %s is %s (non-finite outputs?); not an improvement", epoch + 1, self.metric_name,
                            value)  # fmt: skip
         if improved:
-            self.state.update(best_metric=value, best_epoch=epoch + 1, evaluations_without_improvement=0)
-            self.state["best_report"] = report
+            self.state.best_metric, self.state.best_epoch = value, epoch + 1
+            self.state.evaluations_without_improvement, self.state.best_report = 0, report
             self._save_best_model(report)
         else:
-            self.state["evaluations_without_improvement"] += 1
+            self.state.evaluations_without_improvement += 1
 
     def _log_epoch(self, record: dict[str, Any]) -> None:
         acc = self.accelerator
@@ -923,9 +915,9 @@ class EmotionTrainer(CheckpointingMixin):
         if report:
             line.append(f"eval {self.metric_name}={self.metric_value(report):.4f}")
         acc.print(" ".join(line))
-        acc.log(flat, step=self.state["global_step"])
+        acc.log(flat, step=self.state.global_step)
         if acc.is_main_process:  # rewritten whole (atomically): the run's epochs, never a truncated line
-            lines = "".join(json.dumps(entry) + "\n" for entry in self.state["log_history"])
+            lines = "".join(json.dumps(entry) + "\n" for entry in self.state.log_history)
             atomic_write_text(self.output_dir / LOG_FILE, lines)
 
 
@@ -949,6 +941,6 @@ def train_and_evaluate(
     result: dict[str, Any] = {"eval": trainer.train()}
     if test_dataset is not None:
         result["test"] = trainer.evaluate(test_dataset)
-    result["best_epoch"] = trainer.state["best_epoch"]
-    result["history"] = trainer.state["log_history"]
+    result["best_epoch"] = trainer.state.best_epoch
+    result["history"] = trainer.state.log_history
     return result

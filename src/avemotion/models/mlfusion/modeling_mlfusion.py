@@ -964,16 +964,21 @@ class MultiLevelFusionForEmotionRecognition(MultiLevelFusionPreTrainedModel):
 
     def input_spec(self) -> dict[str, Any]:
         """What generic code (collator, trainer, pipeline) needs to feed the model, as plain data: per modality its
-        input and mask keys, its cached-feature keys, width and stacked layers (None: one layer); the segment inputs `(segments key, mask key)` of the
-        granularities that a fusion member reads; the analysis window for long media (None: the caller's default).
-        Cached text features share `text_attention_mask` with the token ids."""
-        config = self.config
+        input and mask keys and layout, its cached-feature keys, width, stacked layers (None: one layer) and frame
+        rate; audio its sampling rate and the shortest waveform (one frame of the CNN encoder); the segment inputs
+        `(segments key, mask key)` of the granularities that a fusion member reads; the analysis window for long media
+        (None: the caller's default). Cached text features share `text_attention_mask` with the token ids. Read by
+        `avemotion.models.declaration.read_declaration`."""
+        config, base = self.config, self.mlfusion
         return {
             "modalities": {
                 "audio": {
                     "inputs": ("input_values", "attention_mask"),
+                    "layout": "waveform",
                     "features": ("audio_features", "audio_features_mask"),
                     "feature_dim": config.audio_config.hidden_size,
+                    "feature_rate": config.sampling_rate / base.frame_stride,
+                    "min_samples": base.frame_receptive_field,
                     # cached features of `audio_layer="weighted_sum"` stack every hidden state: (layers, frames, dim)
                     "feature_layers": (
                         config.audio_config.num_hidden_layers + 1 if config.audio_layer == "weighted_sum" else None
@@ -982,6 +987,7 @@ class MultiLevelFusionForEmotionRecognition(MultiLevelFusionPreTrainedModel):
                 },
                 "text": {
                     "inputs": ("input_ids", "text_attention_mask"),
+                    "layout": "tokens",
                     "extra_inputs": ("token_type_ids",),
                     "max_length": config.max_text_length,
                     "features": ("text_features", "text_attention_mask"),
@@ -998,9 +1004,10 @@ class MultiLevelFusionForEmotionRecognition(MultiLevelFusionPreTrainedModel):
         """One joint step: every parameter, the summed loss of the member heads (`loss`), every row."""
         return ({"name": "joint", "modules": (), "loss": "loss", "rows": ()},)
 
-    def evaluation_branches(self) -> list[str]:
-        """The output branches evaluation reports: the late-fused `logits` and each member head (`head_logits`)."""
-        return ["logits", *self.config.fusion_members]
+    def evaluation_branches(self) -> dict[str, str]:
+        """The output branches evaluation reports, with their report names: the late-fused `logits` (`"combined"`)
+        and each member head (its name)."""
+        return {"logits": "combined", **{member: member for member in self.config.fusion_members}}
 
     def onnx_export_spec(self, parts: str, exporter: str) -> Any:
         """How `avemotion export-onnx` exports this model (the hook `avemotion.models.onnx_export` calls): an

@@ -22,12 +22,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import EfficientNetModel, PreTrainedModel, Wav2Vec2Model
+from transformers import EfficientNetModel, PreTrainedModel, Wav2Vec2Config, Wav2Vec2Model
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
@@ -184,6 +185,21 @@ class VavlEmotionRecognitionOutput(ModelOutput):
     visual_present: torch.BoolTensor | None = None
     audio_pooled_output: torch.FloatTensor | None = None
     visual_pooled_output: torch.FloatTensor | None = None
+
+
+# Copied from avemotion.models.mlfusion.segments.frame_geometry
+def frame_geometry(conv_kernel: Sequence[int], conv_stride: Sequence[int]) -> tuple[int, int]:
+    """`(stride, receptive_field)` in samples of a wav2vec2-style CNN feature encoder.
+
+    Frame `i` covers samples `[stride * i, stride * i + receptive_field)`; for wav2vec2-base this is (320, 400).
+    """
+    if len(conv_kernel) != len(conv_stride):
+        raise ValueError(f"conv_kernel and conv_stride differ in length: {len(conv_kernel)} vs {len(conv_stride)}")
+    receptive_field, jump = 1, 1
+    for kernel, stride in zip(conv_kernel, conv_stride):
+        receptive_field += (kernel - 1) * jump
+        jump *= stride
+    return jump, receptive_field
 
 
 # Copied from avemotion.utils.masking.masked_mean
@@ -938,20 +954,28 @@ class VavlForEmotionRecognition(VavlPreTrainedModel):
 
         Returns:
             `{"modalities": {"audio": {...}, "video": {...}}, "segments": {}, "window_seconds": float}`. Each modality
-            names its raw-input key and mask key (`"inputs"`), its pre-extracted feature key and mask key
-            (`"features"`) and the feature width (`"feature_dim"`); audio also its `"sampling_rate"`.
+            names its raw-input key and mask key (`"inputs"`) and `"layout"`, its pre-extracted feature key and mask
+            key (`"features"`) and the feature width (`"feature_dim"`); audio also its `"sampling_rate"`, the feature
+            frame rate and the shortest waveform of one frame (`"feature_rate"`, `"min_samples"`; video features come
+            at the video's frame rate). Read by `avemotion.models.declaration.read_declaration`.
         """
         config = self.config
+        audio = config.audio_backbone_config or Wav2Vec2Config()  # cached features come from a wav2vec2 encoder too
+        stride, receptive_field = frame_geometry(audio.conv_kernel, audio.conv_stride)
         return {
             "modalities": {
                 "audio": {
                     "inputs": ("input_values", "attention_mask"),
+                    "layout": "waveform",
                     "features": ("audio_features", "audio_features_mask"),
                     "feature_dim": config.audio_feature_dim,
+                    "feature_rate": config.sampling_rate / stride,
                     "sampling_rate": config.sampling_rate,
+                    "min_samples": receptive_field,
                 },
                 "video": {
                     "inputs": ("pixel_values_videos", "visual_features_mask"),
+                    "layout": "frames",
                     "features": ("visual_features", "visual_features_mask"),
                     "feature_dim": config.visual_feature_dim,
                 },
@@ -1037,9 +1061,10 @@ class VavlForEmotionRecognition(VavlPreTrainedModel):
             self.__dict__["_encoder_modules_cache"] = cached
         return cached[1]
 
-    def evaluation_branches(self) -> list[str]:
-        """The output fields evaluation reports: the routed `logits` and each head's (NaN on rows it did not score)."""
-        return ["logits", "fusion_logits", "audio_logits", "visual_logits"]
+    def evaluation_branches(self) -> dict[str, str]:
+        """The output fields evaluation reports (NaN on rows a head did not score), with their report names."""
+        return {"logits": "combined", "fusion_logits": "audio_visual", "audio_logits": "audio",
+                "visual_logits": "visual"}  # fmt: skip
 
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy (class indices, or class probabilities for soft labels) or the sum of 1 - CCC."""
