@@ -294,3 +294,22 @@ def test_uint8_face_crops_normalised_later_equal_the_pixel_values(clip):
         torch.testing.assert_close(pixels[mask], expected["pixel_values_videos"][mask], rtol=0, atol=0)
     custom = processor.normalize_crops(crops["face_crops"], image_mean=[0.0] * 3, image_std=[1.0] * 3)
     torch.testing.assert_close(custom, crops["face_crops"].float() / 255, rtol=1e-6, atol=1e-7)
+
+
+def test_output_keys_follow_model_input_names_and_are_saved(tmp_path):
+    """A processor for another model emits that model's declared video keys, and keeps them when saved."""
+    frames = [np.full((3, 32, 32, 3), 128, np.uint8), np.full((2, 32, 32, 3), 64, np.uint8)]
+    processor = AvEmotionImageProcessor(model_input_names=["frames", "frames_mask"], face_detector=None)
+    out = processor(frames, return_tensors="pt")
+    assert set(out) == {"frames", "frames_mask", "num_frames_without_face"}
+    assert out["frames"].shape == (2, 3, 3, 224, 224) and out["frames_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert set(processor.face_crops(frames, return_tensors="pt")) == {
+        "face_crops",
+        "frames_mask",
+        "num_frames_without_face",
+    }
+    processor.save_pretrained(tmp_path)
+    assert AvEmotionImageProcessor.from_pretrained(tmp_path).model_input_names == ["frames", "frames_mask"]
+    default = AvEmotionImageProcessor(face_detector=None)(frames, return_tensors="pt")
+    assert {"pixel_values_videos", "visual_features_mask"} <= set(default)
+    torch.testing.assert_close(default["pixel_values_videos"], out["frames"], rtol=0, atol=0)
