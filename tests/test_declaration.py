@@ -81,6 +81,10 @@ def test_declarations_written_before_the_typed_fields_get_the_old_defaults():
     assert declaration.steps == (JOINT_STEP,) and declaration.branches == {"logits": "logits"}
     assert declaration.freeze_flags == {}
     assert read_branches(["logits", "audio"]) == {"logits": "logits", "audio": "audio"}
+    # generic code that also serves models without a declaration reads an empty one
+    bare = read_declaration(Declaring(None, None, ["logits", "audio_logits"]), required=False)
+    assert dict(bare.inputs.modalities) == {} and bare.steps == (JOINT_STEP,)
+    assert bare.branches == {"logits": "logits", "audio_logits": "audio_logits"}
 
 
 @pytest.mark.parametrize(

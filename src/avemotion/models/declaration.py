@@ -140,7 +140,6 @@ class StepSpec:
     modules: tuple[torch.nn.Module, ...] = ()
     loss: str | Callable[..., torch.Tensor] = "loss"
     rows: tuple[str, ...] = ()
-    declared_modules: int = 0
 
 
 JOINT_STEP = StepSpec("joint")
@@ -167,6 +166,15 @@ def _fail(owner: str, where: str, message: str) -> DeclarationError:
     return DeclarationError(f"{owner}.{where}: {message}")
 
 
+def _check_fields(entry: Any, allowed: frozenset[str], owner: str, where: str) -> None:
+    """`entry` is a dict of `allowed` fields only."""
+    if not isinstance(entry, Mapping):
+        raise _fail(owner, where, f"must be a dict, got {type(entry).__name__}")
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise _fail(owner, where, f"unknown fields {unknown}; expected some of {sorted(allowed)}")
+
+
 def _key_pair(value: Any, owner: str, where: str, optional_mask: bool = True) -> tuple[str, str | None]:
     if not (isinstance(value, (tuple, list)) and len(value) == 2 and isinstance(value[0], str) and value[0]):
         raise _fail(owner, where, f"must be a (values key, mask key) pair, got {value!r}")
@@ -188,11 +196,7 @@ def _positive(value: Any, owner: str, where: str, kind: type = int) -> Any:
 def read_modality(name: str, entry: Any, owner: str = "model") -> ModalitySpec:
     """One `input_spec()["modalities"][name]` entry as a `ModalitySpec`, checked."""
     where = f"input_spec()['modalities'][{name!r}]"
-    if not isinstance(entry, Mapping):
-        raise _fail(owner, where, f"must be a dict, got {type(entry).__name__}")
-    unknown = sorted(set(entry) - _MODALITY_FIELDS)
-    if unknown:
-        raise _fail(owner, where, f"unknown fields {unknown}; expected some of {sorted(_MODALITY_FIELDS)}")
+    _check_fields(entry, _MODALITY_FIELDS, owner, where)
     if "inputs" not in entry:
         raise _fail(owner, where, "needs its `inputs` (values key, mask key) pair")
     layout = entry.get("layout") or _LEGACY_LAYOUTS.get(name, "frames")
@@ -253,11 +257,7 @@ def read_steps(declared: Any, modalities: Mapping[str, ModalitySpec], owner: str
     steps = []
     for position, step in enumerate(declared):
         where = f"training_steps()[{position}]"
-        if not isinstance(step, Mapping):
-            raise _fail(owner, where, f"must be a dict, got {type(step).__name__}")
-        unknown = sorted(set(step) - _STEP_FIELDS)
-        if unknown:
-            raise _fail(owner, where, f"unknown fields {unknown}; expected {sorted(_STEP_FIELDS)}")
+        _check_fields(step, _STEP_FIELDS, owner, where)
         name = step.get("name")
         if not isinstance(name, str) or not name:
             raise _fail(owner, where, f"a step has no name: {step!r}")
@@ -274,7 +274,7 @@ def read_steps(declared: Any, modalities: Mapping[str, ModalitySpec], owner: str
         modules = tuple(module for module in declared_modules if module is not None)
         if declared_modules and not modules:
             raise _fail(owner, f"training step {name!r}", "owns nothing (every declared module is None)")
-        steps.append(StepSpec(name, modules, loss, rows, len(declared_modules)))
+        steps.append(StepSpec(name, modules, loss, rows))
     if not steps:
         raise _fail(owner, "training_steps()", "declares no step")
     return tuple(steps)
@@ -314,14 +314,15 @@ def _declared(model: Any, method: str) -> Any:
     return declare() if callable(declare) else None
 
 
-def read_declaration(model: Any) -> ModelDeclaration:
+def read_declaration(model: Any, required: bool = True) -> ModelDeclaration:
     """Read and check everything `model` declares (see the module docstring); a `DeclarationError` (a `ValueError`)
-    naming the model and the field when something is malformed, or when the model declares no `input_spec()`."""
+    naming the model and the field when something is malformed, or when the model declares no `input_spec()` and
+    the declaration is `required` (else: no modalities, the rest as declared)."""
     owner = type(model).__name__
     spec = _declared(model, "input_spec")
-    if spec is None:
+    if spec is None and required:
         raise _fail(owner, "input_spec()", "is missing: a task model declares its inputs with `input_spec()`")
-    inputs = read_input_spec(spec, owner)
+    inputs = InputSpec() if spec is None else read_input_spec(spec, owner)
     steps = _declared(model, "training_steps")
     branches = _declared(model, "evaluation_branches")
     return ModelDeclaration(

@@ -54,30 +54,20 @@ class TrainingStep:
         return callable(self.loss)
 
 
-# the name the trainer's earlier releases used for a declared modality
-ModalityInputs = ModalitySpec
-
-
 def modality_inputs(model: torch.nn.Module) -> dict[str, ModalitySpec]:
     """The declared modalities of `model` (empty when it declares no `input_spec()`)."""
-    if not callable(getattr(model, "input_spec", None)):
-        return {}
-    return dict(read_declaration(model).inputs.modalities)
+    return dict(read_declaration(model, required=False).inputs.modalities)
 
 
 def audio_sampling_rate(model: torch.nn.Module, default: int = 16000) -> int:
     """The waveform rate the model's waveform input expects, `default` when it declares none."""
-    waveforms = (
-        read_declaration(model).inputs.with_layout("waveform") if callable(getattr(model, "input_spec", None)) else ()
-    )
+    waveforms = read_declaration(model, required=False).inputs.with_layout("waveform")
     return int(next((spec.sampling_rate for spec in waveforms if spec.sampling_rate), default))
 
 
 def declared_steps(model: torch.nn.Module) -> tuple[StepSpec, ...]:
     """The model's declared training steps, or one joint step for a model that declares none."""
-    if not callable(getattr(model, "input_spec", None)):
-        return (JOINT_STEP,)
-    return read_declaration(model).steps
+    return read_declaration(model, required=False).steps
 
 
 SCHEDULE_STEPS: dict[str, Callable[[torch.nn.Module], tuple[StepSpec, ...]]] = {

@@ -44,7 +44,7 @@ from accelerate.utils import find_executable_batch_size, send_to_device, set_see
 from torch.utils.data import DataLoader
 
 from avemotion.metrics import branch_metrics
-from avemotion.models.declaration import read_branches, read_declaration, read_freeze_flags
+from avemotion.models.declaration import read_declaration, read_freeze_flags
 from avemotion.utils.inference import compile_model, set_tf32
 
 from .arguments import TrainingArguments
@@ -111,10 +111,7 @@ def set_backbones_trainable(model: torch.nn.Module, freeze: bool | None) -> None
 def evaluation_branches(model: torch.nn.Module) -> dict[str, str]:
     """The output branches the evaluation reports, output field -> report name (the model's declared
     `evaluation_branches()`, else `{"logits": "logits"}`)."""
-    if not callable(getattr(model, "input_spec", None)):
-        declare = getattr(model, "evaluation_branches", None)
-        return read_branches(declare(), type(model).__name__) if callable(declare) else {"logits": "logits"}
-    return dict(read_declaration(model).branches)
+    return dict(read_declaration(model, required=False).branches)
 
 
 def branch_tensors(outputs: Any, branches: list[str], batch_size: int, num_labels: int) -> dict[str, torch.Tensor]:
@@ -215,10 +212,11 @@ class EmotionTrainer(CheckpointingMixin):
         self.args = args
         self.processor = processor
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
-        declared = read_declaration(model).inputs if callable(getattr(model, "input_spec", None)) else None
+        declared = read_declaration(model, required=False).inputs
         self.data_collator = data_collator or default_collator(
-            args.label_column, audio_sampling_rate(model), args.pad_to_multiple_of, declared
-        )
+            args.label_column, audio_sampling_rate(model), args.pad_to_multiple_of,
+            declared if declared.modalities else None,
+        )  # fmt: skip
         self.accelerator = Accelerator(
             mixed_precision=args.mixed_precision,
             log_with=None if args.report_to == "none" else args.report_to,
