@@ -28,6 +28,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("avemotion.pipelines.cli_predict", "predict emotions of media files and/or transcripts"),
     "synth": ("avemotion.data.synthetic", "write the synthetic audio-visual emotion corpus (CREMA-D layout)"),
     "train": ("avemotion.training.cli_train", "train a model with accelerate (VAVL's three-step schedule or joint)"),
+    "cache-features": (
+        "avemotion.training.cli_cache_features",
+        "run a model's frozen backbones over a corpus once and save the features (resumable, accelerate launch)",
+    ),
     "evaluate": ("avemotion.training.cli_evaluate", "per-branch metrics of a checkpoint on a dataset split, as JSON"),
     "push": ("avemotion.training.cli_push", "push a trained model, its processor and a model card to the Hub"),
     "export-onnx": ("avemotion.pipelines.cli_export_onnx", "export a model to ONNX (heads or full) for ONNX Runtime"),
@@ -113,8 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = importlib.import_module(args._module).run
     try:
         status = run(args)
-    except (ValueError, OSError) as error:
-        if args.debug:
+    except Exception as error:
+        # user errors (bad options or files) and errors that already name their cause (`one_line`, e.g. another
+        # process's failure) are one line; anything else is a bug: its traceback
+        if args.debug or not (isinstance(error, (ValueError, OSError)) or getattr(error, "one_line", False)):
             raise
         print(f"avemotion {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2

@@ -43,7 +43,7 @@ def test_cached_features_equal_backbone_outputs_and_cache_is_reused(corpus, tmp_
     _, dataset = corpus
     model, processor = _model_and_processor()
     cached = cache_features(dataset, model, processor, batch_size=4, cache_dir=tmp_path)
-    assert len(list(tmp_path.glob("features-*.arrow"))) == 1
+    assert len(list(tmp_path.glob("features-*"))) == 1
     with torch.no_grad():
         for row in cached:
             if row["audio"] is None:
@@ -74,7 +74,7 @@ def test_cached_features_equal_backbone_outputs_and_cache_is_reused(corpus, tmp_
     with torch.no_grad():
         model.audio_backbone.encoder.layer_norm.bias.add_(0.5)
     changed = cache_features(dataset, model, processor, batch_size=4, cache_dir=tmp_path)
-    assert len(list(tmp_path.glob("features-*.arrow"))) == 2
+    assert len(list(tmp_path.glob("features-*"))) == 2
     first = next(i for i, row in enumerate(cached["audio_features"]) if row is not None)
     assert not np.allclose(changed[first]["audio_features"], cached[first]["audio_features"])
 
@@ -131,7 +131,7 @@ def test_video_without_a_face_gets_none_and_is_reported(tmp_path, caplog):
     caplog.clear()
     with caplog.at_level("WARNING", logger="avemotion.data.cache"):
         again = cache_features(dataset, model, processor, batch_size=4, cache_dir=tmp_path / "cache")
-    assert len(list((tmp_path / "cache").glob("features-*.arrow"))) == 1
+    assert len(list((tmp_path / "cache").glob("features-*"))) == 1
     assert [r.getMessage().endswith(": b") for r in caplog.records] == [True]
     batch = AvEmotionCollator()(list(again.remove_columns("video")))
     assert batch["visual_features_mask"].any(-1).tolist() == present

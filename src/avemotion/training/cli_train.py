@@ -34,6 +34,9 @@ __all__ = ["CorpusArguments", "ModelArguments", "SplitArguments", "load_dataset_
            "main", "run"]  # fmt: skip
 
 CORPORA = "crema-d, ravdess, msp-improv, iemocap, synthetic"
+# what a corpus keeps once its features are cached: what training reads (no media to decode)
+FEATURE_DATASET_COLUMNS = frozenset({"id", "audio_features", "visual_features", "label", "arousal", "valence",
+                                     "dominance"})  # fmt: skip
 
 
 @dataclass
@@ -142,7 +145,7 @@ def load_dataset_dict(args: CorpusArguments | argparse.Namespace, model: Any = N
             "with avemotion.data.cache_features and pass the save_to_disk directory as --dataset)"
         )
     corpus = cache_features(corpus, extractor, processor if extractor is model else None)
-    keep = {"id", "audio_features", "visual_features", "label", "arousal", "valence", "dominance"}
+    keep = FEATURE_DATASET_COLUMNS
     return datasets.DatasetDict({name: split.select_columns([c for c in split.column_names if c in keep])
                                  for name, split in corpus.items()})  # fmt: skip
 
