@@ -1,5 +1,9 @@
 """`avemotion predict`: run the audio-visual-emotion pipeline on files and print a table or JSON lines.
 
+With `--output RESULTS.jsonl` (and many inputs with `--inputs`: a folder, a list, a table or a saved dataset), the
+records go to that file in input order, resumably, and under `accelerate launch` the processes share the inputs,
+each on its own device (`avemotion.pipelines.corpus_prediction`).
+
 A file that cannot be used (unreadable, no sound track where one is needed, no face and no audio, ...) is reported on
 its own line and the other files go on (the pipeline's `errors="skip"`); the exit status is 1 when any file failed.
 A `--model` that cannot be loaded (no such directory, no processor or weights, a truncated `model.safetensors`) is
@@ -29,6 +33,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--text", action="append", default=None,
         help="transcript for the audio-text model; give it once per file (in order), or without files",
+    )  # fmt: skip
+    parser.add_argument(
+        "--inputs", default=None, metavar="DIR_LIST_OR_TABLE",
+        help="many inputs: a folder of media files, a list file (one path per line), a table (.parquet, .csv, "
+        ".jsonl with audio/video/text columns) or a save_to_disk dataset (with --split); with --output",
+    )  # fmt: skip
+    parser.add_argument("--split", default=None, help="with --inputs DATASET_DICT: the split to predict")
+    parser.add_argument(
+        "--output", default=None, metavar="RESULTS.jsonl",
+        help="write one JSON record per input there, in input order (resumable; needed under accelerate launch "
+        "with several processes, which share the inputs)",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON object per file")
     parser.add_argument("--top_k", type=int, default=3, help="labels shown per file (categorical models)")
@@ -120,6 +135,36 @@ def _inputs(args: argparse.Namespace) -> list[tuple[str, Any]]:
         media = {"audio": path if has_audio else None, "video": path if has_video else None}
         inputs.append((path, {**media, "text": text}))
     return inputs
+
+
+def _run_to_file(args: argparse.Namespace) -> int:
+    """`--output`: the inputs (files, `--inputs`) shared by the processes, records written in input order."""
+    from avemotion.utils.distributed import is_main_process, process_state
+
+    from .corpus_prediction import predict_corpus, read_inputs
+
+    if args.plot is not None:
+        raise ValueError("--plot draws single predictions; with --output, plot from the records afterwards")
+    inputs = _inputs(args) if args.files or args.text else []
+    if args.inputs is not None:
+        inputs += read_inputs(args.inputs, args.split)
+    if not inputs:
+        raise ValueError("nothing to predict: give media files, --text or --inputs")
+    state = process_state()
+    device = args.device or (str(state.device) if state.num_processes > 1 else None)  # each process its device
+    speed = {"torch_compile": args.torch_compile, "tf32": True if args.tf32 else None}
+    pipe = load_pipeline(args.model, device, args.dtype, **speed)
+    options = {"top_k": None}
+    for name in ("window_seconds", "stride_seconds"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    pipe._sanitize_parameters(**options)  # bad options: fail before any input
+    records = predict_corpus(pipe, inputs, args.output, batch_size=args.batch_size, num_workers=args.num_workers,
+                             **options)  # fmt: skip
+    failures = sum("error" in record for record in records)
+    if is_main_process():
+        print(f"wrote {args.output}: {len(records)} records, {failures} errors")
+    return 1 if failures else 0
 
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -255,6 +300,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"stride_seconds ({args.stride_seconds}) must not exceed window_seconds ({args.window_seconds})"
         )
+    if args.output is not None:
+        return _run_to_file(args)
+    if args.inputs is not None:
+        raise ValueError("--inputs needs --output RESULTS.jsonl (records are written there, resumable)")
+    from avemotion.utils.distributed import process_state
+
+    if process_state().num_processes > 1:
+        raise ValueError("under several processes, give --output RESULTS.jsonl: they share the inputs and write there")
     inputs = _inputs(args)
     plots = _check_plot(args.plot, [name for name, _ in inputs])
     speed = {"torch_compile": args.torch_compile, "tf32": True if args.tf32 else None}
