@@ -48,8 +48,8 @@ def test_recipe_runs_end_to_end_and_pushes(tmp_path, monkeypatch, hub):
 
     # every step's output exists
     assert (out / "face-model" / "model.safetensors").is_file()
-    assert {p.name for p in (out / "features").iterdir()} >= {"train", "validation", "test", "test_audio_only",
-                                                              "test_video_only"}  # fmt: skip
+    assert {p.name for p in (out / "features").iterdir()} >= {"train", "validation", "test"}
+    assert {p.name for p in (out / "test-views").iterdir()} >= {"test_audio_only", "test_video_only"}
     for name in ("audio_visual", "audio_only", "video_only"):
         assert (out / "eval" / f"{name}.json").is_file()
     assert json.loads((out / "results.json").read_text()) == summary
@@ -85,3 +85,25 @@ def test_recipe_runs_end_to_end_and_pushes(tmp_path, monkeypatch, hub):
     pushed = json.loads(files["config.json"])
     assert pushed["audio_backbone_name"] == "facebook/wav2vec2-large-robust"
     assert pushed["visual_backbone_name"] == "face-model" and str(tmp_path) not in files["config.json"].decode()
+
+
+def test_recipe_runs_unchanged_on_two_processes(tmp_path, monkeypatch):
+    """`accelerate launch --num_processes 2 examples/recipes/vavl_crema_d.py ...`: the processes share the feature
+    caching (one cache-features output), the training (as the trainer's own multi-process test) and evaluation."""
+    from distributed_testing import launch
+
+    corpus = write_synthetic_corpus(tmp_path / "crema-d", num_clips=12, num_speakers=4, seed=4, fps=6,
+                                    image_size=32, min_duration=0.6, max_duration=0.9)  # fmt: skip
+    _save_old_timm_model(tmp_path / "enet_tiny.pt", monkeypatch, num_classes=0)
+    Wav2Vec2Model(tiny_wav2vec2_config(num_hidden_layers=3)).save_pretrained(tmp_path / "w2v")
+    out = tmp_path / "run"
+    done = launch(2, str(RECIPE), "--data_dir", str(corpus), "--labels_csv", str(corpus / "labels.csv"),
+                  "--output_dir", str(out), "--face_checkpoint", str(tmp_path / "enet_tiny.pt"), "--image_size", "32",
+                  "--audio_backbone", str(tmp_path / "w2v"), "--audio_num_layers", "2", "--face_detector", "none",
+                  "--config_overrides", json.dumps(TINY), "--num_train_epochs", "1",
+                  "--per_device_train_batch_size", "4", tmp_path=tmp_path, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["audio_visual"]["num_samples"] >= 1
+    assert json.loads((out / "model" / "eval_results.json").read_text())["num_processes"] == 2
+    assert (out / "features" / "cache_features.json").is_file() and not (out / "features" / "chunks").exists()

@@ -17,10 +17,12 @@ Steps (each writes a folder under OUTPUT_DIR; the numbered commands are the publ
     ImageNet mean/std). VAVL's normalisations use training-set statistics: one scalar mean/std of the training
     waveforms (set in the processor), and a per-dimension mean/std of the training frames' face features (set in the
     model, `normalize_visual_features`).
- 3. `features/`: `load_corpus("crema-d", DATA_DIR, labels_csv=..., partition=...)` (the label file's
-    speaker-independent Train/Development/Test split) and `cache_features` with the model's frozen backbones and the
-    processor; saved with `save_to_disk` with the splits `train`, `validation`, `test`, and the test clips with one
-    modality only: `test_audio_only`, `test_video_only`.
+ 3. `features/`: `avemotion cache-features --model base-model --dataset crema-d --data_dir DATA_DIR --labels_csv ...
+    --partition N --output_dir features`: `load_corpus("crema-d", ...)` (the label file's speaker-independent
+    Train/Development/Test split) through the model's frozen backbones and the processor, saved with the splits
+    `train`, `validation`, `test` (resumable: a killed run started again computes only what is missing). Then the
+    visual statistics go into `base-model/`, and the test clips with one modality only into `test-views/`
+    (`test_audio_only`, `test_video_only`).
  4. `model/`: `avemotion train` with the paper's hyper-parameters (§4.3: Adam, lr 5e-5, weight decay 5e-7 (coupled
     L2), betas (0.95, 0.999), eps 1e-8, constant rate, no clipping, batch 32, 20 epochs, no shuffling as the original,
     VAVL's three steps per batch: visual, acoustic, fusion), keeping the epoch with the best development score of the
@@ -32,6 +34,9 @@ Steps (each writes a folder under OUTPUT_DIR; the numbered commands are the publ
  6. with `--push_to_hub ORG/NAME`: `avemotion push` (model, processor, model card with the test metrics).
 
 The paper reports means over the five partitions: run the recipe with `--partition 1` ... `5`.
+On N GPUs (or machines), the same command under `accelerate launch --num_processes N examples/recipes/vavl_crema_d.py
+...`: the processes share the feature caching, the training and the evaluation; the main process writes the model
+directories (on several machines, OUTPUT_DIR must be a shared file system).
 For a smoke test on the synthetic corpus (`avemotion synth`, already-cropped faces): `--face_detector none`, tiny
 `--config_overrides` and backbones (tests/test_recipe_crema_d.py).
 """
@@ -50,8 +55,9 @@ import numpy as np
 
 from avemotion import AvEmotionProcessor, VavlConfig, VavlForEmotionRecognition
 from avemotion.cli import main as avemotion_cli
-from avemotion.data import cache_features, load_corpus
+from avemotion.data import load_corpus
 from avemotion.processing.media import decode_audio_value
+from avemotion.utils.distributed import process_state
 
 logger = logging.getLogger("vavl_crema_d")
 
@@ -155,10 +161,9 @@ def visual_statistics(train: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), np.sqrt(np.maximum(total_sq / count - mean**2, 0.0)).astype(np.float32)
 
 
-def build_and_cache(args: argparse.Namespace, output: Path, face_dir: Path) -> tuple[Path, Path]:
-    """Steps 2 and 3: `(base model directory, features directory)`."""
-    import torch
-
+def build_base_model(args: argparse.Namespace, output: Path, face_dir: Path) -> Path:
+    """Step 2 (the main process): the base model with its frozen backbones and the processor with VAVL's waveform
+    statistics, saved in `base-model/`."""
     overrides = json.loads(args.config_overrides)
     config = VavlConfig.from_preset("crema-d", audio_backbone_config=None, visual_backbone_config=None, **overrides)
     model = VavlForEmotionRecognition.from_backbones(
@@ -168,32 +173,49 @@ def build_and_cache(args: argparse.Namespace, output: Path, face_dir: Path) -> t
     if args.face_detector is not None:
         image_kwargs["face_detector"] = None if args.face_detector.lower() == "none" else args.face_detector
     processor = AvEmotionProcessor.from_backbones(audio=args.audio_backbone, visual=face_dir, **image_kwargs)
-
-    corpus = load_corpus("crema-d", args.data_dir, labels_csv=args.labels_csv, partition=args.partition,
-                         cache_dir=args.dataset_cache_dir)  # fmt: skip
+    train_rows = load_corpus("crema-d", args.data_dir, **corpus_options(args))["train"]
     extractor = processor.feature_extractor
-    extractor.global_mean, extractor.global_std = waveform_statistics(corpus["train"], extractor.sampling_rate)
-    cached = cache_features(corpus, model, processor, batch_size=args.cache_batch_size)
-    splits = {name: split.select_columns([c for c in KEEP_COLUMNS if c in split.column_names])
-              for name, split in cached.items()}  # fmt: skip
-    test = splits["test"]
-    splits["test_audio_only"] = test.filter(lambda row: row["audio_features"] is not None).map(
-        lambda row: {"visual_features": None}, features=test.features
-    )
-    splits["test_video_only"] = test.filter(lambda row: row["visual_features"] is not None).map(
-        lambda row: {"audio_features": None}, features=test.features
-    )
-    features_dir = output / "features"
-    datasets.DatasetDict(splits).save_to_disk(str(features_dir))
-
-    mean, std = visual_statistics(splits["train"])
-    model.config.normalize_visual_features = True
-    model.vavl.visual_features_mean.copy_(torch.from_numpy(mean))
-    model.vavl.visual_features_std.copy_(torch.from_numpy(std))
+    extractor.global_mean, extractor.global_std = waveform_statistics(train_rows, extractor.sampling_rate)
     base_dir = output / "base-model"
     model.save_pretrained(base_dir)
     processor.save_pretrained(base_dir)
-    return base_dir, features_dir
+    return base_dir
+
+
+def corpus_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"labels_csv": args.labels_csv, "partition": args.partition, "cache_dir": args.dataset_cache_dir}
+
+
+def cache(args: argparse.Namespace, base_dir: Path, features_dir: Path) -> None:
+    """Step 3 (every process): `avemotion cache-features`, shared by the processes of `accelerate launch`."""
+    dataset_cache = ["--dataset_cache_dir", args.dataset_cache_dir] if args.dataset_cache_dir else []
+    run_cli("cache-features", "--model", base_dir, "--dataset", "crema-d", "--data_dir", args.data_dir,
+            "--labels_csv", args.labels_csv, "--partition", args.partition, "--output_dir", features_dir,
+            "--batch_size", args.cache_batch_size, *dataset_cache)  # fmt: skip
+
+
+def finish_base_model(base_dir: Path, features_dir: Path, views_dir: Path) -> None:
+    """Step 3, the main process's end: VAVL's visual statistics of the training frames into the base model, and the
+    test clips with one modality only (`test_audio_only`, `test_video_only`) in `views_dir`."""
+    import torch
+
+    splits = datasets.load_from_disk(str(features_dir))
+    test = splits["test"]
+    views = {
+        "test_audio_only": test.filter(lambda row: row["audio_features"] is not None).map(
+            lambda row: {"visual_features": None}, features=test.features
+        ),
+        "test_video_only": test.filter(lambda row: row["visual_features"] is not None).map(
+            lambda row: {"audio_features": None}, features=test.features
+        ),
+    }
+    datasets.DatasetDict(views).save_to_disk(str(views_dir))
+    mean, std = visual_statistics(splits["train"])
+    model = VavlForEmotionRecognition.from_pretrained(base_dir)
+    model.config.normalize_visual_features = True
+    model.vavl.visual_features_mean.copy_(torch.from_numpy(mean))
+    model.vavl.visual_features_std.copy_(torch.from_numpy(std))
+    model.save_pretrained(base_dir)
 
 
 def train(args: argparse.Namespace, base_dir: Path, features_dir: Path, model_dir: Path) -> None:
@@ -205,15 +227,16 @@ def train(args: argparse.Namespace, base_dir: Path, features_dir: Path, model_di
             "--mixed_precision", args.mixed_precision, "--disable_tqdm", "true")  # fmt: skip
 
 
-def evaluate(args: argparse.Namespace, model_dir: Path, features_dir: Path, output: Path) -> dict[str, Any]:
+def evaluate(model_dir: Path, features_dir: Path, views_dir: Path, output: Path) -> dict[str, Any]:
     """Step 5: per-modality test reports; returns the summary written to `results.json`."""
     summary: dict[str, Any] = {}
     for name, split in MODALITY_REPORTS.items():
-        if len(datasets.load_from_disk(str(features_dir / split))) == 0:
+        folder = features_dir if split == "test" else views_dir
+        if len(datasets.load_from_disk(str(folder / split))) == 0:
             logger.warning("no test clip has %s: skipped", name)
             continue
         report_file = output / "eval" / f"{name}.json"
-        run_cli("evaluate", "--model", model_dir, "--dataset", features_dir, "--split", split,
+        run_cli("evaluate", "--model", model_dir, "--dataset", folder, "--split", split,
                 "--output", report_file)  # fmt: skip
         report = json.loads(report_file.read_text())
         if name == "audio_visual":  # every head on the paired clips, as the paper reports them
@@ -230,11 +253,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    face_dir = face_model(args, output)
-    base_dir, features_dir = build_and_cache(args, output, face_dir)
-    model_dir = output / "model"
+    # under `accelerate launch`, every process runs the recipe: the main process writes the model directories,
+    # all of them share the feature caching, the training and the evaluation
+    state = process_state()  # accelerate's PartialState (one process without `accelerate launch`)
+    base_dir = output / "base-model"
+    features_dir, views_dir, model_dir = output / "features", output / "test-views", output / "model"
+    if state.is_main_process:
+        build_base_model(args, output, face_model(args, output))
+    state.wait_for_everyone()
+    cache(args, base_dir, features_dir)
+    if state.is_main_process:
+        finish_base_model(base_dir, features_dir, views_dir)
+    state.wait_for_everyone()
     train(args, base_dir, features_dir, model_dir)
-    summary = evaluate(args, model_dir, features_dir, output)
+    summary = evaluate(model_dir, features_dir, views_dir, output)
+    if not state.is_main_process:
+        return summary
     if args.push_to_hub:
         description = (f"CREMA-D, VAVL label partition {args.partition} (speaker-independent Train/Development/Test); "
                        "metrics on its test split.")  # fmt: skip

@@ -55,6 +55,9 @@ class CacheFeaturesArguments:
     keep_media_columns: bool = field(
         default=False, metadata={"help": "keep every column (audio, video, speaker, ...), not only id/labels/features"}
     )
+    dataset_cache_dir: str | None = field(
+        default=None, metadata={"help": "with --data_dir: where datasets keeps the corpus tables"}
+    )
     device: str | None = field(default=None, metadata={"help": "default: this process's device (accelerate)"})
 
 
@@ -63,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataclass_arguments(parser, CacheFeaturesArguments, CorpusArguments)
 
 
-def _load_rows(corpus: CorpusArguments) -> Any:
+def _load_rows(corpus: CorpusArguments, cache_dir: str | None = None) -> Any:
     import datasets
 
     if corpus.data_dir is not None:
@@ -72,7 +75,7 @@ def _load_rows(corpus: CorpusArguments) -> Any:
         options = {
             name: getattr(corpus, name) for name in ("labels_csv", "partition", "fold") if getattr(corpus, name)
         }
-        return load_corpus(corpus.dataset, corpus.data_dir, **options)
+        return load_corpus(corpus.dataset, corpus.data_dir, cache_dir=cache_dir, **options)
     if not Path(corpus.dataset).is_dir():
         raise FileNotFoundError(
             f"--dataset {corpus.dataset} is not a directory written by save_to_disk (give --data_dir to read a corpus "
@@ -125,7 +128,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     output = Path(options.output_dir)
     model = load_model(options.model).eval().to(options.device or process_state().device)
     processor = load_processor(options.model, required=True)
-    rows = _select_splits(_load_rows(corpus), options.split)
+    rows = _select_splits(_load_rows(corpus, options.dataset_cache_dir), options.split)
     fingerprints = {name: feature_cache_fingerprint(split, model, processor) for name, split in rows.items()}
     agree(fingerprints, "the features' fingerprints (their dataset, model or processor differ)")
     summary = {"output_dir": str(output), "rows": {name: len(split) for name, split in rows.items()}}

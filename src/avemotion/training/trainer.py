@@ -485,7 +485,10 @@ class EmotionTrainer(CheckpointingMixin):
             if args.save_strategy == "epoch":
                 self._save_checkpoint()
         self._finish(report)
-        acc.end_training()
+        # the trackers' end only: `end_training` would also destroy the process group, which the test split's
+        # evaluation after `train` and the rest of a script under `accelerate launch` still need
+        for tracker in acc.trackers:
+            tracker.finish()
         return self.state.best_report or report
 
     def _stopped_early(self) -> bool:
