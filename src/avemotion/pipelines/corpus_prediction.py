@@ -185,9 +185,11 @@ def predict_corpus(
         parts.mkdir(parents=True, exist_ok=True)
     wait_for_everyone()
     missing = gather([i for i in range(len(inputs)) if i not in _written(output, parts, names)])[0]
+    state = process_state()
+    # rounds small enough that every process gets a share of a short list
+    round_size = max(1, min(round_size, -(-len(missing) // state.num_processes)))
     blocks = [missing[start : start + round_size] for start in range(0, len(missing), round_size)]
     share = [index for block in split_contiguously(blocks) for index in block]
-    state = process_state()
     part_file = parts / f"part-{int(time.time() * 1000)}-{os.getpid()}-rank{state.process_index}.jsonl"
     options = {**pipeline_options, "errors": "skip", "batch_size": batch_size, "num_workers": num_workers}
     results = iter(pipe((inputs[i][1] for i in share), **options)) if share else iter(())

@@ -51,7 +51,8 @@ def process_state() -> Any:
     if launched and state.num_processes == 1:  # each process would do all the work and overwrite the others'
         raise RuntimeError(
             f"started as {os.environ['WORLD_SIZE']} processes, but accelerate found no process group for them; "
-            "launch with `accelerate launch --cpu` on machines without a GPU"
+            "on machines without a GPU, launch with `ACCELERATE_USE_CPU=true accelerate launch --multi_gpu ...` or "
+            "`torchrun`"
         )
     return state
 
