@@ -153,6 +153,8 @@ INVENTORY: list[tuple[str, str, str, str, tuple[str, ...] | None]] = [
     ("models.vavl.modeling_vavl", "VavlPreTrainedModel.from_backbones", "transformers.Wav2Vec2Model.from_pretrained", "transformers loader", (PAYLOAD_BACKBONE_PICKLE, PAYLOAD_BACKBONE_AUTO_MAP,)),  # noqa: E501
     ("models.vavl.modeling_vavl", "VavlPreTrainedModel.from_pretrained", "super().from_pretrained", "transformers loader", (CONFIG_FILE, AUTO_MAP, FUZZ)),  # noqa: E501
     ("pipelines.cli_predict", "_check_processor_class", "json.loads", "json", (PROCESSOR_CLASS, FUZZ)),
+    ("pipelines.corpus_prediction", "_records_of", "json.loads", "json",
+     ("test_distributed_predict.py::test_a_killed_prediction_started_again_predicts_only_the_rest",)),  # fmt: skip
     ("pipelines.cli_predict", "check_model_dir", "safetensors.safe_open", "safetensors", (PREDICT_MODEL, FUZZ)),
     ("pipelines.workers", "_describe_error", "pickle.loads", "internal", (WORKER_ERRORS,)),
     ("pipelines.workers", "_receive", "pickle.loads", "internal", (WORKER_WINDOWS,)),
